@@ -1,0 +1,161 @@
+//! The model's own tokenizer: `tokenizer.json` through the `tokenizers` crate, plus the special
+//! tokens and BOS policy of `tokenizer_config.json`, as transformers reads them.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::DataError;
+
+/// What `tokenizer_config.json` says about special tokens and the chat template.
+#[derive(Debug, Clone, Default)]
+pub struct TokenizerConfig {
+    /// The BOS token's text, if the model has one.
+    pub bos_token: Option<String>,
+    /// The EOS token's text, if the model has one.
+    pub eos_token: Option<String>,
+    /// The padding token's text, if the model has one.
+    pub pad_token: Option<String>,
+    /// `add_bos_token`: whether encoding with special tokens must start with BOS.
+    pub add_bos_token: Option<bool>,
+    /// The default chat template's source, from `chat_template.jinja` or `chat_template`.
+    pub chat_template: Option<String>,
+    /// Where the chat template came from, for error messages.
+    pub chat_template_path: PathBuf,
+}
+
+impl TokenizerConfig {
+    /// Reads `tokenizer_config.json` (and `chat_template.jinja`, which wins where both exist)
+    /// from a model directory; a missing file gives an empty config.
+    pub fn from_model_dir(dir: &Path) -> Result<Self, DataError> {
+        let path = dir.join("tokenizer_config.json");
+        let mut config = Self {
+            chat_template_path: path.clone(),
+            ..Self::default()
+        };
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+            let json: Value = serde_json::from_str(&text)
+                .map_err(|e| DataError::invalid(&path, format!("invalid JSON: {e}")))?;
+            let token = |key: &str| token_text(&json, key, &path);
+            config.bos_token = token("bos_token")?;
+            config.eos_token = token("eos_token")?;
+            config.pad_token = token("pad_token")?;
+            config.add_bos_token = match json.get("add_bos_token") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(_) => return Err(DataError::invalid(&path, "key `add_bos_token` must be a boolean")),
+            };
+            config.chat_template = default_chat_template(&json, &path)?;
+        }
+        let jinja = dir.join("chat_template.jinja");
+        if jinja.exists() {
+            config.chat_template =
+                Some(std::fs::read_to_string(&jinja).map_err(|e| DataError::io(&jinja, e))?);
+            config.chat_template_path = jinja;
+        }
+        Ok(config)
+    }
+}
+
+/// A special token entry: a string, an `AddedToken` object with `content`, or null.
+fn token_text(json: &Value, key: &str, path: &Path) -> Result<Option<String>, DataError> {
+    match json.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Object(o)) => match o.get("content") {
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            _ => Err(DataError::invalid(path, format!("key `{key}` has no string `content`"))),
+        },
+        Some(_) => Err(DataError::invalid(path, format!("key `{key}` must be a string"))),
+    }
+}
+
+/// `chat_template` is either a string or a list of `{name, template}`; the default is the one
+/// named `default` (transformers' rule).
+fn default_chat_template(json: &Value, path: &Path) -> Result<Option<String>, DataError> {
+    match json.get("chat_template") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Array(items)) => Ok(items
+            .iter()
+            .find(|item| item.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|item| item.get("template").and_then(Value::as_str))
+            .map(str::to_owned)),
+        Some(_) => Err(DataError::invalid(path, "key `chat_template` must be a string or a list")),
+    }
+}
+
+/// A model's tokenizer with its special tokens.
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    config: TokenizerConfig,
+    bos_id: Option<u32>,
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` and `tokenizer_config.json` from a model directory.
+    pub fn from_model_dir(dir: &Path) -> Result<Self, DataError> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(DataError::invalid(&path, "not found: the model directory has no tokenizer"));
+        }
+        let mut inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| DataError::invalid(&path, format!("cannot load tokenizer: {e}")))?;
+        // transformers encodes without the truncation or padding a tokenizer.json may carry.
+        inner
+            .with_truncation(None)
+            .map_err(|e| DataError::invalid(&path, e.to_string()))?;
+        inner.with_padding(None);
+        let config = TokenizerConfig::from_model_dir(dir)?;
+        let bos_id = match &config.bos_token {
+            Some(token) => Some(inner.token_to_id(token).ok_or_else(|| {
+                DataError::invalid(
+                    dir.join("tokenizer_config.json"),
+                    format!("bos_token `{token}` is not in the vocabulary of {}", path.display()),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Self { inner, config, bos_id })
+    }
+
+    /// Token ids of `text`. With `add_special_tokens`, the tokenizer's own post-processor runs,
+    /// and BOS is put in front where `add_bos_token` asks for it and the post-processor did not.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, DataError> {
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let mut ids = encoding.get_ids().to_vec();
+        if let (true, Some(true), Some(bos)) =
+            (add_special_tokens, self.config.add_bos_token, self.bos_id)
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        Ok(ids)
+    }
+
+    /// The text of `ids`; special tokens are left out when `skip_special_tokens`.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, DataError> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))
+    }
+
+    /// The id of a token's text, if it is in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The special tokens and chat template of `tokenizer_config.json`.
+    pub fn config(&self) -> &TokenizerConfig {
+        &self.config
+    }
+}

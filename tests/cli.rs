@@ -1,0 +1,243 @@
+//! End-to-end tests: the built `feinschliff` binary run as a user runs it, on the tiny
+//! fixture model with a tokenizer (`tests/fixtures/llama/tied_gqa`), with the numbers
+//! transformers computed for the same model and data (`eval_expected.json`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn tiny_model() -> PathBuf {
+    fixtures().join("llama/tied_gqa")
+}
+
+fn feinschliff(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_feinschliff"))
+        .args(args)
+        .output()
+        .expect("run feinschliff")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn eval_matches_transformers() {
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_model().join("eval_expected.json")).unwrap()).unwrap();
+    let data = fixtures().join("eval_sample.jsonl");
+    for case in expected["evals"].as_array().unwrap() {
+        let max_len = case["max_len"].as_u64().unwrap().to_string();
+        let output = feinschliff(&[
+            "eval",
+            "--model",
+            tiny_model().to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--max-len",
+            &max_len,
+            "--json",
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let ours: Value = serde_json::from_str(stdout(&output).trim()).expect("one JSON object on stdout");
+        let (a, b) = (ours["loss"].as_f64().unwrap(), case["loss"].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "max_len {max_len}: loss {a} vs transformers {b}");
+        assert_eq!(ours["tokens"], case["tokens"], "max_len {max_len}");
+        assert_eq!(ours["records"], case["records"], "max_len {max_len}");
+    }
+}
+
+#[test]
+fn generate_greedy_is_repeatable_and_chat_works() {
+    let model = tiny_model();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--max-new-tokens", "12"];
+        args.extend_from_slice(extra);
+        let output = feinschliff(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output)
+    };
+    let first = run(&["--prompt", "Der Antrag"]);
+    assert_eq!(first, run(&["--prompt", "Der Antrag"]));
+    assert!(!first.trim().is_empty());
+    let sampled = run(&["--prompt", "Der Antrag", "--temperature", "1.5", "--top-p", "0.9", "--seed", "3"]);
+    assert_eq!(sampled, run(&["--prompt", "Der Antrag", "--temperature", "1.5", "--top-p", "0.9", "--seed", "3"]));
+    run(&["--prompt", "Wie beantrage ich Kindergeld?", "--chat"]);
+}
+
+/// A copy of the tiny model that a test may damage.
+fn model_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(tiny_model()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+/// Rewrites `model.safetensors` with `edit` applied to its (name, dtype, shape, bytes) list.
+fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<_> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            (name.clone(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap())
+        })
+        .collect();
+    let out = safetensors::serialize(views, None).unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+/// Runs `eval` on a damaged model and checks the error: exit ≠ 0, one line, no panic, and it
+/// contains every `expected` fragment.
+fn assert_clean_error(args: &[&str], expected: &[&str]) {
+    let output = feinschliff(args);
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    for fragment in expected {
+        assert!(err.contains(fragment), "{args:?}: `{fragment}` not in: {err}");
+    }
+}
+
+fn eval_args(dir: &Path) -> Vec<String> {
+    let data = fixtures().join("eval_sample.jsonl");
+    ["eval", "--model", dir.to_str().unwrap(), "--data", data.to_str().unwrap()]
+        .map(String::from)
+        .to_vec()
+}
+
+fn check_damaged(damage: impl FnOnce(&Path), expected: &[&str]) {
+    let dir = model_copy();
+    damage(dir.path());
+    let args = eval_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_clean_error(&args, expected);
+}
+
+#[test]
+fn truncated_weights_are_rejected() {
+    check_damaged(
+        |dir| {
+            let path = dir.join("model.safetensors");
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        },
+        &["model.safetensors", "not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn non_safetensors_file_is_rejected() {
+    check_damaged(
+        |dir| std::fs::write(dir.join("model.safetensors"), b"PK\x03\x04 this is a zip").unwrap(),
+        &["model.safetensors", "not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn wrong_shape_names_the_tensor() {
+    check_damaged(
+        |dir| {
+            rewrite_weights(dir, |tensors| {
+                let t = tensors.iter_mut().find(|t| t.0 == "model.layers.1.mlp.up_proj.weight").unwrap();
+                t.2.reverse();
+            })
+        },
+        &["model.safetensors", "model.layers.1.mlp.up_proj.weight", "shape"],
+    );
+}
+
+#[test]
+fn unused_tensor_is_an_error() {
+    check_damaged(
+        |dir| {
+            rewrite_weights(dir, |tensors| {
+                tensors.push(("model.layers.9.extra.weight".into(), safetensors::Dtype::F32, vec![1], vec![0; 4]))
+            })
+        },
+        &["model.layers.9.extra.weight", "not used"],
+    );
+}
+
+#[test]
+fn missing_tensor_is_an_error() {
+    check_damaged(
+        |dir| rewrite_weights(dir, |tensors| tensors.retain(|t| t.0 != "model.norm.weight")),
+        &["model.norm.weight", "missing"],
+    );
+}
+
+#[test]
+fn unsupported_dtype_names_the_tensor() {
+    check_damaged(
+        |dir| {
+            rewrite_weights(dir, |tensors| {
+                let t = tensors.iter_mut().find(|t| t.0 == "model.norm.weight").unwrap();
+                t.1 = safetensors::Dtype::I32;
+            })
+        },
+        &["model.norm.weight", "I32"],
+    );
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(config.as_object_mut().unwrap());
+    std::fs::write(path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    check_damaged(|dir| edit_config(dir, |c| drop(c.remove("hidden_size"))), &["config.json", "`hidden_size`"]);
+    check_damaged(
+        |dir| edit_config(dir, |c| drop(c.insert("model_type".into(), "gpt2".into()))),
+        &["config.json", "`model_type`", "gpt2"],
+    );
+    check_damaged(
+        |dir| edit_config(dir, |c| drop(c.insert("num_hidden_layers".into(), "two".into()))),
+        &["config.json", "`num_hidden_layers`"],
+    );
+    check_damaged(|dir| std::fs::write(dir.join("config.json"), "{").unwrap(), &["config.json", "invalid JSON"]);
+}
+
+#[test]
+fn missing_tokenizer_and_missing_data_are_named() {
+    check_damaged(|dir| std::fs::remove_file(dir.join("tokenizer.json")).unwrap(), &["tokenizer.json", "not found"]);
+    let dir = model_copy();
+    assert_clean_error(
+        &["eval", "--model", dir.path().to_str().unwrap(), "--data", "/nonexistent/valid.jsonl"],
+        &["/nonexistent/valid.jsonl"],
+    );
+}
+
+#[test]
+fn bad_data_line_is_named() {
+    let dir = model_copy();
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(&data, "{\"text\": \"gut\"}\n{\"txt\": \"schlecht\"}\n").unwrap();
+    assert_clean_error(
+        &["eval", "--model", dir.path().to_str().unwrap(), "--data", data.to_str().unwrap()],
+        &["data.jsonl:2", "missing field `text`"],
+    );
+}

@@ -1,0 +1,4 @@
+//! Files in and out: Hugging Face model directories and their safetensors checkpoints.
+
+pub mod hf;
+pub mod weights;

@@ -1,0 +1,340 @@
+//! The Llama decoder, written the way transformers' `LlamaForCausalLM` computes it:
+//! embedding → N × (RMSNorm → attention with RoPE and GQA → residual → RMSNorm → SwiGLU MLP →
+//! residual) → RMSNorm → output head (the embedding itself when tied).
+//!
+//! Weights keep the Hugging Face layout (`[out, in]`) and names, so loading and exporting need
+//! no permutation or transpose. The base is frozen: its parameters never require a gradient.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
+use burn::tensor::module::{attention, embedding, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Int, Tensor};
+
+use super::config::LlamaConfig;
+use super::rope::Rope;
+use crate::error::ModelError;
+use crate::io::weights::WeightFiles;
+
+/// A linear layer in HF layout: `y = x Wᵀ + b`, `W` of shape `[out, in]`.
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `[out_features, in_features]`.
+    pub weight: Param<Tensor<2>>,
+    /// `[out_features]`, when the layer has a bias.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    fn load(
+        weights: &mut WeightFiles,
+        name: &str,
+        [out_features, in_features]: [usize; 2],
+        has_bias: bool,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let weight = frozen(weights.take(&format!("{name}.weight"), [out_features, in_features], device)?);
+        let bias = match has_bias {
+            true => Some(frozen(weights.take(&format!("{name}.bias"), [out_features], device)?)),
+            false => None,
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Applies the layer to the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.val().transpose(), self.bias.as_ref().map(Param::val))
+    }
+}
+
+/// Root-mean-square layer norm with a learned scale.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// `[hidden_size]` scale.
+    pub weight: Param<Tensor<1>>,
+    /// Added to the mean square before the root.
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// `x / sqrt(mean(x²) + eps) · weight` over the last dimension.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let inv_rms = (x.clone().square().mean_dim(2) + self.eps).sqrt().recip();
+        x * inv_rms * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+/// Multi-head attention with grouped key/value heads and rotary positions.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Query projection.
+    pub q_proj: Linear,
+    /// Key projection.
+    pub k_proj: Linear,
+    /// Value projection.
+    pub v_proj: Linear,
+    /// Output projection.
+    pub o_proj: Linear,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+/// Keys and values of the tokens seen so far by one layer, `[batch, kv_heads, seen, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct LayerCache {
+    keys: Tensor<4>,
+    values: Tensor<4>,
+}
+
+impl Attention {
+    /// `x` `[batch, seq, hidden]` → `[batch, seq, hidden]`. With a cache, the new keys and values
+    /// are appended to it and attention covers all cached tokens.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: (&Tensor<4>, &Tensor<4>),
+        padding: Option<&Tensor<2, Bool>>,
+        cache: Option<&mut Option<LayerCache>>,
+    ) -> Tensor<3> {
+        let [batch, seq, _] = x.dims();
+        let heads = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        let q = heads(self.q_proj.forward(x.clone()), self.num_heads);
+        let k = heads(self.k_proj.forward(x.clone()), self.num_kv_heads);
+        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (cos, sin) = rope;
+        let q = Rope::apply(q, cos, sin);
+        let mut k = Rope::apply(k, cos, sin);
+        let mut v = v;
+        if let Some(cache) = cache {
+            if let Some(past) = cache.take() {
+                k = Tensor::cat(vec![past.keys, k], 2);
+                v = Tensor::cat(vec![past.values, v], 2);
+            }
+            *cache = Some(LayerCache {
+                keys: k.clone(),
+                values: v.clone(),
+            });
+        }
+        let k = self.repeat_kv(k);
+        let v = self.repeat_kv(v);
+        let seen = k.dims()[2];
+        // Padding masks keys; causality (aligned to the last query) masks the future.
+        let mask = padding.map(|pad| {
+            pad.clone()
+                .reshape([batch, 1, 1, seen])
+                .expand([batch, self.num_heads, seq, seen])
+        });
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
+        let out = attention(q, k, v, mask, None, options);
+        let out = out.swap_dims(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+
+    /// Repeats each key/value head for the query heads that share it (transformers' `repeat_kv`).
+    fn repeat_kv(&self, x: Tensor<4>) -> Tensor<4> {
+        let groups = self.num_heads / self.num_kv_heads;
+        if groups == 1 {
+            return x;
+        }
+        let [batch, kv_heads, seen, head_dim] = x.dims();
+        x.unsqueeze_dim::<5>(2)
+            .expand([batch, kv_heads, groups, seen, head_dim])
+            .reshape([batch, kv_heads * groups, seen, head_dim])
+    }
+}
+
+/// The SwiGLU feed-forward block: `down(silu(gate(x)) · up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Gate projection.
+    pub gate_proj: Linear,
+    /// Up projection.
+    pub up_proj: Linear,
+    /// Down projection.
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    /// `[batch, seq, hidden]` → `[batch, seq, hidden]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// One decoder layer (pre-norm attention and MLP, each with a residual connection).
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// Attention block.
+    pub self_attn: Attention,
+    /// Feed-forward block.
+    pub mlp: Mlp,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+}
+
+/// The decoder stack without the output head (HF's `model.` prefix).
+#[derive(Module, Debug)]
+pub struct LlamaModel {
+    /// `[vocab_size, hidden_size]` token embedding.
+    pub embed_tokens: Param<Tensor<2>>,
+    /// The decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final norm.
+    pub norm: RmsNorm,
+    /// Rotary embedding (constant).
+    pub rope: Rope,
+}
+
+/// A causal language model: decoder plus output head.
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// The decoder (`model.*` tensors).
+    pub model: LlamaModel,
+    /// `[vocab_size, hidden_size]` output head; `None` when tied to the embedding.
+    pub lm_head: Option<Param<Tensor<2>>>,
+}
+
+/// Cached keys and values of every layer, for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<LayerCache>>,
+    seen: usize,
+}
+
+impl KvCache {
+    /// Number of tokens already in the cache.
+    pub fn len(&self) -> usize {
+        self.seen
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.seen == 0
+    }
+}
+
+/// A base-model tensor: frozen, so it never gets a gradient or optimizer state.
+fn frozen<const D: usize>(tensor: Tensor<D>) -> Param<Tensor<D>> {
+    Param::from_tensor(tensor).set_require_grad(false)
+}
+
+impl Llama {
+    /// Builds the model from checkpoint tensors named as transformers names them; every tensor is
+    /// checked against the config's shapes and taken exactly once.
+    pub fn load(config: &LlamaConfig, weights: &mut WeightFiles, device: &Device) -> Result<Self, ModelError> {
+        let hidden = config.hidden_size;
+        let q_width = config.num_attention_heads * config.head_dim;
+        let kv_width = config.num_key_value_heads * config.head_dim;
+        let norm = |weights: &mut WeightFiles, name: &str| -> Result<RmsNorm, ModelError> {
+            Ok(RmsNorm {
+                weight: frozen(weights.take(&format!("{name}.weight"), [hidden], device)?),
+                eps: config.rms_norm_eps,
+            })
+        };
+        let embed_tokens = frozen(weights.take("model.embed_tokens.weight", [config.vocab_size, hidden], device)?);
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let (attn_bias, mlp_bias) = (config.attention_bias, config.mlp_bias);
+            let ffn = config.intermediate_size;
+            layers.push(DecoderLayer {
+                self_attn: Attention {
+                    q_proj: Linear::load(weights, &format!("{p}.self_attn.q_proj"), [q_width, hidden], attn_bias, device)?,
+                    k_proj: Linear::load(weights, &format!("{p}.self_attn.k_proj"), [kv_width, hidden], attn_bias, device)?,
+                    v_proj: Linear::load(weights, &format!("{p}.self_attn.v_proj"), [kv_width, hidden], attn_bias, device)?,
+                    o_proj: Linear::load(weights, &format!("{p}.self_attn.o_proj"), [hidden, q_width], attn_bias, device)?,
+                    num_heads: config.num_attention_heads,
+                    num_kv_heads: config.num_key_value_heads,
+                    head_dim: config.head_dim,
+                },
+                mlp: Mlp {
+                    gate_proj: Linear::load(weights, &format!("{p}.mlp.gate_proj"), [ffn, hidden], mlp_bias, device)?,
+                    up_proj: Linear::load(weights, &format!("{p}.mlp.up_proj"), [ffn, hidden], mlp_bias, device)?,
+                    down_proj: Linear::load(weights, &format!("{p}.mlp.down_proj"), [hidden, ffn], mlp_bias, device)?,
+                },
+                input_layernorm: norm(weights, &format!("{p}.input_layernorm"))?,
+                post_attention_layernorm: norm(weights, &format!("{p}.post_attention_layernorm"))?,
+            });
+        }
+        let model = LlamaModel {
+            embed_tokens,
+            layers,
+            norm: norm(weights, "model.norm")?,
+            rope: Rope::new(&config.rope, config.head_dim, device),
+        };
+        // A tied checkpoint may still carry a copy of the embedding as `lm_head.weight`
+        // (transformers ignores it); an untied one must have it.
+        let lm_head = match config.tie_word_embeddings {
+            true if !weights.contains("lm_head.weight") => None,
+            _ => Some(frozen(weights.take("lm_head.weight", [config.vocab_size, hidden], device)?)),
+        };
+        Ok(Self { model, lm_head })
+    }
+
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` at positions `[batch, seq]`.
+    /// `padding` (`[batch, seq]`, true = padding) keeps padded keys out of attention.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        padding: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
+        self.logits(self.hidden_states(input_ids, positions, padding, None))
+    }
+
+    /// Logits for the next tokens `[batch, seq]`, continuing after the tokens in `cache` and
+    /// appending the new ones to it (no padding: one sequence per row, all of the same length).
+    pub fn forward_cached(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+        let [batch, seq] = input_ids.dims();
+        let device = input_ids.device();
+        let start = cache.seen as i64;
+        let positions = Tensor::<1, Int>::arange(start..start + seq as i64, &device)
+            .reshape([1, seq])
+            .expand([batch, seq]);
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.model.layers.len()];
+        }
+        cache.seen += seq;
+        self.logits(self.hidden_states(input_ids, positions, None, Some(cache)))
+    }
+
+    fn hidden_states(
+        &self,
+        input_ids: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        padding: Option<&Tensor<2, Bool>>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let (cos, sin) = self.model.rope.cos_sin(positions);
+        let mut x = embedding(self.model.embed_tokens.val(), input_ids);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
+            let h = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                (&cos, &sin),
+                padding,
+                layer_cache,
+            );
+            x = x + h;
+            let h = layer.mlp.forward(layer.post_attention_layernorm.forward(x.clone()));
+            x = x + h;
+        }
+        self.model.norm.forward(x)
+    }
+
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.model.embed_tokens);
+        linear(hidden, head.val().transpose(), None)
+    }
+}
