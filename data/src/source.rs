@@ -75,14 +75,19 @@ mod tests {
     #[test]
     fn bad_lines_name_the_line() {
         let cases: [(&[u8], &str); 4] = [
-            (b"{\"text\": \"a\"}\n{\"text\": 3}\n", ":2: field `text` must be a string"),
+            (
+                b"{\"text\": \"a\"}\n{\"text\": 3}\n",
+                ":2: field `text` must be a string",
+            ),
             (b"{\"other\": \"a\"}\n", ":1: missing field `text`"),
             (b"{\"text\": \"a\"}\n{broken\n", ":2: invalid JSON"),
             (b"{\"text\": \"\xff\"}\n", ":1: not UTF-8"),
         ];
         for (content, expected) in cases {
             let file = write(content);
-            let message = read_jsonl_texts(file.path(), "text").unwrap_err().to_string();
+            let message = read_jsonl_texts(file.path(), "text")
+                .unwrap_err()
+                .to_string();
             assert!(message.contains(expected), "{message}");
             assert!(message.starts_with(&file.path().display().to_string()));
         }

@@ -60,7 +60,11 @@ impl ChatTemplate {
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the model's answer
     /// begins.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, DataError> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, DataError> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -113,7 +117,9 @@ mod tests {
             "{{ bos_token }}{% for m in messages %}\n  {{ m.role }}: {{ m.content.strip() }}{{ eos_token }}\n{% endfor %}\n{% if add_generation_prompt %}assistant:{% endif %}",
         ))
         .unwrap();
-        let text = template.render(&[Message::new("user", " Hallo ")], true).unwrap();
+        let text = template
+            .render(&[Message::new("user", " Hallo ")], true)
+            .unwrap();
         assert_eq!(text, "<s>  user: Hallo</s>\nassistant:");
     }
 
@@ -122,8 +128,14 @@ mod tests {
         let template = ChatTemplate::new(&config("{{ raise_exception('only user') }}")).unwrap();
         let message = template.render(&[], false).unwrap_err().to_string();
         assert!(message.contains("only user"), "{message}");
-        let message = ChatTemplate::new(&config("{% for %}")).err().unwrap().to_string();
-        assert!(message.starts_with("tokenizer_config.json: chat template:"), "{message}");
+        let message = ChatTemplate::new(&config("{% for %}"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.starts_with("tokenizer_config.json: chat template:"),
+            "{message}"
+        );
         assert!(!message.contains('\n'));
     }
 }

@@ -44,7 +44,12 @@ impl TokenizerConfig {
             config.add_bos_token = match json.get("add_bos_token") {
                 None | Some(Value::Null) => None,
                 Some(Value::Bool(b)) => Some(*b),
-                Some(_) => return Err(DataError::invalid(&path, "key `add_bos_token` must be a boolean")),
+                Some(_) => {
+                    return Err(DataError::invalid(
+                        &path,
+                        "key `add_bos_token` must be a boolean",
+                    ));
+                }
             };
             config.chat_template = default_chat_template(&json, &path)?;
         }
@@ -65,9 +70,15 @@ fn token_text(json: &Value, key: &str, path: &Path) -> Result<Option<String>, Da
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Object(o)) => match o.get("content") {
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            _ => Err(DataError::invalid(path, format!("key `{key}` has no string `content`"))),
+            _ => Err(DataError::invalid(
+                path,
+                format!("key `{key}` has no string `content`"),
+            )),
         },
-        Some(_) => Err(DataError::invalid(path, format!("key `{key}` must be a string"))),
+        Some(_) => Err(DataError::invalid(
+            path,
+            format!("key `{key}` must be a string"),
+        )),
     }
 }
 
@@ -82,7 +93,10 @@ fn default_chat_template(json: &Value, path: &Path) -> Result<Option<String>, Da
             .find(|item| item.get("name").and_then(Value::as_str) == Some("default"))
             .and_then(|item| item.get("template").and_then(Value::as_str))
             .map(str::to_owned)),
-        Some(_) => Err(DataError::invalid(path, "key `chat_template` must be a string or a list")),
+        Some(_) => Err(DataError::invalid(
+            path,
+            "key `chat_template` must be a string or a list",
+        )),
     }
 }
 
@@ -98,7 +112,10 @@ impl TextTokenizer {
     pub fn from_model_dir(dir: &Path) -> Result<Self, DataError> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
-            return Err(DataError::invalid(&path, "not found: the model directory has no tokenizer"));
+            return Err(DataError::invalid(
+                &path,
+                "not found: the model directory has no tokenizer",
+            ));
         }
         let mut inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| DataError::invalid(&path, format!("cannot load tokenizer: {e}")))?;
@@ -112,12 +129,19 @@ impl TextTokenizer {
             Some(token) => Some(inner.token_to_id(token).ok_or_else(|| {
                 DataError::invalid(
                     dir.join("tokenizer_config.json"),
-                    format!("bos_token `{token}` is not in the vocabulary of {}", path.display()),
+                    format!(
+                        "bos_token `{token}` is not in the vocabulary of {}",
+                        path.display()
+                    ),
                 )
             })?),
             None => None,
         };
-        Ok(Self { inner, config, bos_id })
+        Ok(Self {
+            inner,
+            config,
+            bos_id,
+        })
     }
 
     /// Token ids of `text`. With `add_special_tokens`, the tokenizer's own post-processor runs,

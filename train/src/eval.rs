@@ -45,7 +45,9 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<EvalReport, ModelError> {
     if max_len < 2 {
-        return Err(ModelError::Usage(format!("--max-len must be at least 2, got {max_len}")));
+        return Err(ModelError::Usage(format!(
+            "--max-len must be at least 2, got {max_len}"
+        )));
     }
     let start = Instant::now();
     let (mut nll, mut tokens, mut forwarded, mut truncated) = (0.0f64, 0usize, 0usize, 0usize);

@@ -25,10 +25,16 @@ impl Sampling {
     /// Rejects values that make no sense, naming the option.
     pub fn validate(&self) -> Result<(), ModelError> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(ModelError::Usage(format!("--temperature must be >= 0, got {}", self.temperature)));
+            return Err(ModelError::Usage(format!(
+                "--temperature must be >= 0, got {}",
+                self.temperature
+            )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(ModelError::Usage(format!("--top-p must be in (0, 1], got {}", self.top_p)));
+            return Err(ModelError::Usage(format!(
+                "--top-p must be in (0, 1], got {}",
+                self.top_p
+            )));
         }
         Ok(())
     }
@@ -80,10 +86,16 @@ fn choose(logits: &[f32], sampling: Sampling, rng: &mut StdRng) -> u32 {
     if sampling.temperature == 0.0 {
         return argmax(logits);
     }
-    let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / sampling.temperature).collect();
+    let scaled: Vec<f64> = logits
+        .iter()
+        .map(|&l| l as f64 / sampling.temperature)
+        .collect();
     let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let mut probs: Vec<(u32, f64)> =
-        scaled.iter().enumerate().map(|(i, &l)| (i as u32, (l - max).exp())).collect();
+    let mut probs: Vec<(u32, f64)> = scaled
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, (l - max).exp()))
+        .collect();
     let total: f64 = probs.iter().map(|p| p.1).sum();
     probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     // Nucleus: the shortest prefix whose mass reaches top_p (always at least one token).
@@ -125,14 +137,21 @@ pub struct TextStream<'a> {
 impl<'a> TextStream<'a> {
     /// A stream over `tokenizer`'s decoding.
     pub fn new(tokenizer: &'a TextTokenizer) -> Self {
-        Self { tokenizer, ids: Vec::new(), printed: 0 }
+        Self {
+            tokenizer,
+            ids: Vec::new(),
+            printed: 0,
+        }
     }
 
     /// Adds a token; returns the new text, if any is complete.
     pub fn push(&mut self, id: u32) -> Result<Option<String>, ModelError> {
         self.ids.push(id);
         let text = self.tokenizer.decode(&self.ids, true)?;
-        if text.ends_with('\u{FFFD}') || text.len() <= self.printed || !text.is_char_boundary(self.printed) {
+        if text.ends_with('\u{FFFD}')
+            || text.len() <= self.printed
+            || !text.is_char_boundary(self.printed)
+        {
             return Ok(None);
         }
         let piece = text[self.printed..].to_string();
@@ -153,15 +172,28 @@ mod tests {
     #[test]
     fn tiny_top_p_is_greedy_and_sampling_is_seeded() {
         let logits = [0.1, 3.0, 2.9, -5.0];
-        let narrow = Sampling { temperature: 1.0, top_p: 1e-6, seed: 1 };
+        let narrow = Sampling {
+            temperature: 1.0,
+            top_p: 1e-6,
+            seed: 1,
+        };
         let mut rng = StdRng::seed_from_u64(1);
         assert!((0..50).all(|_| choose(&logits, narrow, &mut rng) == 1));
-        let wide = Sampling { temperature: 1.0, top_p: 1.0, seed: 7 };
+        let wide = Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 7,
+        };
         let draw = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..20).map(|_| choose(&logits, wide, &mut rng)).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| choose(&logits, wide, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
-        assert!(draw(7).contains(&2), "a wide nucleus samples more than the top token");
+        assert!(
+            draw(7).contains(&2),
+            "a wide nucleus samples more than the top token"
+        );
     }
 }

@@ -32,8 +32,13 @@ pub fn causal_lm_loss_sum(logits: Tensor<3>, labels: Tensor<2, Int>) -> LossSum 
     let logits = logits.narrow(1, 0, seq - 1).reshape([n, vocab]);
     let targets = labels.narrow(1, 1, seq - 1).reshape([n]);
     let scored = targets.clone().not_equal_elem(IGNORE_INDEX);
-    let safe_targets = targets.mask_fill(scored.clone().bool_not(), 0).reshape([n, 1]);
-    let nll = log_softmax(logits, 1).gather(1, safe_targets).reshape([n]).neg();
+    let safe_targets = targets
+        .mask_fill(scored.clone().bool_not(), 0)
+        .reshape([n, 1]);
+    let nll = log_softmax(logits, 1)
+        .gather(1, safe_targets)
+        .reshape([n])
+        .neg();
     LossSum {
         nll: (nll * scored.clone().float()).sum(),
         tokens: scored.int().sum(),

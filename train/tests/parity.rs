@@ -11,7 +11,9 @@ use safetensors::SafeTensors;
 const TOLERANCE: f32 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/llama")
+        .join(name)
 }
 
 /// The token ids `[batch, seq]`, attention mask and expected logits `[batch, seq, vocab]`.
@@ -29,14 +31,21 @@ fn expected(dir: &Path) -> Expected {
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let i64s = |name: &str| -> Vec<i64> {
         let view = file.tensor(name).unwrap();
-        view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+        view.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     };
     let logits = file.tensor("logits").unwrap();
     let [batch, seq, vocab] = logits.shape().try_into().unwrap();
     Expected {
         ids: i64s("input_ids"),
         mask: i64s("attention_mask"),
-        logits: logits.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        logits: logits
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
         batch,
         seq,
         vocab,
@@ -68,14 +77,22 @@ fn check_full_forward(name: &str) {
     let exp = expected(&dir);
     let (batch, seq) = (exp.batch, exp.seq);
     let ids = Tensor::<2, Int>::from_data(TensorData::new(exp.ids.clone(), [batch, seq]), &device);
-    let positions = Tensor::<1, Int>::arange(0..seq as i64, &device).reshape([1, seq]).expand([batch, seq]);
+    let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
+        .reshape([1, seq])
+        .expand([batch, seq]);
     let padding: Vec<bool> = exp.mask.iter().map(|&m| m == 0).collect();
     let padding = Tensor::<2, Bool>::from_data(TensorData::new(padding, [batch, seq]), &device);
     let ours = logits_of(model.model.forward(ids, positions, Some(&padding)));
     let diff = max_diff_at_real_tokens(&ours, &exp);
     let spread = exp.logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    assert!(spread > 0.5, "{name}: expected logits are too flat ({spread}) to test anything");
-    assert!(diff <= TOLERANCE, "{name}: max |Δlogit| = {diff:e} > {TOLERANCE:e}");
+    assert!(
+        spread > 0.5,
+        "{name}: expected logits are too flat ({spread}) to test anything"
+    );
+    assert!(
+        diff <= TOLERANCE,
+        "{name}: max |Δlogit| = {diff:e} > {TOLERANCE:e}"
+    );
     eprintln!("{name}: max |Δlogit| = {diff:e} (max |logit| {spread})");
 }
 
@@ -127,12 +144,19 @@ fn check_kv_cache(name: &str) {
     let prompt = 5;
     let chunks = std::iter::once(&row[..prompt]).chain(row[prompt..].chunks(1));
     for chunk in chunks {
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(chunk.to_vec(), [1, chunk.len()]), &device);
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(chunk.to_vec(), [1, chunk.len()]), &device);
         pieces.extend(logits_of(model.forward_cached(ids, &mut cache)));
     }
-    let diff = full.iter().zip(&pieces).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let diff = full
+        .iter()
+        .zip(&pieces)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
     assert_eq!(full.len(), pieces.len());
-    assert!(diff <= TOLERANCE, "{name}: cached vs full max |Δlogit| = {diff:e}");
+    assert!(
+        diff <= TOLERANCE,
+        "{name}: cached vs full max |Δlogit| = {diff:e}"
+    );
 }
 
 #[test]
@@ -143,4 +167,35 @@ fn kv_cache_matches_full_forward_gqa() {
 #[test]
 fn kv_cache_matches_full_forward_llama3() {
     check_kv_cache("llama3_rope");
+}
+
+/// Greedy generation through the KV cache picks, at every step, the argmax of a full forward
+/// pass over everything so far.
+#[test]
+fn greedy_generation_follows_full_forward_argmax() {
+    use feinschliff_train::generate::{Sampling, generate};
+    let device = Device::flex();
+    let model = HfModel::load(&fixture("tied_gqa"), &device).unwrap().model;
+    let prompt = [5u32, 17, 42, 8];
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+    };
+    let generated = generate(&model, &prompt, &[], 10, greedy, &device, |_| Ok(())).unwrap();
+    assert_eq!(generated.len(), 10);
+    let mut sequence: Vec<i64> = prompt.iter().map(|&id| i64::from(id)).collect();
+    for &token in &generated {
+        let len = sequence.len();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(sequence.clone(), [1, len]), &device);
+        let positions = Tensor::<1, Int>::arange(0..len as i64, &device).reshape([1, len]);
+        let logits = logits_of(model.forward(ids, positions, None));
+        let last = &logits[(len - 1) * logits.len() / len..];
+        let best = last
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, v)| if *v > last[b] { i } else { b });
+        assert_eq!(token as usize, best, "step {}", len - prompt.len());
+        sequence.push(i64::from(token));
+    }
 }

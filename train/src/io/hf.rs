@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use serde::Deserialize;
 
+use super::json::parse_json;
 use super::weights::WeightFiles;
 use crate::error::ModelError;
 use crate::model::config::{LlamaConfig, TokenIds};
@@ -62,8 +63,7 @@ fn generation_eos_ids(dir: &Path) -> Result<Option<Vec<u32>>, ModelError> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let mut de = serde_json::Deserializer::from_str(&text);
-    let config: GenerationConfig = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| ModelError::invalid(&path, format!("key `{}`: {}", e.path(), e.inner())))?;
+    let config: GenerationConfig =
+        parse_json(&text).map_err(|message| ModelError::invalid(&path, message))?;
     Ok(config.eos_token_id.map(TokenIds::into_vec))
 }

@@ -40,9 +40,8 @@ impl MappedFile {
         // SAFETY: the map is read-only and lives as long as this struct; a checkpoint that
         // another process truncates while we read it is outside what we can guard against.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
-            ModelError::invalid(path, format!("not a valid safetensors file: {e}"))
-        })?;
+        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&map)
+            .map_err(|e| ModelError::invalid(path, format!("not a valid safetensors file: {e}")))?;
         Ok(Self {
             path: path.to_path_buf(),
             map,
@@ -120,23 +119,37 @@ impl WeightFiles {
     ) -> Result<Tensor<D>, ModelError> {
         let file = self.location.get(name).map(|&i| &self.files[i]);
         let Some(file) = file else {
-            let where_ = self.files.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>();
+            let where_ = self
+                .files
+                .iter()
+                .map(|f| f.path.display().to_string())
+                .collect::<Vec<_>>();
             return Err(ModelError::invalid(
                 where_.join(", "),
                 format!("tensor `{name}` is missing"),
             ));
         };
-        let info = file.metadata.info(name).expect("name indexed from this file's header");
+        let info = file
+            .metadata
+            .info(name)
+            .expect("name indexed from this file's header");
         if info.shape != shape {
             return Err(ModelError::invalid(
                 &file.path,
-                format!("tensor `{name}` has shape {:?}, the model expects {:?}", info.shape, shape),
+                format!(
+                    "tensor `{name}` has shape {:?}, the model expects {:?}",
+                    info.shape, shape
+                ),
             ));
         }
-        let values = to_f32(info.dtype, file.bytes(info))
-            .map_err(|message| ModelError::invalid(&file.path, format!("tensor `{name}`: {message}")))?;
+        let values = to_f32(info.dtype, file.bytes(info)).map_err(|message| {
+            ModelError::invalid(&file.path, format!("tensor `{name}`: {message}"))
+        })?;
         if !self.taken.insert(name.to_string()) {
-            return Err(ModelError::invalid(&file.path, format!("tensor `{name}` taken twice")));
+            return Err(ModelError::invalid(
+                &file.path,
+                format!("tensor `{name}` taken twice"),
+            ));
         }
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
@@ -177,7 +190,10 @@ fn read_index(path: &Path) -> Result<(Vec<String>, BTreeMap<String, String>), Mo
     let shards: BTreeSet<&String> = index.weight_map.values().collect();
     for shard in &shards {
         if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
-            return Err(ModelError::invalid(path, format!("shard name `{shard}` is not a plain file name")));
+            return Err(ModelError::invalid(
+                path,
+                format!("shard name `{shard}` is not a plain file name"),
+            ));
         }
     }
     let shards = shards.into_iter().cloned().collect();
@@ -193,11 +209,18 @@ fn check_index(
 ) -> Result<(), ModelError> {
     for (name, shard) in declared {
         match location.get(name) {
-            Some(&i) if files[i].path.file_name().is_some_and(|f| f == shard.as_str()) => {}
+            Some(&i)
+                if files[i]
+                    .path
+                    .file_name()
+                    .is_some_and(|f| f == shard.as_str()) => {}
             Some(&i) => {
                 return Err(ModelError::invalid(
                     index,
-                    format!("tensor `{name}` is listed in {shard} but stored in {}", files[i].path.display()),
+                    format!(
+                        "tensor `{name}` is listed in {shard} but stored in {}",
+                        files[i].path.display()
+                    ),
                 ));
             }
             None => {

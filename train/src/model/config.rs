@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::ModelError;
+use crate::io::json::parse_json;
 
 /// Everything the model code needs to know about the architecture.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,16 +144,7 @@ impl LlamaConfig {
 
     /// Parses and validates the text of a `config.json`; the error names the key.
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
-                format!("invalid JSON: {inner}")
-            } else {
-                format!("key `{path}`: {inner}")
-            }
-        })?;
+        let raw: RawConfig = parse_json(text)?;
         raw.validate()
     }
 }
@@ -178,7 +170,9 @@ impl RawConfig {
         if let Some(act) = &self.hidden_act
             && act != "silu"
         {
-            return Err(format!("key `hidden_act`: `{act}` is not supported (only `silu`)"));
+            return Err(format!(
+                "key `hidden_act`: `{act}` is not supported (only `silu`)"
+            ));
         }
         let required = |value: Option<usize>, key: &str| match value {
             Some(0) => Err(format!("key `{key}` must be positive")),
@@ -223,12 +217,17 @@ impl RawConfig {
             head_dim,
             rms_norm_eps,
             rope,
-            max_position_embeddings: self.max_position_embeddings.unwrap_or(DEFAULT_MAX_POSITIONS),
+            max_position_embeddings: self
+                .max_position_embeddings
+                .unwrap_or(DEFAULT_MAX_POSITIONS),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             attention_bias: self.attention_bias.unwrap_or(false),
             mlp_bias: self.mlp_bias.unwrap_or(false),
             bos_token_id: self.bos_token_id,
-            eos_token_ids: self.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
+            eos_token_ids: self
+                .eos_token_id
+                .map(TokenIds::into_vec)
+                .unwrap_or_default(),
         })
     }
 }
@@ -249,30 +248,41 @@ fn rope_config(
     };
     let theta = match (theta, raw.as_ref().and_then(|r| r.rope_theta)) {
         (Some(a), Some(b)) if a != b => {
-            return Err(format!("key `rope_theta` ({a}) disagrees with `{key}.rope_theta` ({b})"));
+            return Err(format!(
+                "key `rope_theta` ({a}) disagrees with `{key}.rope_theta` ({b})"
+            ));
         }
         (Some(t), _) | (None, Some(t)) => t,
         (None, None) => DEFAULT_ROPE_THETA,
     };
-    if !(theta > 0.0) {
+    if theta.is_nan() || theta <= 0.0 {
         return Err(format!("key `rope_theta`: {theta} must be positive"));
     }
     let Some(raw) = raw else {
-        return Ok(RopeConfig { theta, scaling: RopeScaling::Default });
+        return Ok(RopeConfig {
+            theta,
+            scaling: RopeScaling::Default,
+        });
     };
-    let rope_type = raw.rope_type.as_deref().or(raw.legacy_type.as_deref()).unwrap_or("default");
+    let rope_type = raw
+        .rope_type
+        .as_deref()
+        .or(raw.legacy_type.as_deref())
+        .unwrap_or("default");
     let scaling = match rope_type {
         "default" => RopeScaling::Default,
         "llama3" => {
             let field = |value: Option<f64>, name: &str| {
-                value
-                    .filter(|v| *v > 0.0)
-                    .ok_or_else(|| format!("key `{key}.{name}`: missing or not positive (llama3 RoPE)"))
+                value.filter(|v| *v > 0.0).ok_or_else(|| {
+                    format!("key `{key}.{name}`: missing or not positive (llama3 RoPE)")
+                })
             };
             let low_freq_factor = field(raw.low_freq_factor, "low_freq_factor")?;
             let high_freq_factor = field(raw.high_freq_factor, "high_freq_factor")?;
             if high_freq_factor <= low_freq_factor {
-                return Err(format!("key `{key}.high_freq_factor` must exceed low_freq_factor"));
+                return Err(format!(
+                    "key `{key}.high_freq_factor` must exceed low_freq_factor"
+                ));
             }
             RopeScaling::Llama3 {
                 factor: field(raw.factor, "factor")?,
@@ -309,20 +319,30 @@ mod tests {
         let config = parse("").unwrap();
         assert_eq!(config.num_key_value_heads, 2);
         assert_eq!(config.head_dim, 4);
-        assert_eq!(config.rope, RopeConfig { theta: 10_000.0, scaling: RopeScaling::Default });
+        assert_eq!(
+            config.rope,
+            RopeConfig {
+                theta: 10_000.0,
+                scaling: RopeScaling::Default
+            }
+        );
         assert!(!config.tie_word_embeddings);
         assert!(config.eos_token_ids.is_empty());
     }
 
     #[test]
     fn both_rope_forms_and_eos_lists() {
-        let v4 = parse(r#", "rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", "factor": 8,
+        let v4 = parse(
+            r#", "rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", "factor": 8,
             "low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 8192},
-            "eos_token_id": [1, 2]"#)
+            "eos_token_id": [1, 2]"#,
+        )
         .unwrap();
-        let v5 = parse(r#", "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8,
+        let v5 = parse(
+            r#", "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8,
             "low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 8192},
-            "eos_token_id": 2"#)
+            "eos_token_id": 2"#,
+        )
         .unwrap();
         assert_eq!(v4.rope, v5.rope);
         assert_eq!(v4.rope.theta, 5e5);
@@ -333,13 +353,36 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            (r#"{"model_type": "llama"}"#.to_string(), "missing key `vocab_size`"),
-            (format!("{{{BASE}, \"hidden_size\": \"x\"}}"), "key `hidden_size`"),
-            (format!("{{{BASE}, \"num_key_value_heads\": 3}}"), "key `num_key_value_heads`"),
-            (format!("{{{BASE}, \"rope_scaling\": {{\"rope_type\": \"yarn\"}}}}"), "key `rope_scaling.rope_type`: `yarn`"),
-            (BASE.replace("llama", "gpt2").replace(r#""model"#, r#"{"model"#) + "}", "key `model_type`: `gpt2`"),
-            (format!("{{{BASE}, \"architectures\": [\"MistralForCausalLM\"]}}"), "key `architectures`"),
-            ("[1".to_string(), "invalid JSON"),
+            (
+                r#"{"model_type": "llama"}"#.to_string(),
+                "missing key `hidden_size`",
+            ),
+            (
+                format!(
+                    "{{{}}}",
+                    BASE.replace("\"hidden_size\": 8", "\"hidden_size\": \"x\"")
+                ),
+                "key `hidden_size`",
+            ),
+            (
+                format!("{{{BASE}, \"num_key_value_heads\": 3}}"),
+                "key `num_key_value_heads`",
+            ),
+            (
+                format!("{{{BASE}, \"rope_scaling\": {{\"rope_type\": \"yarn\"}}}}"),
+                "key `rope_scaling.rope_type`: `yarn`",
+            ),
+            (
+                BASE.replace("llama", "gpt2")
+                    .replace(r#""model"#, r#"{"model"#)
+                    + "}",
+                "key `model_type`: `gpt2`",
+            ),
+            (
+                format!("{{{BASE}, \"architectures\": [\"MistralForCausalLM\"]}}"),
+                "key `architectures`",
+            ),
+            ("{\"model_type\": ".to_string(), "invalid JSON"),
         ];
         for (json, expected) in cases {
             let message = LlamaConfig::from_json(&json).unwrap_err();

@@ -7,7 +7,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
-use burn::tensor::module::{attention, embedding, linear};
+use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
@@ -33,9 +33,17 @@ impl Linear {
         has_bias: bool,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        let weight = frozen(weights.take(&format!("{name}.weight"), [out_features, in_features], device)?);
+        let weight = frozen(weights.take(
+            &format!("{name}.weight"),
+            [out_features, in_features],
+            device,
+        )?);
         let bias = match has_bias {
-            true => Some(frozen(weights.take(&format!("{name}.bias"), [out_features], device)?)),
+            true => Some(frozen(weights.take(
+                &format!("{name}.bias"),
+                [out_features],
+                device,
+            )?)),
             false => None,
         };
         Ok(Self { weight, bias })
@@ -43,8 +51,28 @@ impl Linear {
 
     /// Applies the layer to the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.val().transpose(), self.bias.as_ref().map(Param::val))
+        linear_hf(x, self.weight.val(), self.bias.as_ref().map(Param::val))
     }
+}
+
+/// `x Wᵀ + b` for a weight in HF layout `[out, in]`. The rows of `x` are flattened into one
+/// 2-D product so the transposed weight goes to the matmul as a strided view: Burn's `linear`
+/// would first give it a batch dimension, which makes the backend copy the whole weight on
+/// every call.
+pub fn linear_hf<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let mut dims = x.dims();
+    let rows: usize = dims[..D - 1].iter().product();
+    let out = x.reshape([rows, dims[D - 1]]).matmul(weight.transpose());
+    let out = match bias {
+        Some(bias) => out + bias.unsqueeze::<2>(),
+        None => out,
+    };
+    dims[D - 1] = out.dims()[1];
+    out.reshape(dims)
 }
 
 /// Root-mean-square layer norm with a learned scale.
@@ -101,7 +129,8 @@ impl Attention {
         cache: Option<&mut Option<LayerCache>>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
-        let heads = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        let heads =
+            |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
         let q = heads(self.q_proj.forward(x.clone()), self.num_heads);
         let k = heads(self.k_proj.forward(x.clone()), self.num_kv_heads);
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
@@ -134,7 +163,9 @@ impl Attention {
             is_causal: true,
         };
         let out = attention(q, k, v, mask, None, options);
-        let out = out.swap_dims(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }
 
@@ -232,7 +263,11 @@ fn frozen<const D: usize>(tensor: Tensor<D>) -> Param<Tensor<D>> {
 impl Llama {
     /// Builds the model from checkpoint tensors named as transformers names them; every tensor is
     /// checked against the config's shapes and taken exactly once.
-    pub fn load(config: &LlamaConfig, weights: &mut WeightFiles, device: &Device) -> Result<Self, ModelError> {
+    pub fn load(
+        config: &LlamaConfig,
+        weights: &mut WeightFiles,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         let hidden = config.hidden_size;
         let q_width = config.num_attention_heads * config.head_dim;
         let kv_width = config.num_key_value_heads * config.head_dim;
@@ -242,7 +277,11 @@ impl Llama {
                 eps: config.rms_norm_eps,
             })
         };
-        let embed_tokens = frozen(weights.take("model.embed_tokens.weight", [config.vocab_size, hidden], device)?);
+        let embed_tokens = frozen(weights.take(
+            "model.embed_tokens.weight",
+            [config.vocab_size, hidden],
+            device,
+        )?);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -250,18 +289,60 @@ impl Llama {
             let ffn = config.intermediate_size;
             layers.push(DecoderLayer {
                 self_attn: Attention {
-                    q_proj: Linear::load(weights, &format!("{p}.self_attn.q_proj"), [q_width, hidden], attn_bias, device)?,
-                    k_proj: Linear::load(weights, &format!("{p}.self_attn.k_proj"), [kv_width, hidden], attn_bias, device)?,
-                    v_proj: Linear::load(weights, &format!("{p}.self_attn.v_proj"), [kv_width, hidden], attn_bias, device)?,
-                    o_proj: Linear::load(weights, &format!("{p}.self_attn.o_proj"), [hidden, q_width], attn_bias, device)?,
+                    q_proj: Linear::load(
+                        weights,
+                        &format!("{p}.self_attn.q_proj"),
+                        [q_width, hidden],
+                        attn_bias,
+                        device,
+                    )?,
+                    k_proj: Linear::load(
+                        weights,
+                        &format!("{p}.self_attn.k_proj"),
+                        [kv_width, hidden],
+                        attn_bias,
+                        device,
+                    )?,
+                    v_proj: Linear::load(
+                        weights,
+                        &format!("{p}.self_attn.v_proj"),
+                        [kv_width, hidden],
+                        attn_bias,
+                        device,
+                    )?,
+                    o_proj: Linear::load(
+                        weights,
+                        &format!("{p}.self_attn.o_proj"),
+                        [hidden, q_width],
+                        attn_bias,
+                        device,
+                    )?,
                     num_heads: config.num_attention_heads,
                     num_kv_heads: config.num_key_value_heads,
                     head_dim: config.head_dim,
                 },
                 mlp: Mlp {
-                    gate_proj: Linear::load(weights, &format!("{p}.mlp.gate_proj"), [ffn, hidden], mlp_bias, device)?,
-                    up_proj: Linear::load(weights, &format!("{p}.mlp.up_proj"), [ffn, hidden], mlp_bias, device)?,
-                    down_proj: Linear::load(weights, &format!("{p}.mlp.down_proj"), [hidden, ffn], mlp_bias, device)?,
+                    gate_proj: Linear::load(
+                        weights,
+                        &format!("{p}.mlp.gate_proj"),
+                        [ffn, hidden],
+                        mlp_bias,
+                        device,
+                    )?,
+                    up_proj: Linear::load(
+                        weights,
+                        &format!("{p}.mlp.up_proj"),
+                        [ffn, hidden],
+                        mlp_bias,
+                        device,
+                    )?,
+                    down_proj: Linear::load(
+                        weights,
+                        &format!("{p}.mlp.down_proj"),
+                        [hidden, ffn],
+                        mlp_bias,
+                        device,
+                    )?,
                 },
                 input_layernorm: norm(weights, &format!("{p}.input_layernorm"))?,
                 post_attention_layernorm: norm(weights, &format!("{p}.post_attention_layernorm"))?,
@@ -277,7 +358,11 @@ impl Llama {
         // (transformers ignores it); an untied one must have it.
         let lm_head = match config.tie_word_embeddings {
             true if !weights.contains("lm_head.weight") => None,
-            _ => Some(frozen(weights.take("lm_head.weight", [config.vocab_size, hidden], device)?)),
+            _ => Some(frozen(weights.take(
+                "lm_head.weight",
+                [config.vocab_size, hidden],
+                device,
+            )?)),
         };
         Ok(Self { model, lm_head })
     }
@@ -327,7 +412,9 @@ impl Llama {
                 layer_cache,
             );
             x = x + h;
-            let h = layer.mlp.forward(layer.post_attention_layernorm.forward(x.clone()));
+            let h = layer
+                .mlp
+                .forward(layer.post_attention_layernorm.forward(x.clone()));
             x = x + h;
         }
         self.model.norm.forward(x)
@@ -335,6 +422,6 @@ impl Llama {
 
     fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         let head = self.lm_head.as_ref().unwrap_or(&self.model.embed_tokens);
-        linear(hidden, head.val().transpose(), None)
+        linear_hf(hidden, head.val(), None)
     }
 }

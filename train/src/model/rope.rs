@@ -88,7 +88,10 @@ mod tests {
 
     #[test]
     fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
-        let default = RopeConfig { theta: 500_000.0, scaling: RopeScaling::Default };
+        let default = RopeConfig {
+            theta: 500_000.0,
+            scaling: RopeScaling::Default,
+        };
         let llama3 = RopeConfig {
             theta: 500_000.0,
             scaling: RopeScaling::Llama3 {
@@ -102,6 +105,11 @@ mod tests {
         let scaled = inverse_frequencies(&llama3, 128);
         assert_eq!(plain[0], scaled[0]);
         assert!((scaled[63] - plain[63] / 8.0).abs() <= plain[63] * 1e-6);
-        assert!(scaled.iter().zip(&plain).any(|(s, p)| s < p && *s > p / 8.0));
+        assert!(
+            scaled
+                .iter()
+                .zip(&plain)
+                .any(|(s, p)| s < p && *s > p / 8.0)
+        );
     }
 }
