@@ -11,7 +11,9 @@ use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_train::backend::DeviceChoice;
 use feinschliff_train::eval::evaluate;
 use feinschliff_train::generate::{Sampling, TextStream, generate};
+use feinschliff_train::io::gguf_import::import_gguf;
 use feinschliff_train::io::hf::HfModel;
+use feinschliff_train::io::safetensors_out::StoreDtype;
 
 /// LoRA fine-tuning of Llama-family models on Burn, with exports that PEFT and transformers load.
 #[derive(Parser)]
@@ -31,6 +33,13 @@ enum Command {
     Eval(EvalArgs),
     /// Generate text from a prompt (KV cache; stops at any EOS id).
     Generate(GenerateArgs),
+    /// Convert a Llama GGUF file (llama.cpp) into a Hugging Face model directory.
+    ///
+    /// Writes config.json, generation_config.json, model.safetensors, tokenizer.json and
+    /// tokenizer_config.json (with the GGUF's chat template). Quantized tensors (Q8_0, Q4_0,
+    /// Q4_1, Q4_K, Q5_K, Q6_K) are dequantized. OUT_DIR must not exist; nothing is left under
+    /// its name if the import fails.
+    ImportGguf(ImportGgufArgs),
 }
 
 #[derive(Args)]
@@ -86,11 +95,33 @@ struct GenerateArgs {
     seed: u64,
 }
 
+#[derive(Args)]
+struct ImportGgufArgs {
+    /// The GGUF file.
+    #[arg(value_name = "FILE.gguf")]
+    gguf: PathBuf,
+    /// The model directory to create.
+    #[arg(value_name = "OUT_DIR")]
+    out_dir: PathBuf,
+    /// Storage dtype of the weights written.
+    #[arg(long, default_value = "f32", value_parser = parse_store_dtype, value_name = "f32|bf16")]
+    dtype: StoreDtype,
+}
+
+fn parse_store_dtype(name: &str) -> Result<StoreDtype, String> {
+    match name {
+        "f32" => Ok(StoreDtype::F32),
+        "bf16" => Ok(StoreDtype::BF16),
+        other => Err(format!("`{other}` is not one of f32, bf16")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Eval(args) => run_eval(args),
         Command::Generate(args) => run_generate(args),
+        Command::ImportGguf(args) => run_import_gguf(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -162,5 +193,19 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         },
     )?;
     println!();
+    Ok(())
+}
+
+fn run_import_gguf(args: ImportGgufArgs) -> Result<()> {
+    let summary = import_gguf(&args.gguf, &args.out_dir, args.dtype)?;
+    for note in &summary.notes {
+        eprintln!("note: {note}");
+    }
+    println!(
+        "wrote {} ({} tensors, {:.1} M parameters)",
+        summary.out_dir.display(),
+        summary.tensors,
+        summary.parameters as f64 / 1e6
+    );
     Ok(())
 }

@@ -393,3 +393,100 @@ fn sharded_index_must_match_the_shards() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_clean_error(&args, &["model-00009-of-00009.safetensors"]);
 }
+
+/// Runs `import-gguf` on damaged bytes of the tiny GGUF: a clean one-line error, and nothing
+/// under the output's name or beside it.
+fn check_import_fails(damage: impl FnOnce(&mut Vec<u8>), expected: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(fixtures().join("gguf/tiny_llama.gguf")).unwrap();
+    damage(&mut bytes);
+    let gguf = dir.path().join("model.gguf");
+    std::fs::write(&gguf, &bytes).unwrap();
+    let out = dir.path().join("out/model");
+    assert_clean_error(
+        &["import-gguf", gguf.to_str().unwrap(), out.to_str().unwrap()],
+        expected,
+    );
+    assert!(!out.exists(), "a failed import left {}", out.display());
+    if let Ok(entries) = std::fs::read_dir(dir.path().join("out")) {
+        assert_eq!(
+            entries.count(),
+            0,
+            "a failed import left files beside the output"
+        );
+    }
+}
+
+#[test]
+fn import_gguf_rejects_broken_files() {
+    check_import_fails(|b| b.truncate(b.len() / 2), &["model.gguf", "truncated"]);
+    check_import_fails(
+        |b| b[..4].copy_from_slice(b"GGJT"),
+        &["model.gguf", "not a GGUF file"],
+    );
+    check_import_fails(
+        |b| {
+            let at = b.windows(5).position(|w| w == b"llama").unwrap();
+            b[at..at + 5].copy_from_slice(b"bloom");
+        },
+        &["model.gguf", "architecture `bloom` is not supported"],
+    );
+    check_import_fails(
+        |b| {
+            let key = b"tokenizer.ggml.model";
+            let at = b.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4 + 8;
+            b[at..at + 4].copy_from_slice(b"bert");
+        },
+        &["model.gguf", "tokenizer model `bert`"],
+    );
+}
+
+#[test]
+fn import_gguf_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("taken");
+    std::fs::write(&out, "user data").unwrap();
+    let gguf = fixtures().join("gguf/tiny_llama.gguf");
+    assert_clean_error(
+        &["import-gguf", gguf.to_str().unwrap(), out.to_str().unwrap()],
+        &["taken", "already exists"],
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "user data");
+}
+
+#[test]
+fn import_gguf_then_eval_and_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny");
+    let gguf = fixtures().join("gguf/tiny_llama.gguf");
+    let output = feinschliff(&[
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("tensors"), "{}", stdout(&output));
+    let data = fixtures().join("eval_sample.jsonl");
+    let output = feinschliff(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert!(report["loss"].as_f64().unwrap().is_finite());
+    let output = feinschliff(&[
+        "generate",
+        "--model",
+        out.to_str().unwrap(),
+        "--prompt",
+        "Hallo",
+        "--chat",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}

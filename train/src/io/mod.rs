@@ -1,5 +1,11 @@
-//! Files in and out: Hugging Face model directories and their safetensors checkpoints.
+//! Files in and out: Hugging Face model directories, their safetensors checkpoints, and GGUF
+//! files.
 
+pub mod dequant;
+pub mod gguf;
+pub mod gguf_import;
+pub mod gguf_tokenizer;
 pub mod hf;
 pub mod json;
+pub mod safetensors_out;
 pub mod weights;
