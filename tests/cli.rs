@@ -119,11 +119,11 @@ fn model_copy() -> tempfile::TempDir {
     dir
 }
 
-/// Rewrites `model.safetensors` with `edit` applied to its (name, dtype, shape, bytes) list.
-fn rewrite_weights(
-    dir: &Path,
-    edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
-) {
+/// One tensor of a safetensors file: name, dtype, shape, bytes.
+type TensorEntry = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// Rewrites `model.safetensors` with `edit` applied to its list of tensors.
+fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<TensorEntry>)) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -151,6 +151,13 @@ fn rewrite_weights(
         .collect();
     let out = safetensors::serialize(views, None).unwrap();
     std::fs::write(path, out).unwrap();
+}
+
+/// Applies `edit` to the (name, dtype, shape, bytes) of tensor `name` of `model.safetensors`.
+fn edit_tensor(dir: &Path, name: &str, edit: impl FnOnce(&mut TensorEntry)) {
+    rewrite_weights(dir, |tensors| {
+        edit(tensors.iter_mut().find(|t| t.0 == name).unwrap())
+    });
 }
 
 /// Runs `eval` on a damaged model and checks the error: exit ≠ 0, one line, no panic, and it
@@ -218,15 +225,7 @@ fn non_safetensors_file_is_rejected() {
 #[test]
 fn wrong_shape_names_the_tensor() {
     check_damaged(
-        |dir| {
-            rewrite_weights(dir, |tensors| {
-                let t = tensors
-                    .iter_mut()
-                    .find(|t| t.0 == "model.layers.1.mlp.up_proj.weight")
-                    .unwrap();
-                t.2.reverse();
-            })
-        },
+        |dir| edit_tensor(dir, "model.layers.1.mlp.up_proj.weight", |t| t.2.reverse()),
         &[
             "model.safetensors",
             "model.layers.1.mlp.up_proj.weight",
@@ -267,15 +266,7 @@ fn missing_tensor_is_an_error() {
 #[test]
 fn unsupported_dtype_names_the_tensor() {
     check_damaged(
-        |dir| {
-            rewrite_weights(dir, |tensors| {
-                let t = tensors
-                    .iter_mut()
-                    .find(|t| t.0 == "model.norm.weight")
-                    .unwrap();
-                t.1 = safetensors::Dtype::I32;
-            })
-        },
+        |dir| edit_tensor(dir, "model.norm.weight", |t| t.1 = safetensors::Dtype::I32),
         &["model.norm.weight", "I32"],
     );
 }

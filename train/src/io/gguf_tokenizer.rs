@@ -11,9 +11,12 @@
 //! - BOS (and EOS) are added by the post-processor when `tokenizer.ggml.add_bos_token`
 //!   (`add_eos_token`) says so.
 //!
-//! SentencePiece (`llama`) vocabularies are not converted yet: the import says so.
+//! - `llama` (SentencePiece) vocabularies become BPE with byte fallback behind a `▁` Metaspace
+//!   pre-tokenizer; their merges, which GGUF files usually leave out, are recovered from the
+//!   token scores exactly as transformers' `generate_merges` does; BOS is added unless the
+//!   file says otherwise.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Value as Json, json};
 
@@ -67,19 +70,19 @@ fn bytes_to_unicode() -> [char; 256] {
     map
 }
 
-fn strings<'a>(
+/// The array `key`, each item converted by `item` (which names the expected kind when it fails).
+fn array<'a, T>(
     meta: &'a BTreeMap<String, Value>,
     key: &str,
-) -> Result<Option<Vec<&'a str>>, String> {
+    kind: &str,
+    item: impl Fn(&'a Value) -> Option<T>,
+) -> Result<Option<Vec<T>>, String> {
     match meta.get(key) {
         None => Ok(None),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s.as_str()),
-                other => Err(format!(
-                    "metadata `{key}` must hold strings, found {other:?}"
-                )),
+            .map(|v| {
+                item(v).ok_or_else(|| format!("metadata `{key}` must hold {kind}, found {v:?}"))
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
@@ -89,24 +92,29 @@ fn strings<'a>(
     }
 }
 
+fn strings<'a>(
+    meta: &'a BTreeMap<String, Value>,
+    key: &str,
+) -> Result<Option<Vec<&'a str>>, String> {
+    array(meta, key, "strings", |v| match v {
+        Value::String(s) => Some(s.as_str()),
+        _ => None,
+    })
+}
+
 fn ints(meta: &BTreeMap<String, Value>, key: &str) -> Result<Option<Vec<i64>>, String> {
-    match meta.get(key) {
-        None => Ok(None),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| match v {
-                Value::Int(i) => Ok(*i),
-                Value::Uint(u) => Ok(*u as i64),
-                other => Err(format!(
-                    "metadata `{key}` must hold integers, found {other:?}"
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        Some(other) => Err(format!(
-            "metadata `{key}` must be an array, found {other:?}"
-        )),
-    }
+    array(meta, key, "integers", |v| match v {
+        Value::Int(i) => Some(*i),
+        Value::Uint(u) => Some(*u as i64),
+        _ => None,
+    })
+}
+
+fn floats(meta: &BTreeMap<String, Value>, key: &str) -> Result<Option<Vec<f64>>, String> {
+    array(meta, key, "floats", |v| match v {
+        Value::Float(f) => Some(*f),
+        _ => None,
+    })
 }
 
 fn flag(meta: &BTreeMap<String, Value>, key: &str) -> Option<bool> {
@@ -122,7 +130,7 @@ pub fn convert_tokenizer(
     meta: &BTreeMap<String, Value>,
     config: &Json,
 ) -> Result<TokenizerFiles, String> {
-    let model = match meta.get("tokenizer.ggml.model") {
+    let kind = match meta.get("tokenizer.ggml.model") {
         Some(Value::String(m)) => m.as_str(),
         _ => {
             return Err(
@@ -130,15 +138,8 @@ pub fn convert_tokenizer(
             );
         }
     };
-    if model != "gpt2" {
-        return Err(format!(
-            "tokenizer model `{model}` (`tokenizer.ggml.model`) is not supported yet (only `gpt2` byte-level BPE)"
-        ));
-    }
     let tokens = strings(meta, "tokenizer.ggml.tokens")?
         .ok_or("metadata `tokenizer.ggml.tokens` is missing")?;
-    let merges = strings(meta, "tokenizer.ggml.merges")?
-        .ok_or("metadata `tokenizer.ggml.merges` is missing")?;
     let token_types = ints(meta, "tokenizer.ggml.token_type")?.unwrap_or_default();
     if !token_types.is_empty() && token_types.len() != tokens.len() {
         return Err(format!(
@@ -147,40 +148,6 @@ pub fn convert_tokenizer(
             tokens.len()
         ));
     }
-    let spelling = bytes_to_unicode();
-    let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
-    let byte_spelled = |token: &str| token.chars().all(|c| alphabet.contains(&c));
-
-    let mut vocab = serde_json::Map::new();
-    for (id, token) in tokens.iter().enumerate() {
-        let spelled = if byte_spelled(token) {
-            token.to_string()
-        } else {
-            token.bytes().map(|b| spelling[b as usize]).collect()
-        };
-        vocab.insert(spelled, json!(id));
-    }
-    let mut merge_pairs = Vec::with_capacity(merges.len());
-    for (i, merge) in merges.iter().enumerate() {
-        let (a, b) = merge.split_once(' ').ok_or_else(|| {
-            format!("merge {i} `{merge}` of `tokenizer.ggml.merges` is not two tokens")
-        })?;
-        merge_pairs.push(json!([a, b]));
-    }
-
-    let mut added = Vec::new();
-    for (id, (token, ty)) in tokens.iter().zip(&token_types).enumerate() {
-        let special = match ty {
-            3 if byte_spelled(token) => true,
-            4 => false,
-            _ => continue,
-        };
-        added.push(json!({
-            "id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false,
-            "normalized": false, "special": special,
-        }));
-    }
-
     let token_of = |key: &str| -> Result<Option<(String, u64)>, String> {
         match meta.get(key) {
             None => Ok(None),
@@ -202,31 +169,42 @@ pub fn convert_tokenizer(
     let eos = token_of("tokenizer.ggml.eos_token_id")?;
     let unk = token_of("tokenizer.ggml.unknown_token_id")?;
     let pad = token_of("tokenizer.ggml.padding_token_id")?;
-    let add_bos = flag(meta, "tokenizer.ggml.add_bos_token").unwrap_or(false);
-    let add_eos = flag(meta, "tokenizer.ggml.add_eos_token").unwrap_or(false);
-
     let mut notes = Vec::new();
-    let pre = match meta.get("tokenizer.ggml.pre") {
-        Some(Value::String(p)) => p.as_str(),
-        _ => "default",
-    };
-    let pre_tokenizer = match split_regex(pre) {
-        Some(regex) => json!({
-            "type": "Sequence",
-            "pretokenizers": [
-                { "type": "Split", "pattern": { "Regex": regex }, "behavior": "Isolated", "invert": false },
-                { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false },
-            ],
-        }),
-        None => {
-            if !matches!(pre, "default" | "gpt2" | "gpt-2" | "smollm") {
-                notes.push(format!(
-                    "pre-tokenizer `{pre}` has no split regex of its own here (as in transformers): GPT-2's byte-level split is used"
-                ));
-            }
-            json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true })
+    let (model, pre_tokenizer, decoder, add_bos_default, byte_level) = match kind {
+        "gpt2" => {
+            let (model, pre_tokenizer, decoder) = byte_level_bpe(meta, &tokens, &mut notes)?;
+            (model, pre_tokenizer, decoder, false, true)
+        }
+        "llama" => {
+            let (model, pre_tokenizer, decoder) = sentencepiece_bpe(meta, &tokens)?;
+            (model, pre_tokenizer, decoder, true, false)
+        }
+        other => {
+            return Err(format!(
+                "tokenizer model `{other}` (`tokenizer.ggml.model`) is not supported (gpt2, llama)"
+            ));
         }
     };
+    let add_bos = flag(meta, "tokenizer.ggml.add_bos_token").unwrap_or(add_bos_default);
+    let add_eos = flag(meta, "tokenizer.ggml.add_eos_token").unwrap_or(false);
+    let alphabet: HashSet<char> = bytes_to_unicode().into_iter().collect();
+    let mut added = Vec::new();
+    for (id, (token, ty)) in tokens.iter().zip(&token_types).enumerate() {
+        let special = match ty {
+            // A byte-level "control" token outside the byte alphabet is a llama.cpp mislabel.
+            3 if !byte_level || token.chars().all(|c| alphabet.contains(&c)) => true,
+            4 => false,
+            _ => continue,
+        };
+        added.push(added_token(id as u64, token, special));
+    }
+    // The named special tokens are special even where the file does not type them CONTROL.
+    for (token, id) in [&bos, &eos, &unk, &pad].into_iter().flatten() {
+        if !added.iter().any(|a| a["id"] == json!(id)) {
+            added.push(added_token(*id, token, true));
+        }
+    }
+    added.sort_by_key(|a| a["id"].as_u64());
 
     let tokenizer = json!({
         "version": "1.0",
@@ -236,12 +214,8 @@ pub fn convert_tokenizer(
         "normalizer": null,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": post_processor(bos.as_ref().filter(|_| add_bos), eos.as_ref().filter(|_| add_eos)),
-        "decoder": { "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true },
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
-            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merge_pairs,
-        },
+        "decoder": decoder,
+        "model": model,
     });
     let chat_template = match meta.get("tokenizer.chat_template") {
         Some(Value::String(t)) => Json::String(t.clone()),
@@ -265,6 +239,153 @@ pub fn convert_tokenizer(
         tokenizer_config,
         notes,
     })
+}
+
+fn added_token(id: u64, content: &str, special: bool) -> Json {
+    json!({
+        "id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+        "normalized": false, "special": special,
+    })
+}
+
+/// `(model, pre_tokenizer, decoder)` of a GPT-2-style byte-level BPE vocabulary.
+fn byte_level_bpe(
+    meta: &BTreeMap<String, Value>,
+    tokens: &[&str],
+    notes: &mut Vec<String>,
+) -> Result<(Json, Json, Json), String> {
+    let merges = strings(meta, "tokenizer.ggml.merges")?
+        .ok_or("metadata `tokenizer.ggml.merges` is missing")?;
+    let spelling = bytes_to_unicode();
+    let alphabet: HashSet<char> = spelling.iter().copied().collect();
+    let mut vocab = serde_json::Map::new();
+    for (id, token) in tokens.iter().enumerate() {
+        let spelled = if token.chars().all(|c| alphabet.contains(&c)) {
+            token.to_string()
+        } else {
+            token.bytes().map(|b| spelling[b as usize]).collect()
+        };
+        vocab.insert(spelled, json!(id));
+    }
+    let mut merge_pairs = Vec::with_capacity(merges.len());
+    for (i, merge) in merges.iter().enumerate() {
+        let (a, b) = merge.split_once(' ').ok_or_else(|| {
+            format!("merge {i} `{merge}` of `tokenizer.ggml.merges` is not two tokens")
+        })?;
+        merge_pairs.push(json!([a, b]));
+    }
+    let pre = match meta.get("tokenizer.ggml.pre") {
+        Some(Value::String(p)) => p.as_str(),
+        _ => "default",
+    };
+    let pre_tokenizer = match split_regex(pre) {
+        Some(regex) => json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                { "type": "Split", "pattern": { "Regex": regex }, "behavior": "Isolated", "invert": false },
+                { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false },
+            ],
+        }),
+        None => {
+            if !matches!(pre, "default" | "gpt2" | "gpt-2" | "smollm") {
+                notes.push(format!(
+                    "pre-tokenizer `{pre}` has no split regex of its own here (as in transformers): GPT-2's byte-level split is used"
+                ));
+            }
+            json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true })
+        }
+    };
+    let model = json!({
+        "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+        "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+        "vocab": vocab, "merges": merge_pairs,
+    });
+    let decoder = json!({ "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true });
+    Ok((model, pre_tokenizer, decoder))
+}
+
+/// `(model, pre_tokenizer, decoder)` of a SentencePiece BPE vocabulary with byte fallback.
+fn sentencepiece_bpe(
+    meta: &BTreeMap<String, Value>,
+    tokens: &[&str],
+) -> Result<(Json, Json, Json), String> {
+    let merges: Vec<(String, String)> = match strings(meta, "tokenizer.ggml.merges")? {
+        Some(merges) => merges
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| {
+                        format!("merge {i} `{m}` of `tokenizer.ggml.merges` is not two tokens")
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        None => {
+            let scores = floats(meta, "tokenizer.ggml.scores")?.ok_or(
+                "metadata `tokenizer.ggml.merges` and `tokenizer.ggml.scores` are both missing",
+            )?;
+            if scores.len() != tokens.len() {
+                return Err(format!(
+                    "`tokenizer.ggml.scores` has {} entries for {} tokens",
+                    scores.len(),
+                    tokens.len()
+                ));
+            }
+            merges_from_scores(tokens, &scores)
+        }
+    };
+    let vocab: serde_json::Map<String, Json> = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.to_string(), json!(id)))
+        .collect();
+    let model = json!({
+        "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+        "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+        "vocab": vocab, "merges": merges.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>(),
+    });
+    let pre_tokenizer = json!({ "type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false });
+    let decoder = json!({
+        "type": "Sequence",
+        "decoders": [
+            { "type": "Replace", "pattern": { "String": "▁" }, "content": " " },
+            { "type": "ByteFallback" },
+            { "type": "Fuse" },
+            { "type": "Strip", "content": " ", "start": 1, "stop": 0 },
+        ],
+    });
+    Ok((model, pre_tokenizer, decoder))
+}
+
+/// The merges a SentencePiece vocabulary implies (transformers' `generate_merges`): every split
+/// of a token into two tokens of the vocabulary, ordered by the token's score (best first),
+/// then by the lengths of the two halves (longer first); ties keep the vocabulary's order.
+fn merges_from_scores(tokens: &[&str], scores: &[f64]) -> Vec<(String, String)> {
+    let index: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    for (token, &score) in tokens.iter().zip(scores) {
+        let mut local: Vec<(&str, &str, f64)> = token
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| token.split_at(at))
+            .filter(|(l, r)| index.contains_key(l) && index.contains_key(r))
+            .map(|(l, r)| (l, r, score))
+            .collect();
+        local.sort_by_key(|(l, r, _)| (index[l], index[r]));
+        merges.extend(local);
+    }
+    let key = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
+    merges.sort_by(|a, b| {
+        let (ka, kb) = (key(a), key(b));
+        kb.0.total_cmp(&ka.0)
+            .then(kb.1.cmp(&ka.1))
+            .then(kb.2.cmp(&ka.2))
+    });
+    merges
+        .into_iter()
+        .map(|(l, r, _)| (l.to_string(), r.to_string()))
+        .collect()
 }
 
 /// `TemplateProcessing` that puts BOS before and EOS after each sequence, where asked.
