@@ -8,12 +8,16 @@ use clap::{Args, Parser, Subcommand};
 use feinschliff_data::source::read_jsonl_texts;
 use feinschliff_data::template::{ChatTemplate, Message};
 use feinschliff_data::tokenize::TextTokenizer;
-use feinschliff_train::backend::DeviceChoice;
+use feinschliff_train::backend::{Device, DeviceChoice};
 use feinschliff_train::eval::evaluate;
+use feinschliff_train::export::export_adapter;
 use feinschliff_train::generate::{Sampling, TextStream, generate};
 use feinschliff_train::io::gguf_import::import_gguf;
 use feinschliff_train::io::hf::HfModel;
+use feinschliff_train::io::peft::load_adapter;
 use feinschliff_train::io::safetensors_out::StoreDtype;
+use feinschliff_train::run_config::RunConfig;
+use feinschliff_train::trainer::train;
 
 /// LoRA fine-tuning of Llama-family models on Burn, with exports that PEFT and transformers load.
 #[derive(Parser)]
@@ -40,6 +44,47 @@ enum Command {
     /// Q4_1, Q4_K, Q5_K, Q6_K) are dequantized. OUT_DIR must not exist; nothing is left under
     /// its name if the import fails.
     ImportGguf(ImportGgufArgs),
+    /// Train LoRA adapters as a TOML run configuration says (see configs/).
+    ///
+    /// Writes into output.run_dir: config.toml (the resolved configuration), metrics.jsonl,
+    /// checkpoints/step-N/ (each a PEFT adapter directory plus optimizer state) and
+    /// summary.json.
+    Train(TrainArgs),
+    /// Export what a run trained.
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The run configuration (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Override a configuration key, e.g. --set train.lr=1e-4 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// A PEFT adapter directory (adapter_config.json, adapter_model.safetensors).
+    Adapter(ExportAdapterArgs),
+}
+
+#[derive(Args)]
+struct ExportAdapterArgs {
+    /// The run directory.
+    #[arg(long, value_name = "DIR")]
+    run: PathBuf,
+    /// Which checkpoint: last, best (lowest eval loss) or step-N.
+    #[arg(long, default_value = "last")]
+    checkpoint: String,
+    /// The directory to create.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -50,6 +95,21 @@ struct ModelArgs {
     /// Compute backend.
     #[arg(long, default_value = "flex", value_name = "NAME")]
     device: DeviceChoice,
+    /// A PEFT LoRA adapter directory to apply on top of the model (ours or PEFT's).
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The model, with the adapter applied when one is given.
+    fn load(&self) -> Result<(HfModel, Device)> {
+        let device = self.device.device();
+        let mut loaded = HfModel::load(&self.model, &device)?;
+        if let Some(adapter) = &self.adapter {
+            load_adapter(&mut loaded.model, adapter, &device)?;
+        }
+        Ok((loaded, device))
+    }
 }
 
 #[derive(Args)]
@@ -122,6 +182,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => run_eval(args),
         Command::Generate(args) => run_generate(args),
         Command::ImportGguf(args) => run_import_gguf(args),
+        Command::Train(args) => run_train(args),
+        Command::Export(ExportCommand::Adapter(args)) => run_export_adapter(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,10 +195,9 @@ fn main() -> ExitCode {
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
-    let device = args.model.device.device();
     let texts = read_jsonl_texts(&args.data, &args.field)?;
     let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
-    let loaded = HfModel::load(&args.model.model, &device)?;
+    let (loaded, device) = args.model.load()?;
     let report = evaluate(&loaded.model, &tokenizer, &texts, args.max_len, &device)
         .with_context(|| format!("evaluating {}", args.data.display()))?;
     if args.json {
@@ -164,7 +225,6 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
     };
     sampling.validate()?;
-    let device = args.model.device.device();
     let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
     let prompt_ids = if args.chat {
         let template = ChatTemplate::new(tokenizer.config())?;
@@ -173,7 +233,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     } else {
         tokenizer.encode(&args.prompt, true)?
     };
-    let loaded = HfModel::load(&args.model.model, &device)?;
+    let (loaded, device) = args.model.load()?;
     let mut stream = TextStream::new(&tokenizer);
     let mut stdout = std::io::stdout();
     generate(
@@ -207,5 +267,27 @@ fn run_import_gguf(args: ImportGgufArgs) -> Result<()> {
         summary.tensors,
         summary.parameters as f64 / 1e6
     );
+    Ok(())
+}
+
+fn run_train(args: TrainArgs) -> Result<()> {
+    let mut overrides = args.overrides.clone();
+    if let Some(run_dir) = &args.resume {
+        overrides.push(format!(
+            "output.run_dir={:?}",
+            run_dir.display().to_string()
+        ));
+    }
+    let config = RunConfig::load(&args.config, &overrides).map_err(anyhow::Error::msg)?;
+    let summary = train(&config, args.resume.is_some(), &mut |line| {
+        eprintln!("{line}")
+    })?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+fn run_export_adapter(args: ExportAdapterArgs) -> Result<()> {
+    let dir = export_adapter(&args.run, &args.checkpoint, &args.out)?;
+    println!("wrote {}", dir.display());
     Ok(())
 }

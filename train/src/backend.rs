@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::Device;
+pub use burn::tensor::Device;
 
 /// A backend the user can pick with `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

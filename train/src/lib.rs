@@ -2,11 +2,16 @@
 //! and generation.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod io;
 pub mod loss;
 pub mod model;
+pub mod run_config;
+pub mod schedule;
+pub mod trainer;
 
 pub use error::ModelError;

@@ -7,5 +7,6 @@ pub mod gguf_import;
 pub mod gguf_tokenizer;
 pub mod hf;
 pub mod json;
+pub mod peft;
 pub mod safetensors_out;
 pub mod weights;

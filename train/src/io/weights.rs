@@ -105,6 +105,25 @@ impl WeightFiles {
         })
     }
 
+    /// Opens one safetensors file (an adapter, say) with the same bookkeeping.
+    pub fn open_file(path: &Path) -> Result<Self, ModelError> {
+        if !path.exists() {
+            return Err(ModelError::invalid(path, "not found"));
+        }
+        let file = MappedFile::open(path)?;
+        let location = file
+            .metadata
+            .tensors()
+            .into_keys()
+            .map(|name| (name, 0))
+            .collect();
+        Ok(Self {
+            files: vec![file],
+            location,
+            taken: BTreeSet::new(),
+        })
+    }
+
     /// Whether the checkpoint has a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
         self.location.contains_key(name)

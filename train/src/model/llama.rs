@@ -12,17 +12,21 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::config::LlamaConfig;
+use super::lora::LoraAdapter;
 use super::rope::Rope;
 use crate::error::ModelError;
 use crate::io::weights::WeightFiles;
 
-/// A linear layer in HF layout: `y = x Wᵀ + b`, `W` of shape `[out, in]`.
+/// A frozen linear layer in HF layout, `y = x Wᵀ + b` with `W` of shape `[out, in]`, plus an
+/// optional trainable LoRA adapter.
 #[derive(Module, Debug)]
 pub struct Linear {
     /// `[out_features, in_features]`.
     pub weight: Param<Tensor<2>>,
     /// `[out_features]`, when the layer has a bias.
     pub bias: Option<Param<Tensor<1>>>,
+    /// The LoRA adapter, when one is attached.
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
@@ -46,12 +50,24 @@ impl Linear {
             )?)),
             false => None,
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            lora: None,
+        })
     }
 
-    /// Applies the layer to the last dimension of `x`.
+    /// Applies the layer (and its adapter) to the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear_hf(x, self.weight.val(), self.bias.as_ref().map(Param::val))
+        let base = linear_hf(
+            x.clone(),
+            self.weight.val(),
+            self.bias.as_ref().map(Param::val),
+        );
+        match &self.lora {
+            Some(adapter) => base + adapter.forward(x),
+            None => base,
+        }
     }
 }
 

@@ -2,4 +2,5 @@
 
 pub mod config;
 pub mod llama;
+pub mod lora;
 pub mod rope;

@@ -1,0 +1,288 @@
+//! End-to-end tests of `feinschliff train` and `export adapter` on the tiny fixture model
+//! (`configs/tiny.toml`): exact resume, PEFT adapter export and re-load, refusal to mix runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn feinschliff(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_feinschliff"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .expect("run feinschliff")
+}
+
+fn ok(args: &[&str]) -> String {
+    let output = feinschliff(args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn fails(args: &[&str], expected: &str) {
+    let output = feinschliff(args);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains(expected), "`{expected}` not in: {err}");
+}
+
+/// Trains `configs/tiny.toml` into `run_dir` with extra `--set`s; returns the summary.
+fn train(run_dir: &Path, sets: &[&str], resume: bool) -> Value {
+    let run = format!("output.run_dir={:?}", run_dir.display().to_string());
+    let mut args = vec![
+        "train",
+        "--config",
+        "configs/tiny.toml",
+        "--set",
+        &run,
+        "--set",
+        "train.keep_last=10",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let run_dir_text = run_dir.display().to_string();
+    if resume {
+        args.extend(["--resume", &run_dir_text]);
+    }
+    serde_json::from_str(ok(&args).trim()).expect("a JSON summary on stdout")
+}
+
+fn step_losses(run_dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
+        .collect()
+}
+
+fn adapter_bytes(run_dir: &Path, step: usize) -> Vec<u8> {
+    std::fs::read(run_dir.join(format!(
+        "checkpoints/step-{step:06}/adapter_model.safetensors"
+    )))
+    .unwrap()
+}
+
+#[test]
+fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    train(&straight, &[], false);
+    // The interrupted run: only the step-2 checkpoint of the same configuration survives.
+    let resumed = dir.path().join("resumed");
+    let step2 = resumed.join("checkpoints/step-000002");
+    std::fs::create_dir_all(&step2).unwrap();
+    for entry in std::fs::read_dir(straight.join("checkpoints/step-000002")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), step2.join(entry.file_name())).unwrap();
+    }
+    let summary = train(&resumed, &[], true);
+    assert_eq!(summary["resumed_from"], 2);
+    assert_eq!(
+        adapter_bytes(&straight, 6),
+        adapter_bytes(&resumed, 6),
+        "adapter tensors differ after resume"
+    );
+    assert_eq!(adapter_bytes(&straight, 4), adapter_bytes(&resumed, 4));
+    let tail = |run: &Path| {
+        step_losses(run)
+            .into_iter()
+            .filter(|(s, _)| *s > 2)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tail(&straight), tail(&resumed));
+    assert_eq!(tail(&straight).len(), 4);
+    // The adapter moved: training did something.
+    assert_ne!(adapter_bytes(&straight, 2), adapter_bytes(&straight, 6));
+}
+
+#[test]
+fn exported_adapter_is_peft_shaped_and_reloads_to_the_same_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let summary = train(&run, &[], false);
+    let final_eval = summary["final_eval_loss"].as_f64().unwrap();
+    assert!(
+        final_eval < summary["initial_eval_loss"].as_f64().unwrap(),
+        "eval loss did not fall: {summary}"
+    );
+
+    let out = dir.path().join("adapter");
+    ok(&[
+        "export",
+        "adapter",
+        "--run",
+        run.to_str().unwrap(),
+        "--checkpoint",
+        "last",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["task_type"], "CAUSAL_LM");
+    assert_eq!(config["r"], 4);
+    assert_eq!(config["lora_alpha"], 8.0);
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(metadata.metadata().as_ref().unwrap()["format"], "pt");
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let a = tensors
+        .tensor("base_model.model.model.layers.1.self_attn.k_proj.lora_A.weight")
+        .unwrap();
+    let b = tensors
+        .tensor("base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight")
+        .unwrap();
+    assert_eq!(
+        (a.shape(), b.shape()),
+        (&[4usize, 32][..], &[16usize, 4][..])
+    );
+    assert_eq!(tensors.len(), 2 * 7 * 2);
+
+    let eval = ok(&[
+        "eval",
+        "--model",
+        "tests/fixtures/llama/tied_gqa",
+        "--adapter",
+        out.to_str().unwrap(),
+        "--data",
+        "tests/fixtures/eval_sample.jsonl",
+        "--max-len",
+        "16",
+        "--json",
+    ]);
+    let loss = serde_json::from_str::<Value>(eval.trim()).unwrap()["loss"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (loss - final_eval).abs() <= 1e-6 * final_eval,
+        "eval --adapter {loss} vs training's {final_eval}"
+    );
+    fails(
+        &[
+            "export",
+            "adapter",
+            "--run",
+            run.to_str().unwrap(),
+            "--checkpoint",
+            "step-5",
+            "--out",
+            dir.path().join("x").to_str().unwrap(),
+        ],
+        "no checkpoint `step-5`",
+    );
+}
+
+#[test]
+fn runs_are_not_mixed_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train(&run, &["train.max_steps=2"], false);
+    let run_set = format!("output.run_dir={:?}", run.display().to_string());
+    fails(
+        &["train", "--config", "configs/tiny.toml", "--set", &run_set],
+        "pass --resume",
+    );
+    fails(
+        &[
+            "train",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            "lora.r=8",
+            "--resume",
+            run.to_str().unwrap(),
+        ],
+        "different configuration",
+    );
+    fails(
+        &[
+            "train",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            "lora.r=0",
+        ],
+        "lora.r",
+    );
+    fails(
+        &[
+            "train",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            "train.lr=-1",
+        ],
+        "train.lr",
+    );
+    fails(
+        &[
+            "train",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            "lora.target_modules=[\"qkv\"]",
+        ],
+        "qkv",
+    );
+    fails(
+        &[
+            "train",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            "train.lrate=1",
+        ],
+        "lrate",
+    );
+}
+
+#[test]
+fn adapter_for_another_model_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train(&run, &["train.max_steps=1"], false);
+    let adapter = run.join("checkpoints/step-000001");
+    // A model of another shape (head_dim 16): same vocabulary, so give it the tiny tokenizer.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    for (from, files) in [
+        (
+            "tests/fixtures/llama/untied_mha",
+            &["config.json", "model.safetensors"][..],
+        ),
+        (
+            "tests/fixtures/llama/tied_gqa",
+            &["tokenizer.json", "tokenizer_config.json"][..],
+        ),
+    ] {
+        for file in files {
+            std::fs::copy(root().join(from).join(file), other.join(file)).unwrap();
+        }
+    }
+    fails(
+        &[
+            "eval",
+            "--model",
+            other.to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--data",
+            "tests/fixtures/eval_sample.jsonl",
+        ],
+        "q_proj.lora_B.weight` has shape [32, 4], the model expects [64, 4]",
+    );
+}

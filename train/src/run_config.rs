@@ -1,0 +1,402 @@
+//! The run configuration: a TOML file with sections `model`, `lora`, `data`, `train` and
+//! `output`. Every key has a default (documented on its field) except the model and training
+//! data paths; an unknown key is an error naming it. `--set section.key=value` overrides a key
+//! before validation, and the resolved configuration is written into the run directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::lora::{LoraSpec, TARGET_MODULES};
+
+/// A whole run configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The base model.
+    pub model: ModelSection,
+    /// The adapters.
+    #[serde(default)]
+    pub lora: LoraSection,
+    /// The training and validation data.
+    pub data: DataSection,
+    /// The optimisation.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// Where results go.
+    #[serde(default)]
+    pub output: OutputSection,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face model directory of the base model (required).
+    pub path: PathBuf,
+    /// Compute backend (`flex`).
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+/// `[lora]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSection {
+    /// Rank (default 16).
+    pub r: usize,
+    /// `lora_alpha` (default 32).
+    pub alpha: f64,
+    /// Dropout on the adapter input (default 0.05).
+    pub dropout: f64,
+    /// PEFT module names, or `["all-linear"]` for all seven projections (default: all seven).
+    pub target_modules: Vec<String>,
+    /// Layer indices that get adapters; empty = all layers (default).
+    pub layers_to_transform: Vec<usize>,
+    /// rsLoRA scaling alpha/√r instead of alpha/r (default false).
+    pub use_rslora: bool,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// JSONL training file with a text field (required).
+    pub train: PathBuf,
+    /// JSONL validation file; none = no evaluation (default).
+    #[serde(default)]
+    pub valid: Option<PathBuf>,
+    /// The record field holding the text (default `text`).
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+    /// Tokens per training row; documents are joined with EOS and cut into rows (default 512).
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Seed of initialisation, data order and dropout (default 0).
+    pub seed: u64,
+    /// Optimizer steps; 0 = run `epochs` epochs (default 0).
+    pub max_steps: usize,
+    /// Passes over the training rows when `max_steps` is 0 (default 1).
+    pub epochs: usize,
+    /// Rows per forward pass (default 4).
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step (default 1).
+    pub grad_accum: usize,
+    /// Peak learning rate (default 2e-4).
+    pub lr: f64,
+    /// `constant`, `linear` (to 0) or `cosine` (to 0) after warm-up (default `constant`).
+    pub schedule: Schedule,
+    /// Linear warm-up steps from 0 to `lr` (default 0).
+    pub warmup_steps: usize,
+    /// AdamW weight decay (default 0, as the HF Trainer).
+    pub weight_decay: f64,
+    /// AdamW β1 (default 0.9).
+    pub beta1: f64,
+    /// AdamW β2 (default 0.999).
+    pub beta2: f64,
+    /// AdamW ε (default 1e-8, as PyTorch).
+    pub eps: f64,
+    /// Clip the global gradient norm to this; 0 = no clipping (default 1.0).
+    pub max_grad_norm: f64,
+    /// Evaluate every N steps; 0 = only at the end (default 0).
+    pub eval_every: usize,
+    /// Write a checkpoint every N steps; 0 = only at the end (default 0).
+    pub save_every: usize,
+    /// Checkpoints kept besides the best one (default 2).
+    pub keep_last: usize,
+    /// Validation records scored per evaluation, 0 = all (default 0).
+    pub eval_records: usize,
+}
+
+/// The learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Stay at the peak.
+    Constant,
+    /// Fall linearly to 0 at the last step.
+    Linear,
+    /// Fall along a half cosine to 0 at the last step.
+    Cosine,
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    /// The run directory (default `checkpoints/runs/run`).
+    pub run_dir: PathBuf,
+}
+
+fn default_device() -> String {
+    "flex".into()
+}
+fn default_text_field() -> String {
+    "text".into()
+}
+fn default_max_len() -> usize {
+    512
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        Self {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            target_modules: TARGET_MODULES.iter().map(|m| m.to_string()).collect(),
+            layers_to_transform: Vec::new(),
+            use_rslora: false,
+        }
+    }
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            max_steps: 0,
+            epochs: 1,
+            micro_batch: 4,
+            grad_accum: 1,
+            lr: 2e-4,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            max_grad_norm: 1.0,
+            eval_every: 0,
+            save_every: 0,
+            keep_last: 2,
+            eval_records: 0,
+        }
+    }
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self {
+            run_dir: PathBuf::from("checkpoints/runs/run"),
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads `path`, applies `--set section.key=value` overrides, and validates. Errors name the
+    /// file and the key.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text, overrides).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses TOML text with overrides, then validates.
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self, String> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| one_line(&e.to_string()))?;
+        for item in overrides {
+            apply_override(&mut table, item)?;
+        }
+        let config: RunConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| one_line(&e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects values that cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let (lora, train, data) = (&self.lora, &self.train, &self.data);
+        let fail = |key: &str, why: String| Err(format!("key `{key}`: {why}"));
+        if lora.r == 0 {
+            return fail("lora.r", "must be at least 1".into());
+        }
+        if !(lora.alpha > 0.0 && lora.alpha.is_finite()) {
+            return fail(
+                "lora.alpha",
+                format!("must be positive, got {}", lora.alpha),
+            );
+        }
+        if !(0.0..1.0).contains(&lora.dropout) {
+            return fail(
+                "lora.dropout",
+                format!("must be in [0, 1), got {}", lora.dropout),
+            );
+        }
+        if lora.target_modules.is_empty() {
+            return fail("lora.target_modules", "names no module".into());
+        }
+        for target in &lora.target_modules {
+            if target != "all-linear" && !TARGET_MODULES.contains(&target.as_str()) {
+                return fail(
+                    "lora.target_modules",
+                    format!(
+                        "unknown module `{target}` (known: all-linear, {})",
+                        TARGET_MODULES.join(", ")
+                    ),
+                );
+            }
+        }
+        if data.max_len < 2 {
+            return fail(
+                "data.max_len",
+                format!("must be at least 2, got {}", data.max_len),
+            );
+        }
+        if !(train.lr > 0.0 && train.lr.is_finite()) {
+            return fail("train.lr", format!("must be positive, got {}", train.lr));
+        }
+        if train.micro_batch == 0 {
+            return fail("train.micro_batch", "must be at least 1".into());
+        }
+        if train.grad_accum == 0 {
+            return fail("train.grad_accum", "must be at least 1".into());
+        }
+        if train.max_steps == 0 && train.epochs == 0 {
+            return fail(
+                "train.epochs",
+                "must be at least 1 when train.max_steps is 0".into(),
+            );
+        }
+        if train.weight_decay < 0.0 || train.max_grad_norm < 0.0 {
+            return fail(
+                "train.weight_decay / train.max_grad_norm",
+                "must not be negative".into(),
+            );
+        }
+        for (key, value) in [("train.beta1", train.beta1), ("train.beta2", train.beta2)] {
+            if !(0.0..1.0).contains(&value) {
+                return fail(key, format!("must be in [0, 1), got {value}"));
+            }
+        }
+        if train.eps <= 0.0 {
+            return fail("train.eps", format!("must be positive, got {}", train.eps));
+        }
+        if train.keep_last == 0 {
+            return fail("train.keep_last", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The adapter placement and shape this config asks for.
+    pub fn lora_spec(&self) -> LoraSpec {
+        let all = self.lora.target_modules.iter().any(|t| t == "all-linear");
+        LoraSpec {
+            rank: self.lora.r,
+            alpha: self.lora.alpha,
+            dropout: self.lora.dropout,
+            target_modules: match all {
+                true => TARGET_MODULES.iter().map(|m| m.to_string()).collect(),
+                false => self.lora.target_modules.clone(),
+            },
+            layers_to_transform: match self.lora.layers_to_transform.is_empty() {
+                true => None,
+                false => Some(self.lora.layers_to_transform.clone()),
+            },
+            use_rslora: self.lora.use_rslora,
+        }
+    }
+
+    /// A hash of everything that shapes the trained adapter (model, adapter, training data,
+    /// optimisation); step counts, evaluation, checkpoint cadence and output paths may change
+    /// between a run and its resumption and are left out.
+    pub fn training_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut shaping = self.clone();
+        shaping.data.valid = None;
+        shaping.train.max_steps = 0;
+        shaping.train.epochs = 0;
+        shaping.train.eval_every = 0;
+        shaping.train.save_every = 0;
+        shaping.train.keep_last = 0;
+        shaping.train.eval_records = 0;
+        shaping.output = OutputSection::default();
+        format!("{:x}", Sha256::digest(shaping.to_toml().as_bytes()))
+    }
+
+    /// The configuration as TOML (what the run directory keeps).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a run config serializes")
+    }
+}
+
+/// Sets `section.key` in `table` to `value`, parsed as a TOML value (a bare word is a string).
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), String> {
+    let (key, value) = item
+        .split_once('=')
+        .ok_or_else(|| format!("--set `{item}`: expected section.key=value"))?;
+    let (section, field) = key
+        .trim()
+        .split_once('.')
+        .ok_or_else(|| format!("--set `{item}`: the key must be section.key"))?;
+    let value = value.trim();
+    let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let section_table = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| format!("--set `{item}`: `{section}` is not a section"))?;
+    section_table.insert(field.to_string(), parsed);
+    Ok(())
+}
+
+fn one_line(text: &str) -> String {
+    text.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[model]\npath = \"m\"\n[data]\ntrain = \"t.jsonl\"\n";
+
+    #[test]
+    fn defaults_and_overrides() {
+        let config = RunConfig::parse(
+            MINIMAL,
+            &["train.lr=1e-3".into(), "output.run_dir=runs/x".into()],
+        )
+        .unwrap();
+        assert_eq!(config.train.lr, 1e-3);
+        assert_eq!(config.output.run_dir, PathBuf::from("runs/x"));
+        assert_eq!(config.lora.r, 16);
+        assert_eq!(config.train.eps, 1e-8);
+        assert_eq!(config.lora_spec().target_modules.len(), 7);
+        let again = RunConfig::parse(&config.to_toml(), &[]).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_name_the_key() {
+        let cases = [
+            ("lora.r=0", "lora.r"),
+            ("train.lr=-1e-4", "train.lr"),
+            ("lora.target_modules=[\"qkv_proj\"]", "qkv_proj"),
+            ("data.max_len=0", "data.max_len"),
+            ("train.learning_rate=1", "learning_rate"),
+            ("lora", "section.key=value"),
+        ];
+        for (set, expected) in cases {
+            let message = RunConfig::parse(MINIMAL, &[set.into()]).unwrap_err();
+            assert!(message.contains(expected), "{set}: {message}");
+            assert!(!message.contains('\n'));
+        }
+        let message = RunConfig::parse("[model]\npath = \"m\"\n", &[]).unwrap_err();
+        assert!(message.contains("data"), "{message}");
+    }
+}

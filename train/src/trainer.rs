@@ -1,0 +1,410 @@
+//! The training loop, written out by hand: LoRA adapters on a frozen base, AdamW with
+//! PyTorch's semantics, the learning rate as a function of the step, gradient accumulation
+//! normalised by the trained tokens of the whole window, global gradient-norm clipping, periodic
+//! evaluation and checkpoints, and exact resumption.
+//!
+//! Data (until the data pipeline lands): the JSONL texts are tokenized (the tokenizer's own
+//! special tokens, then EOS), joined and cut into rows of `max_len` tokens (the tail is
+//! dropped); every token of a row after the first is trained. The rows form an endless stream,
+//! reshuffled every epoch from the seed, and step `s` takes the next `micro_batch · grad_accum`
+//! rows of it, so the data cursor is a function of the step.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{Module, ParamId};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use feinschliff_data::source::read_jsonl_texts;
+use feinschliff_data::tokenize::TextTokenizer;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde_json::json;
+
+use crate::backend::DeviceChoice;
+use crate::checkpoint::{
+    CheckpointState, OPTIMIZER_FILE, list_checkpoints, prune_checkpoints, write_checkpoint,
+};
+use crate::error::ModelError;
+use crate::eval::evaluate;
+use crate::io::hf::HfModel;
+use crate::io::peft::load_adapter;
+use crate::loss::causal_lm_loss_sum;
+use crate::run_config::RunConfig;
+use crate::schedule::learning_rate;
+
+/// What a finished run reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainSummary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Optimizer steps done in total (including those before a resume).
+    pub steps: usize,
+    /// The step this process started from (0 unless resumed).
+    pub resumed_from: usize,
+    /// Training loss of the last step.
+    pub final_train_loss: f64,
+    /// Validation loss before training (fresh runs with validation data only).
+    pub initial_eval_loss: Option<f64>,
+    /// Validation loss after the last step.
+    pub final_eval_loss: Option<f64>,
+    /// Training rows of `max_len` tokens.
+    pub rows: usize,
+    /// Trainable (adapter) parameters.
+    pub trainable_parameters: usize,
+    /// Median tokens per second over the steps of this process.
+    pub median_tokens_per_second: f64,
+    /// The checkpoint written last.
+    pub last_checkpoint: PathBuf,
+}
+
+/// Trains as `config` says, or continues the run in `config.output.run_dir` when `resume`.
+/// `log` receives one human-readable line per event.
+pub fn train(
+    config: &RunConfig,
+    resume: bool,
+    log: &mut dyn FnMut(&str),
+) -> Result<TrainSummary, ModelError> {
+    let run_dir = config.output.run_dir.clone();
+    let existing = list_checkpoints(&run_dir)?;
+    let resume_from = match (resume, existing.last()) {
+        (false, Some(_)) => {
+            return Err(ModelError::invalid(
+                &run_dir,
+                "already holds checkpoints of a run: pass --resume to continue it, or choose another output.run_dir",
+            ));
+        }
+        (true, None) => {
+            return Err(ModelError::invalid(
+                &run_dir,
+                "has no checkpoint to resume from",
+            ));
+        }
+        (true, Some((dir, state))) => {
+            if state.config_hash != config.training_hash() {
+                return Err(ModelError::invalid(
+                    dir,
+                    "was trained with a different configuration (model, lora, data or optimisation); resume needs the same",
+                ));
+            }
+            Some((dir.clone(), state.clone()))
+        }
+        (false, None) => None,
+    };
+    std::fs::create_dir_all(&run_dir).map_err(|e| ModelError::io(&run_dir, e))?;
+    let config_path = run_dir.join("config.toml");
+    std::fs::write(&config_path, config.to_toml()).map_err(|e| ModelError::io(&config_path, e))?;
+
+    let choice: DeviceChoice = config.model.device.parse().map_err(ModelError::Usage)?;
+    let device = choice.device().autodiff();
+    let train_cfg = &config.train;
+    let spec = config.lora_spec();
+    let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
+    let loaded = HfModel::load(&config.model.path, &device)?;
+    let eos = *loaded.eos_token_ids.first().ok_or_else(|| {
+        ModelError::invalid(
+            &config.model.path,
+            "the model names no EOS token (config.json / generation_config.json)",
+        )
+    })?;
+    let rows = training_rows(
+        &tokenizer,
+        &config.data.train,
+        &config.data.text_field,
+        config.data.max_len,
+        eos,
+    )?;
+    let valid_texts = match &config.data.valid {
+        Some(path) => {
+            let mut texts = read_jsonl_texts(path, &config.data.text_field)?;
+            if train_cfg.eval_records > 0 {
+                texts.truncate(train_cfg.eval_records);
+            }
+            texts
+        }
+        None => Vec::new(),
+    };
+    let per_step = train_cfg.micro_batch * train_cfg.grad_accum;
+    let total_steps = match train_cfg.max_steps {
+        0 => (train_cfg.epochs * rows.len()).div_ceil(per_step),
+        n => n,
+    };
+
+    let mut model = loaded.model;
+    let optim_config = AdamWConfig::new()
+        .with_beta_1(train_cfg.beta1 as f32)
+        .with_beta_2(train_cfg.beta2 as f32)
+        .with_epsilon(train_cfg.eps as f32)
+        .with_weight_decay(train_cfg.weight_decay as f32);
+    let (mut optim, start_step, initial_eval_loss) = match &resume_from {
+        Some((dir, state)) => {
+            load_adapter(&mut model, dir, &device)?;
+            let path = dir.join(OPTIMIZER_FILE);
+            let optim = optim_config.init().load(&path).map_err(|e| {
+                ModelError::invalid(&path, format!("cannot read optimizer state: {e}"))
+            })?;
+            log(&format!(
+                "resuming {} at step {}",
+                run_dir.display(),
+                state.step
+            ));
+            (optim, state.step, None)
+        }
+        None => {
+            device.seed(train_cfg.seed);
+            model.attach_lora(&spec, &device);
+            let initial = match valid_texts.is_empty() {
+                true => None,
+                false => Some(
+                    evaluate(
+                        &model.valid(),
+                        &tokenizer,
+                        &valid_texts,
+                        config.data.max_len,
+                        &device.clone().inner(),
+                    )?
+                    .loss,
+                ),
+            };
+            if let Some(loss) = initial {
+                log(&format!("eval before training: loss {loss:.4}"));
+            }
+            (optim_config.init(), 0, initial)
+        }
+    };
+    let trainable: Vec<ParamId> = model
+        .adapters()
+        .iter()
+        .flat_map(|(_, a)| [a.lora_a.id, a.lora_b.id])
+        .collect();
+    let trainable_parameters: usize = model
+        .adapters()
+        .iter()
+        .map(|(_, a)| {
+            a.lora_a.val().dims().iter().product::<usize>()
+                + a.lora_b.val().dims().iter().product::<usize>()
+        })
+        .sum();
+    log(&format!(
+        "{} rows of {} tokens, {} steps, {} adapters ({} trainable parameters)",
+        rows.len(),
+        config.data.max_len,
+        total_steps,
+        trainable.len() / 2,
+        trainable_parameters
+    ));
+    if start_step >= total_steps {
+        return Err(ModelError::Usage(format!(
+            "the run is already at step {start_step} of {total_steps}; raise train.max_steps to continue"
+        )));
+    }
+
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let mut metrics = metrics_file(&metrics_path, start_step)?;
+    let base_model = config.model.path.display().to_string();
+    let hash = config.training_hash();
+    let started = Instant::now();
+    let mut speeds = Vec::new();
+    let mut last = (0.0, None, run_dir.clone());
+    for step in start_step..total_steps {
+        let step_started = Instant::now();
+        device.seed(train_cfg.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let lr = learning_rate(
+            train_cfg.schedule,
+            train_cfg.lr,
+            train_cfg.warmup_steps,
+            total_steps,
+            step,
+        );
+        let window: Vec<&Vec<u32>> = (step * per_step..(step + 1) * per_step)
+            .map(|k| stream_row(&rows, train_cfg.seed, k))
+            .collect();
+        let window_tokens = (window.len() * (config.data.max_len - 1)) as f64;
+        let mut accumulator = GradientsAccumulator::new();
+        let mut nll = 0.0;
+        for micro in window.chunks(train_cfg.micro_batch) {
+            let (ids, positions) = batch_tensors(micro, &device);
+            let logits = model.forward(ids.clone(), positions, None);
+            let sum = causal_lm_loss_sum(logits, ids);
+            let loss = sum.nll / window_tokens;
+            nll += loss.clone().into_scalar::<f64>();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            accumulator.accumulate(&model, grads);
+        }
+        if !nll.is_finite() {
+            return Err(ModelError::Usage(format!(
+                "loss is {nll} at step {}: training stopped; the last good checkpoint is kept",
+                step + 1
+            )));
+        }
+        let mut grads = accumulator.grads();
+        let grad_norm = clip_global_norm(&mut grads, &trainable, train_cfg.max_grad_norm);
+        model = optim.step(lr, model, grads);
+        let seconds = step_started.elapsed().as_secs_f64();
+        let tokens_per_second = (window.len() * config.data.max_len) as f64 / seconds;
+        speeds.push(tokens_per_second);
+        let done = step + 1;
+        let line = json!({
+            "step": done, "loss": nll, "lr": lr, "grad_norm": grad_norm, "tokens": window_tokens as usize,
+            "tokens_per_second": tokens_per_second, "elapsed_s": started.elapsed().as_secs_f64(),
+        });
+        writeln!(metrics, "{line}").map_err(|e| ModelError::io(&metrics_path, e))?;
+        log(&format!(
+            "step {done}/{total_steps}  loss {nll:.4}  lr {lr:.3e}  grad_norm {grad_norm:.3}  {tokens_per_second:.0} tok/s"
+        ));
+
+        let is_last = done == total_steps;
+        let eval_now = !valid_texts.is_empty()
+            && (is_last || (train_cfg.eval_every > 0 && done % train_cfg.eval_every == 0));
+        let eval_loss = match eval_now {
+            true => {
+                let report = evaluate(
+                    &model.valid(),
+                    &tokenizer,
+                    &valid_texts,
+                    config.data.max_len,
+                    &device.clone().inner(),
+                )?;
+                writeln!(metrics, "{}", json!({ "step": done, "eval_loss": report.loss, "eval_perplexity": report.perplexity }))
+                    .map_err(|e| ModelError::io(&metrics_path, e))?;
+                log(&format!(
+                    "eval at step {done}: loss {:.4}  perplexity {:.3}",
+                    report.loss, report.perplexity
+                ));
+                Some(report.loss)
+            }
+            false => None,
+        };
+        if is_last || (train_cfg.save_every > 0 && done % train_cfg.save_every == 0) {
+            let state = CheckpointState {
+                step: done,
+                seed: train_cfg.seed,
+                config_hash: hash.clone(),
+                train_loss: nll,
+                eval_loss,
+            };
+            let dir = write_checkpoint(&run_dir, &model, &spec, &base_model, &optim, &state)?;
+            prune_checkpoints(&run_dir, train_cfg.keep_last)?;
+            last.2 = dir;
+        }
+        last.0 = nll;
+        last.1 = eval_loss;
+    }
+    speeds.sort_by(f64::total_cmp);
+    let summary = TrainSummary {
+        run_dir: run_dir.clone(),
+        steps: total_steps,
+        resumed_from: start_step,
+        final_train_loss: last.0,
+        initial_eval_loss,
+        final_eval_loss: last.1,
+        rows: rows.len(),
+        trainable_parameters,
+        median_tokens_per_second: speeds[speeds.len() / 2],
+        last_checkpoint: last.2,
+    };
+    let summary_path = run_dir.join("summary.json");
+    std::fs::write(
+        &summary_path,
+        serde_json::to_string_pretty(&summary).expect("JSON") + "\n",
+    )
+    .map_err(|e| ModelError::io(&summary_path, e))?;
+    Ok(summary)
+}
+
+/// Opens `metrics.jsonl` for appending, first dropping lines of steps after `keep_until` (left
+/// by a run that stopped after its last checkpoint).
+fn metrics_file(path: &Path, keep_until: usize) -> Result<std::fs::File, ModelError> {
+    let kept: String = match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|step| step as usize <= keep_until)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect(),
+        Err(_) => String::new(),
+    };
+    std::fs::write(path, kept).map_err(|e| ModelError::io(path, e))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| ModelError::io(path, e))
+}
+
+/// The training rows: every text's tokens plus EOS, joined, cut into rows of `max_len`.
+fn training_rows(
+    tokenizer: &TextTokenizer,
+    path: &Path,
+    field: &str,
+    max_len: usize,
+    eos: u32,
+) -> Result<Vec<Vec<u32>>, ModelError> {
+    let mut stream = Vec::new();
+    for text in read_jsonl_texts(path, field)? {
+        stream.extend(tokenizer.encode(&text, true)?);
+        stream.push(eos);
+    }
+    let rows: Vec<Vec<u32>> = stream.chunks_exact(max_len).map(<[u32]>::to_vec).collect();
+    if rows.is_empty() {
+        return Err(ModelError::invalid(
+            path,
+            format!(
+                "{} tokens are fewer than one row of data.max_len = {max_len}",
+                stream.len()
+            ),
+        ));
+    }
+    Ok(rows)
+}
+
+/// Row `k` of the endless stream: epoch `k / n` visits all `n` rows in an order shuffled from
+/// the seed and the epoch.
+fn stream_row(rows: &[Vec<u32>], seed: u64, k: usize) -> &Vec<u32> {
+    let n = rows.len();
+    let epoch = (k / n) as u64;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(
+        seed.wrapping_add(epoch.wrapping_mul(0x2545_F491_4F6C_DD1D)),
+    ));
+    &rows[order[k % n]]
+}
+
+/// Token ids `[rows, len]` and positions `0..len` for a micro-batch.
+fn batch_tensors(rows: &[&Vec<u32>], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let (batch, len) = (rows.len(), rows[0].len());
+    let ids: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&id| i64::from(id)))
+        .collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, len]), device);
+    let positions = Tensor::<1, Int>::arange(0..len as i64, device)
+        .reshape([1, len])
+        .expand([batch, len]);
+    (ids, positions)
+}
+
+/// Scales all gradients so their global L2 norm is at most `max_norm` (0 = no clipping), as
+/// `torch.nn.utils.clip_grad_norm_`; returns the norm before clipping.
+fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: f64) -> f64 {
+    let squares: f64 = ids
+        .iter()
+        .filter_map(|id| grads.get::<2>(*id))
+        .map(|g| g.square().sum().into_scalar::<f64>())
+        .sum();
+    let norm = squares.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let factor = max_norm / (norm + 1e-6);
+        for id in ids {
+            if let Some(g) = grads.remove::<2>(*id) {
+                grads.register::<2>(*id, g.mul_scalar(factor));
+            }
+        }
+    }
+    norm
+}
