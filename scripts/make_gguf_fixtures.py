@@ -46,17 +46,48 @@ dimension first; the numpy / safetensors shape of a 2-D tensor with ne = [cols, 
   error, that an all-F32 conversion matches it to float precision (so the un-permute is exact),
   and that a conversion without the q/k permutation gives clearly different logits.
 
+3. A SentencePiece (llama) vocabulary
+
+  tiny_spm.gguf: a tiny random LlamaForCausalLM (make_fixtures.build_model, seed 7; the sizes of
+  tied_gqa, but untied, vocab 400) converted like tiny_llama.gguf (output.weight after
+  output_norm; norms F32, output.weight Q8_0, the rest F16), with the vocabulary of a
+  SentencePiece BPE model trained here like Llama's tokenizer.model (train_spm), written as
+  convert_hf_to_gguf.py writes a SentencePiece vocabulary: tokenizer model "llama", pre
+  "default", tokens, scores (f32), token_type (i32): <unk> 0 UNKNOWN, <s> 1 and </s> 2 CONTROL,
+  <0x00>..<0xFF> 3..258 BYTE, the pieces 259..398 NORMAL (scores -0.0, -1, -2, ...: merged
+  pieces first, then the single characters), <think> 399 USER_DEFINED (score -1000, an added
+  token). No merges, no add_bos_token, no add_space_prefix, no pad id.
+
+  tiny_spm_expected.safetensors: input_ids int64 [1, 12] (seeded random ids in [0, 400)) and
+  logits f32 [1, 12, 400] of transformers' GGUF loader (float32, eager attention).
+
+  tiny_spm_expected.json: {"config" (as for tiny_llama), "tokenizer_checks" (`tok(text)`, BOS
+  added, on SPM_CHECK_TEXTS: TRICKY_TEXTS and a few more), "decode_checks" ({"ids", "text":
+  tok.decode(ids, skip_special_tokens=True)}), "tokenizer_json_summary" (the backend
+  tokenizer's tokenizer.json without model.vocab and model.merges), "merges_head" (the first 20
+  merges transformers derived, [left, right]), "merges_count", "merges_sha256" (sha256 of the
+  merges as "left right" lines joined by "\n", UTF-8)}.
+
+  transformers derives the merges with generate_merges: every split of a token into two tokens
+  of the vocabulary, with the score of the token; sorted by (score, len(left), len(right)),
+  descending and stable (ties keep the order of the vocabulary). Its Metaspace pre-tokenizer
+  (prepend_scheme "first") adds no "▁" to text that already starts with a space, unlike
+  sentencepiece (and llama.cpp): the script prints where its ids differ from sentencepiece's.
+
 Usage:
   ~/.cache/peft-bench/venv/bin/python scripts/make_gguf_fixtures.py [--out tests/fixtures/gguf]
       [--hf tests/fixtures/llama/tied_gqa] [--threads 2]
 """
 import argparse
+import hashlib
+import io
 import json
 import os
 import struct
 import tempfile
 
 import numpy as np
+import sentencepiece as spm
 import torch
 from gguf import GGMLQuantizationType as T
 from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, TokenType
@@ -64,8 +95,10 @@ from gguf.quants import dequantize, quantize
 from safetensors import safe_open
 from safetensors.numpy import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.tokenization_utils_base import generate_merges
 
-from reference_gguf_tokenizer import load_gguf_tokenizer, tricky_checks, write_json
+from make_fixtures import TOKENIZER_CORPUS, build_model
+from reference_gguf_tokenizer import TRICKY_TEXTS, load_gguf_tokenizer, tricky_checks, write_json
 
 SEED = 20240131
 QK_K = 256
@@ -271,11 +304,13 @@ def storage_type(gguf_name, values, all_f32):
     return T.F16 if gguf_name in F16_TENSORS else T.Q8_0
 
 
-def gguf_tensors(hf_dir, config, permute_qk=True, all_f32=False):
-    """[(gguf name, qtype, raw)] of the HF checkpoint, in llama.cpp's naming."""
+def gguf_tensors(hf_dir, config, permute_qk=True, all_f32=False, storage=None):
+    """[(gguf name, qtype, raw)] of the HF checkpoint, in llama.cpp's naming (output.weight last,
+    if the checkpoint has an lm_head.weight); `storage(gguf name, values)` gives the qtype
+    (default storage_type)."""
+    storage = storage or (lambda name, values: storage_type(name, values, all_f32))
     with safe_open(os.path.join(hf_dir, "model.safetensors"), "np") as f:
         hf = {name: f.get_tensor(name).astype(np.float32) for name in f.keys()}
-    assert "lm_head.weight" not in hf, "expected a tied checkpoint"
     n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
     named = [("token_embd.weight", hf["model.embed_tokens.weight"])]
     for layer in range(config["num_hidden_layers"]):
@@ -289,10 +324,12 @@ def gguf_tensors(hf_dir, config, permute_qk=True, all_f32=False):
                 values = permuted
             named.append((f"blk.{layer}.{gguf_suffix}", values))
     named.append(("output_norm.weight", hf["model.norm.weight"]))
+    if "lm_head.weight" in hf:
+        named.append(("output.weight", hf["lm_head.weight"]))
     assert len(named) == len(hf), sorted(hf)
     tensors = []
     for name, values in named:
-        qtype = storage_type(name, values, all_f32)
+        qtype = storage(name, values)
         tensors.append((name, qtype, quantize(np.ascontiguousarray(values), qtype)))
     return tensors
 
@@ -317,27 +354,34 @@ def tokenizer_metadata(hf_dir):
     return tokens, token_types, merges, ids, tok_config["chat_template"]
 
 
-def write_tiny_llama_gguf(path, hf_dir, permute_qk=True, all_f32=False):
-    with open(os.path.join(hf_dir, "config.json")) as f:
-        config = json.load(f)
-    tokens, token_types, merges, ids, chat_template = tokenizer_metadata(hf_dir)
-    assert len(tokens) == config["vocab_size"]
+def add_llama_hparams(writer, config, name, file_type):
+    """general.* and llama.* keys of a converted LlamaForCausalLM (HF config.json `config`)."""
     head_dim = config["hidden_size"] // config["num_attention_heads"]
-
-    writer = GGUFWriter(path, arch="llama")
     writer.add_type("model")
-    writer.add_name("tied_gqa")
+    writer.add_name(name)
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
     writer.add_feed_forward_length(config["intermediate_size"])
     writer.add_head_count(config["num_attention_heads"])
     writer.add_head_count_kv(config["num_key_value_heads"])
-    writer.add_rope_freq_base(config["rope_theta"])
+    rope_theta = config["rope_theta"] if "rope_theta" in config else config["rope_parameters"]["rope_theta"]
+    writer.add_rope_freq_base(rope_theta)
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_file_type(LlamaFileType.ALL_F32 if all_f32 else LlamaFileType.MOSTLY_Q8_0)
+    writer.add_file_type(file_type)
     writer.add_vocab_size(config["vocab_size"])
     writer.add_rope_dimension_count(head_dim)
+
+
+def write_tiny_llama_gguf(path, hf_dir, permute_qk=True, all_f32=False):
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        config = json.load(f)
+    tokens, token_types, merges, ids, chat_template = tokenizer_metadata(hf_dir)
+    assert len(tokens) == config["vocab_size"]
+
+    writer = GGUFWriter(path, arch="llama")
+    add_llama_hparams(writer, config, "tied_gqa",
+                      LlamaFileType.ALL_F32 if all_f32 else LlamaFileType.MOSTLY_Q8_0)
     writer.add_add_space_prefix(False)
     writer.add_add_bos_token(False)
     writer.add_tokenizer_model("gpt2")
@@ -366,7 +410,7 @@ def hf_model_with_gguf_weights(hf_dir, gguf_path):
                                                  attn_implementation="eager").eval()
     config = model.config
     gguf_to_hf = {"token_embd.weight": "model.embed_tokens.weight",
-                  "output_norm.weight": "model.norm.weight"}
+                  "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
     for layer in range(config.num_hidden_layers):
         for hf_suffix, gguf_suffix in LAYER_TENSORS.items():
             gguf_to_hf[f"blk.{layer}.{gguf_suffix}"] = f"model.layers.{layer}.{hf_suffix}"
@@ -459,6 +503,188 @@ def write_tiny_llama(out, hf_dir):
     write_json(expected, os.path.join(out, "tiny_llama_expected.json"))
     print(f"  config: {expected['config']}")
 
+# ---------------------------------------------------------------------------------------------
+# 3. a SentencePiece (llama) vocabulary
+# ---------------------------------------------------------------------------------------------
+
+SPM_PIECES = 399  # pieces of the trained model; the added <think> makes 400 tokens
+SPM_USER_DEFINED = "<think>"
+SPM_MODEL_SEED = 7
+# extra training text (written for this fixture) with runs of spaces, so that the vocabulary
+# has whitespace-only pieces ("▁▁", ...) as Llama's does
+SPM_EXTRA_CORPUS = [
+    "Betreff:  Ihr Antrag vom 3. Mai  (Eingang am 7. Mai)",
+    "    Anlage 1:  Formular zur  Anmeldung",
+    "Aktenzeichen  L 6  /  2023,  bitte  stets  angeben.",
+    "  Sehr geehrte Damen und Herren,  vielen Dank für Ihr Schreiben.",
+]
+SPM_CHECK_TEXTS = TRICKY_TEXTS[:-1] + [
+    "Hallo Welt", " führender Leerraum", "a<think>b", "Zeile1\nZeile2",
+    "x€y",  # "€" and "x" are no pieces: byte fallback
+    "<s>Hallo</s> <unk>", "",
+]
+SPM_DECODE_TEXTS = [" führender Leerraum", "a<think>b", "x€y"]
+
+
+def train_spm():
+    """A SentencePiece BPE model set up like Llama's tokenizer.model (identity normalization,
+    dummy prefix, extra whitespace kept, whitespace-only pieces allowed, digits split, byte
+    fallback; unk 0, bos 1, eos 2, no pad), trained on make_fixtures' tokenizer corpus without
+    its tab / newline sentence, plus SPM_EXTRA_CORPUS. One thread: deterministic."""
+    corpus = [text for text in TOKENIZER_CORPUS if "\n" not in text and "\t" not in text]
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus + SPM_EXTRA_CORPUS), model_writer=proto, model_type="bpe",
+        vocab_size=SPM_PIECES, byte_fallback=True, split_digits=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
+        allow_whitespace_only_pieces=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, num_threads=1, minloglevel=2)
+    return spm.SentencePieceProcessor(model_proto=proto.getvalue())
+
+
+def spm_vocab(sp):
+    """(tokens, scores, token types) as convert_hf_to_gguf.py's _create_vocab_sentencepiece
+    writes them: the pieces with their scores, UNKNOWN / CONTROL / BYTE / NORMAL; then the
+    added token <think> (an added_tokens.json entry): score -1000, USER_DEFINED."""
+    tokens, scores, token_types = [], [], []
+    for i in range(sp.get_piece_size()):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        token_types.append(TokenType.UNKNOWN if sp.is_unknown(i) else TokenType.CONTROL if sp.is_control(i)
+                           else TokenType.BYTE if sp.is_byte(i) else TokenType.NORMAL)
+    tokens.append(SPM_USER_DEFINED)
+    scores.append(-1000.0)
+    token_types.append(TokenType.USER_DEFINED)
+    assert tokens[:3] == ["<unk>", "<s>", "</s>"] and tokens[3:259] == [f"<0x{b:02X}>" for b in range(256)]
+    assert token_types[:3] == [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL]
+    assert set(token_types[3:259]) == {TokenType.BYTE} and TokenType.BYTE not in token_types[259:]
+    return tokens, scores, token_types
+
+
+def spm_storage(gguf_name, values):
+    """Mostly F16 as llama.cpp's f16 conversion: norms F32, 2-D weights F16, output.weight Q8_0."""
+    if values.ndim == 1:
+        return T.F32
+    return T.Q8_0 if gguf_name == "output.weight" else T.F16
+
+
+def write_tiny_spm_gguf(path, hf_dir, vocab, metadata=None):
+    """What convert_hf_to_gguf.py writes for a LlamaForCausalLM with a SentencePiece vocabulary
+    (_set_vocab_sentencepiece): tokenizer model "llama", pre "default", tokens, scores, token
+    types, no merges; bos / eos / unk ids, no pad, no add_bos_token, no add_space_prefix.
+    `metadata` (key -> (value, type)): extra keys, for the probes of write_tiny_spm."""
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        config = json.load(f)
+    tokens, scores, token_types = vocab
+    assert len(tokens) == config["vocab_size"]
+
+    writer = GGUFWriter(path, arch="llama")
+    add_llama_hparams(writer, config, "tiny_spm", LlamaFileType.MOSTLY_F16)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(token_types)
+    writer.add_bos_token_id(tokens.index("<s>"))
+    writer.add_eos_token_id(tokens.index("</s>"))
+    writer.add_unk_token_id(tokens.index("<unk>"))
+    for key, (value, vtype) in (metadata or {}).items():
+        writer.add_key_value(key, value, vtype)
+    writer.add_quantization_version(2)
+    for name, qtype, raw in gguf_tensors(hf_dir, config, storage=spm_storage):
+        writer.add_tensor(name, raw, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def tokenizer_json_summary(tok):
+    """transformers' backend tokenizer as tokenizer.json, without the model's vocab and merges;
+    and the merges ([left, right] pairs, first applied first)."""
+    backend = json.loads(tok.backend_tokenizer.to_str())
+    model = backend["model"]
+    summary = dict(backend, model={k: v for k, v in model.items() if k not in ("vocab", "merges")})
+    return summary, [list(merge) for merge in model["merges"]]
+
+
+def write_tiny_spm(out):
+    sp = train_spm()
+    vocab = spm_vocab(sp)
+    tokens, scores, token_types = vocab
+    spec = dict(seed=SPM_MODEL_SEED, rope=dict(rope_type="default", rope_theta=10000.0),
+                config=dict(vocab_size=len(tokens), tie_word_embeddings=False, num_key_value_heads=2))
+    path = os.path.join(out, "tiny_spm.gguf")
+    input_ids = torch.randint(0, len(tokens), (1, 12), generator=torch.Generator().manual_seed(SEED))
+    with tempfile.TemporaryDirectory() as hf_dir:
+        build_model(spec).save_pretrained(hf_dir)
+        write_tiny_spm_gguf(path, hf_dir, vocab)
+        hf_logits = logits_of(AutoModelForCausalLM.from_pretrained(
+            hf_dir, dtype=torch.float32, attn_implementation="eager").eval(), input_ids)
+        model = gguf_model(path)
+        logits = logits_of(model, input_ids)
+        sim_logits = logits_of(hf_model_with_gguf_weights(hf_dir, path), input_ids)
+        sim_diff = (logits - sim_logits).abs().max().item()
+
+        # probes (printed, not recorded): what transformers makes of add_space_prefix = false and
+        # add_bos_token = false in such a file
+        probes = {}
+        for key in ("tokenizer.ggml.add_space_prefix", "tokenizer.ggml.add_bos_token"):
+            probe_path = os.path.join(hf_dir, "probe.gguf")
+            write_tiny_spm_gguf(probe_path, hf_dir, vocab, {key: (False, GGUFValueType.BOOL)})
+            probes[key] = load_gguf_tokenizer(probe_path)
+    reader = GGUFReader(path)
+    for key in ("merges", "add_bos_token", "add_space_prefix", "padding_token_id"):
+        assert f"tokenizer.ggml.{key}" not in reader.fields, key
+    assert reader.fields["tokenizer.ggml.scores"].types == [GGUFValueType.ARRAY, GGUFValueType.FLOAT32]
+    assert reader.fields["tokenizer.ggml.token_type"].types == [GGUFValueType.ARRAY, GGUFValueType.INT32]
+    print(f"  {path}: {os.path.getsize(path)} bytes, {len(tokens)} tokens "
+          f"({sum(t == TokenType.NORMAL for t in token_types)} normal), "
+          f"{[(t.name, t.tensor_type.name) for t in reader.tensors if not t.name.startswith('blk.1')]}")
+    scale = hf_logits.abs().max().item()
+    f16_diff = (logits - hf_logits).abs().max().item()
+    print(f"  logits max |hf| {scale:.3f}; max |gguf - hf| {f16_diff:.2e}; "
+          f"max |gguf - hf with dequantized weights| {sim_diff:.2e}")
+    assert sim_diff < 1e-5, "transformers' GGUF logits must be those of the dequantized weights"
+    assert f16_diff < 0.05 * scale, "F16 / Q8_0 error too large"
+    save_file({"input_ids": input_ids.numpy(), "logits": logits.numpy()},
+              os.path.join(out, "tiny_spm_expected.safetensors"))
+
+    tok = load_gguf_tokenizer(path)
+    summary, merges = tokenizer_json_summary(tok)
+    expected_merges = generate_merges({t: i for i, t in enumerate(tokens)}, dict(zip(tokens, scores)))
+    assert merges == [list(m) for m in expected_merges], "merges are not generate_merges' by score"
+    checks = tricky_checks(tok, SPM_CHECK_TEXTS)
+    for check in checks:
+        text = check["text"]
+        # the SentencePiece model itself (BOS added; it knows no <think>, <s> or </s> in text)
+        plain = text and "<think>" not in text and "<s>" not in text
+        sp_ids = [sp.bos_id()] + sp.encode(text) if plain else None
+        same = "-" if sp_ids is None else check["ids"] == sp_ids
+        print(f"  tok {text[:40]!r}: {check['ids'][:12]}{'...' if len(check['ids']) > 12 else ''} "
+              f"{tok.convert_ids_to_tokens(check['ids'][:8])}, same as sentencepiece: {same}")
+    decode_checks = []
+    for text in SPM_DECODE_TEXTS:
+        ids = tok(text)["input_ids"]
+        decode_checks.append({"ids": ids, "text": tok.decode(ids, skip_special_tokens=True)})
+    # an incomplete UTF-8 sequence (the first two bytes of "€") after BOS, then "▁a"
+    ids = tok.convert_tokens_to_ids(["<s>", "<0xE2>", "<0x82>", "▁a"])
+    decode_checks.append({"ids": ids, "text": tok.decode(ids, skip_special_tokens=True)})
+    for check in decode_checks:
+        print(f"  decode {check['ids']} -> {check['text']!r}")
+    for key, probe in probes.items():
+        print(f"  probe {key} = false: tok('Hallo Welt') = {probe('Hallo Welt')['input_ids']} "
+              f"(file: {tok('Hallo Welt')['input_ids']}), tokenizer JSON unchanged: "
+              f"{tokenizer_json_summary(probe) == (summary, merges)}")
+    merges_text = "\n".join(f"{left} {right}" for left, right in merges)
+    expected = {"config": derived_config(model), "tokenizer_checks": checks,
+                "decode_checks": decode_checks, "tokenizer_json_summary": summary,
+                "merges_head": merges[:20], "merges_count": len(merges),
+                "merges_sha256": hashlib.sha256(merges_text.encode("utf-8")).hexdigest()}
+    write_json(expected, os.path.join(out, "tiny_spm_expected.json"))
+    print(f"  config: {expected['config']}")
+    print(f"  {len(merges)} merges, first: {merges[:20]}")
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -473,6 +699,8 @@ def main():
     write_quant_fixtures(args.out, np.random.default_rng(SEED))
     print("tiny llama:")
     write_tiny_llama(args.out, args.hf)
+    print("tiny spm:")
+    write_tiny_spm(args.out)
 
     total = 0
     for name in sorted(os.listdir(args.out)):

@@ -10,7 +10,7 @@ use feinschliff_data::template::{ChatTemplate, Message};
 use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_train::backend::{Device, DeviceChoice};
 use feinschliff_train::eval::evaluate;
-use feinschliff_train::export::export_adapter;
+use feinschliff_train::export::{export_adapter, export_merged, parse_size};
 use feinschliff_train::generate::{Sampling, TextStream, generate};
 use feinschliff_train::io::gguf_import::import_gguf;
 use feinschliff_train::io::hf::HfModel;
@@ -72,6 +72,20 @@ struct TrainArgs {
 enum ExportCommand {
     /// A PEFT adapter directory (adapter_config.json, adapter_model.safetensors).
     Adapter(ExportAdapterArgs),
+    /// A full Hugging Face model directory with the adapter merged into the weights.
+    Merged(ExportMergedArgs),
+}
+
+#[derive(Args)]
+struct ExportMergedArgs {
+    #[command(flatten)]
+    source: ExportAdapterArgs,
+    /// Storage dtype of the weights.
+    #[arg(long, default_value = "f32", value_parser = parse_store_dtype, value_name = "f32|bf16|f16")]
+    dtype: StoreDtype,
+    /// Largest safetensors shard; bigger models get model.safetensors.index.json.
+    #[arg(long, default_value = "5GB", value_parser = parse_size, value_name = "SIZE")]
+    max_shard_size: usize,
 }
 
 #[derive(Args)]
@@ -164,7 +178,7 @@ struct ImportGgufArgs {
     #[arg(value_name = "OUT_DIR")]
     out_dir: PathBuf,
     /// Storage dtype of the weights written.
-    #[arg(long, default_value = "f32", value_parser = parse_store_dtype, value_name = "f32|bf16")]
+    #[arg(long, default_value = "f32", value_parser = parse_store_dtype, value_name = "f32|bf16|f16")]
     dtype: StoreDtype,
 }
 
@@ -172,6 +186,7 @@ fn parse_store_dtype(name: &str) -> Result<StoreDtype, String> {
     match name {
         "f32" => Ok(StoreDtype::F32),
         "bf16" => Ok(StoreDtype::BF16),
+        "f16" => Ok(StoreDtype::F16),
         other => Err(format!("`{other}` is not one of f32, bf16")),
     }
 }
@@ -184,6 +199,7 @@ fn main() -> ExitCode {
         Command::ImportGguf(args) => run_import_gguf(args),
         Command::Train(args) => run_train(args),
         Command::Export(ExportCommand::Adapter(args)) => run_export_adapter(args),
+        Command::Export(ExportCommand::Merged(args)) => run_export_merged(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -288,6 +304,19 @@ fn run_train(args: TrainArgs) -> Result<()> {
 
 fn run_export_adapter(args: ExportAdapterArgs) -> Result<()> {
     let dir = export_adapter(&args.run, &args.checkpoint, &args.out)?;
+    println!("wrote {}", dir.display());
+    Ok(())
+}
+
+fn run_export_merged(args: ExportMergedArgs) -> Result<()> {
+    let source = &args.source;
+    let dir = export_merged(
+        &source.run,
+        &source.checkpoint,
+        &source.out,
+        args.dtype,
+        args.max_shard_size,
+    )?;
     println!("wrote {}", dir.display());
     Ok(())
 }

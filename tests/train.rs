@@ -286,3 +286,102 @@ fn adapter_for_another_model_is_rejected() {
         "q_proj.lora_B.weight` has shape [32, 4], the model expects [64, 4]",
     );
 }
+
+#[test]
+fn merged_export_gives_the_adapters_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train(&run, &["train.max_steps=4"], false);
+    let run_text = run.to_str().unwrap();
+    let eval = |args: &[&str]| -> f64 {
+        let mut all = vec![
+            "eval",
+            "--data",
+            "tests/fixtures/eval_sample.jsonl",
+            "--max-len",
+            "16",
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        serde_json::from_str::<Value>(ok(&all).trim()).unwrap()["loss"]
+            .as_f64()
+            .unwrap()
+    };
+    let adapter = run.join("checkpoints/step-000004");
+    let with_adapter = eval(&[
+        "--model",
+        "tests/fixtures/llama/tied_gqa",
+        "--adapter",
+        adapter.to_str().unwrap(),
+    ]);
+
+    let merged = dir.path().join("merged");
+    ok(&[
+        "export",
+        "merged",
+        "--run",
+        run_text,
+        "--out",
+        merged.to_str().unwrap(),
+        "--max-shard-size",
+        "40KB",
+    ]);
+    let index: Value = serde_json::from_str(
+        &std::fs::read_to_string(merged.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let weight_map = index["weight_map"].as_object().unwrap();
+    assert!(
+        !weight_map.contains_key("lm_head.weight"),
+        "a tied model must not write lm_head.weight"
+    );
+    assert!(
+        weight_map
+            .values()
+            .any(|f| f == "model-00002-of-00003.safetensors"),
+        "{weight_map:?}"
+    );
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["rope_theta"],
+        config["rope_parameters"]["rope_theta"]
+    );
+    assert!(
+        merged.join("tokenizer.json").exists() && merged.join("generation_config.json").exists()
+    );
+    let merged_loss = eval(&["--model", merged.to_str().unwrap()]);
+    assert!(
+        (merged_loss - with_adapter).abs() <= 1e-5 * with_adapter,
+        "merged {merged_loss} vs adapter {with_adapter}"
+    );
+
+    let bf16 = dir.path().join("merged-bf16");
+    ok(&[
+        "export",
+        "merged",
+        "--run",
+        run_text,
+        "--out",
+        bf16.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ]);
+    let bf16_loss = eval(&["--model", bf16.to_str().unwrap()]);
+    assert!(
+        (bf16_loss - with_adapter).abs() <= 1e-2 * with_adapter,
+        "bf16 {bf16_loss} vs {with_adapter}"
+    );
+    fails(
+        &[
+            "export",
+            "merged",
+            "--run",
+            run_text,
+            "--out",
+            bf16.to_str().unwrap(),
+        ],
+        "already exists",
+    );
+}

@@ -1,20 +1,21 @@
-//! Exports of a run: the adapter of a chosen checkpoint as a PEFT directory.
+//! Exports of a run: the adapter of a chosen checkpoint as a PEFT directory, or the base model
+//! with that adapter merged in as a Hugging Face model directory. Outputs are written under a
+//! temporary name beside the destination and renamed at the end; an existing destination is
+//! never touched.
 
 use std::path::{Path, PathBuf};
 
+use crate::backend::DeviceChoice;
 use crate::checkpoint::list_checkpoints;
 use crate::error::ModelError;
-use crate::io::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use crate::io::hf::HfModel;
+use crate::io::hf_export::write_merged;
+use crate::io::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter};
+use crate::io::safetensors_out::StoreDtype;
+use crate::run_config::RunConfig;
 
-/// Copies the adapter of checkpoint `which` (`last`, `best` or `step-N`) of `run_dir` into a
-/// new directory `out` (written beside it under a temporary name, then renamed).
-pub fn export_adapter(run_dir: &Path, which: &str, out: &Path) -> Result<PathBuf, ModelError> {
-    if out.exists() {
-        return Err(ModelError::invalid(
-            out,
-            "already exists; choose a new output directory",
-        ));
-    }
+/// The directory of checkpoint `which` (`last`, `best` = lowest eval loss, or `step-N`).
+pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf, ModelError> {
     let checkpoints = list_checkpoints(run_dir)?;
     if checkpoints.is_empty() {
         return Err(ModelError::invalid(
@@ -26,8 +27,9 @@ pub fn export_adapter(run_dir: &Path, which: &str, out: &Path) -> Result<PathBuf
         "last" => checkpoints.last(),
         "best" => checkpoints
             .iter()
-            .filter(|(_, s)| s.eval_loss.is_some())
-            .min_by(|a, b| a.1.eval_loss.unwrap().total_cmp(&b.1.eval_loss.unwrap())),
+            .filter_map(|c| c.1.eval_loss.map(|loss| (c, loss)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(c, _)| c),
         other => {
             let step: usize = other
                 .strip_prefix("step-")
@@ -40,7 +42,7 @@ pub fn export_adapter(run_dir: &Path, which: &str, out: &Path) -> Result<PathBuf
             checkpoints.iter().find(|(_, s)| s.step == step)
         }
     };
-    let (source, _) = chosen.ok_or_else(|| {
+    chosen.map(|(dir, _)| dir.clone()).ok_or_else(|| {
         let have: Vec<String> = checkpoints
             .iter()
             .map(|(_, s)| format!("step-{}", s.step))
@@ -49,27 +51,108 @@ pub fn export_adapter(run_dir: &Path, which: &str, out: &Path) -> Result<PathBuf
             run_dir,
             format!("no checkpoint `{which}` (have: {})", have.join(", ")),
         )
-    })?;
+    })
+}
+
+/// Copies the adapter of checkpoint `which` of `run_dir` into the new directory `out`.
+pub fn export_adapter(run_dir: &Path, which: &str, out: &Path) -> Result<PathBuf, ModelError> {
+    let source = resolve_checkpoint(run_dir, which)?;
+    write_new_dir(out, |temp| {
+        std::fs::create_dir(temp).map_err(|e| ModelError::io(temp, e))?;
+        for file in [ADAPTER_WEIGHTS, ADAPTER_CONFIG] {
+            std::fs::copy(source.join(file), temp.join(file))
+                .map_err(|e| ModelError::io(source.join(file), e))?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes the run's base model with the adapter of checkpoint `which` merged into the new
+/// directory `out`, in `dtype`, sharded above `max_shard_bytes`.
+pub fn export_merged(
+    run_dir: &Path,
+    which: &str,
+    out: &Path,
+    dtype: StoreDtype,
+    max_shard_bytes: usize,
+) -> Result<PathBuf, ModelError> {
+    let source = resolve_checkpoint(run_dir, which)?;
+    let config_path = run_dir.join("config.toml");
+    let config = RunConfig::load(&config_path, &[])
+        .map_err(|message| ModelError::invalid(&config_path, message))?;
+    let device = config
+        .model
+        .device
+        .parse::<DeviceChoice>()
+        .map_err(ModelError::Usage)?
+        .device();
+    let mut base = HfModel::load(&config.model.path, &device)?;
+    load_adapter(&mut base.model, &source, &device)?;
+    write_new_dir(out, |temp| {
+        write_merged(
+            &base.model,
+            &base.config,
+            &config.model.path,
+            temp,
+            dtype,
+            max_shard_bytes,
+        )
+    })
+}
+
+/// Runs `write` on a temporary directory beside `out`, then renames it to `out`.
+fn write_new_dir(
+    out: &Path,
+    write: impl FnOnce(&Path) -> Result<(), ModelError>,
+) -> Result<PathBuf, ModelError> {
+    if out.exists() {
+        return Err(ModelError::invalid(
+            out,
+            "already exists; choose a new output directory",
+        ));
+    }
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
+    let name = out
+        .file_name()
+        .ok_or_else(|| ModelError::invalid(out, "not a directory name"))?;
     let temp = parent.join(format!(
         ".{}.partial-{}",
-        out.file_name().unwrap_or_default().to_string_lossy(),
+        name.to_string_lossy(),
         std::process::id()
     ));
-    let copy = || -> Result<(), ModelError> {
-        std::fs::create_dir(&temp).map_err(|e| ModelError::io(&temp, e))?;
-        for file in [ADAPTER_WEIGHTS, ADAPTER_CONFIG] {
-            std::fs::copy(source.join(file), temp.join(file))
-                .map_err(|e| ModelError::io(source.join(file), e))?;
-        }
-        std::fs::rename(&temp, out).map_err(|e| ModelError::io(out, e))
-    };
-    copy().inspect_err(|_| {
+    let _ = std::fs::remove_dir_all(&temp);
+    let result =
+        write(&temp).and_then(|()| std::fs::rename(&temp, out).map_err(|e| ModelError::io(out, e)));
+    if result.is_err() {
         let _ = std::fs::remove_dir_all(&temp);
-    })?;
-    Ok(out.to_path_buf())
+    }
+    result.map(|()| out.to_path_buf())
+}
+
+/// A size such as `5GB`, `500MB`, `10KB` or a plain byte count (decimal units, as transformers).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let (number, unit) = match upper.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => upper.split_at(at),
+        None => (upper.as_str(), "B"),
+    };
+    let factor = match unit {
+        "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => return Err(format!("`{text}`: unknown unit (B, KB, MB, GB)")),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size"))?;
+    if !(value > 0.0) {
+        return Err(format!("`{text}` must be positive"));
+    }
+    Ok((value * factor) as usize)
 }

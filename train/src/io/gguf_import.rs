@@ -271,7 +271,7 @@ fn architecture(file: &GgufFile, dtype: StoreDtype) -> Result<Arch, String> {
         "bos_token_id": token_id("tokenizer.ggml.bos_token_id")?,
         "eos_token_id": token_id("tokenizer.ggml.eos_token_id")?,
         "pad_token_id": token_id("tokenizer.ggml.padding_token_id")?,
-        "torch_dtype": match dtype { StoreDtype::F32 => "float32", StoreDtype::BF16 => "bfloat16" },
+        "torch_dtype": dtype.torch_name(),
     });
     Ok(Arch {
         heads,

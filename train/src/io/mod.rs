@@ -6,6 +6,7 @@ pub mod gguf;
 pub mod gguf_import;
 pub mod gguf_tokenizer;
 pub mod hf;
+pub mod hf_export;
 pub mod json;
 pub mod peft;
 pub mod safetensors_out;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use half::bf16;
+use half::{bf16, f16};
 
 use crate::error::ModelError;
 
@@ -17,6 +17,8 @@ pub enum StoreDtype {
     F32,
     /// bfloat16 (round to nearest even).
     BF16,
+    /// IEEE half precision (round to nearest even).
+    F16,
 }
 
 impl StoreDtype {
@@ -24,14 +26,29 @@ impl StoreDtype {
         match self {
             StoreDtype::F32 => "F32",
             StoreDtype::BF16 => "BF16",
+            StoreDtype::F16 => "F16",
         }
     }
 
     fn size(self) -> usize {
         match self {
             StoreDtype::F32 => 4,
-            StoreDtype::BF16 => 2,
+            StoreDtype::BF16 | StoreDtype::F16 => 2,
         }
+    }
+
+    /// The `torch_dtype` name of this dtype in `config.json`.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            StoreDtype::F32 => "float32",
+            StoreDtype::BF16 => "bfloat16",
+            StoreDtype::F16 => "float16",
+        }
+    }
+
+    /// Bytes a tensor of `shape` takes.
+    pub fn byte_len(self, shape: &[usize]) -> usize {
+        shape.iter().product::<usize>() * self.size()
     }
 }
 
@@ -48,7 +65,7 @@ pub fn write_safetensors(
     header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut offset = 0usize;
     for (name, shape) in shapes {
-        let len = shape.iter().product::<usize>() * dtype.size();
+        let len = dtype.byte_len(shape);
         header.insert(
             name.clone(),
             serde_json::json!({ "dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + len] }),
@@ -76,6 +93,10 @@ pub fn write_safetensors(
             StoreDtype::BF16 => data
                 .iter()
                 .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect(),
+            StoreDtype::F16 => data
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
                 .collect(),
         };
         out.write_all(&bytes).map_err(io)?;

@@ -232,20 +232,33 @@ impl RawConfig {
     }
 }
 
-/// Merges the v4 keys (`rope_theta`, `rope_scaling`) and the v5 key (`rope_parameters`).
+/// Reads the v4 keys (`rope_theta`, `rope_scaling`) and the v5 key (`rope_parameters`); a
+/// config may carry both forms (our exports do) as long as they agree.
 fn rope_config(
     theta: Option<f64>,
     scaling: Option<RawRope>,
     parameters: Option<RawRope>,
 ) -> Result<RopeConfig, String> {
-    let (key, raw) = match (scaling, parameters) {
-        (Some(_), Some(_)) => {
-            return Err("keys `rope_scaling` and `rope_parameters` both given; use one".into());
+    match (scaling, parameters) {
+        (Some(v4), Some(v5)) => {
+            let (a, b) = (
+                rope_form(theta, Some(v4), "rope_scaling")?,
+                rope_form(theta, Some(v5), "rope_parameters")?,
+            );
+            match a == b {
+                true => Ok(a),
+                false => Err(format!(
+                    "keys `rope_scaling` ({a:?}) and `rope_parameters` ({b:?}) disagree"
+                )),
+            }
         }
-        (Some(raw), None) => ("rope_scaling", Some(raw)),
-        (None, Some(raw)) => ("rope_parameters", Some(raw)),
-        (None, None) => ("rope_scaling", None),
-    };
+        (v4, None) => rope_form(theta, v4, "rope_scaling"),
+        (None, v5) => rope_form(theta, v5, "rope_parameters"),
+    }
+}
+
+/// One RoPE form: the top-level `rope_theta` with `rope_scaling` or `rope_parameters` (`key`).
+fn rope_form(theta: Option<f64>, raw: Option<RawRope>, key: &str) -> Result<RopeConfig, String> {
     let theta = match (theta, raw.as_ref().and_then(|r| r.rope_theta)) {
         (Some(a), Some(b)) if a != b => {
             return Err(format!(
