@@ -151,7 +151,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .trim()
         .parse()
         .map_err(|_| format!("`{text}` is not a size"))?;
-    if !(value > 0.0) {
+    if value.is_nan() || value <= 0.0 {
         return Err(format!("`{text}` must be positive"));
     }
     Ok((value * factor) as usize)
