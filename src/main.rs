@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -18,6 +20,7 @@ use feinschliff_train::io::peft::load_adapter;
 use feinschliff_train::io::safetensors_out::StoreDtype;
 use feinschliff_train::run_config::RunConfig;
 use feinschliff_train::trainer::train;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// LoRA fine-tuning of Llama-family models on Burn, with exports that PEFT and transformers load.
 #[derive(Parser)]
@@ -295,10 +298,24 @@ fn run_train(args: TrainArgs) -> Result<()> {
         ));
     }
     let config = RunConfig::load(&args.config, &overrides).map_err(anyhow::Error::msg)?;
-    let summary = train(&config, args.resume.is_some(), &mut |line| {
+    // SIGINT/SIGTERM set the flag; the trainer finishes its step and writes a checkpoint.
+    let stop = Arc::new(AtomicUsize::new(0));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_usize(signal, Arc::clone(&stop), signal as usize)?;
+    }
+    let summary = train(&config, args.resume.is_some(), &stop, &mut |line| {
         eprintln!("{line}")
     })?;
     println!("{}", serde_json::to_string(&summary)?);
+    if let Some(signal) = summary.stopped_by_signal {
+        eprintln!(
+            "interrupted at step {}; continue with: feinschliff train --config {} --resume {}",
+            summary.steps,
+            args.config.display(),
+            summary.run_dir.display()
+        );
+        std::process::exit(128 + signal as i32);
+    }
     Ok(())
 }
 

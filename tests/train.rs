@@ -385,3 +385,55 @@ fn merged_export_gives_the_adapters_loss() {
         "already exists",
     );
 }
+
+#[test]
+fn sigint_and_sigterm_checkpoint_and_exit_with_128_plus_signal() {
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let run_set = format!("output.run_dir={:?}", run.display().to_string());
+        let child = Command::new(env!("CARGO_BIN_EXE_feinschliff"))
+            .current_dir(root())
+            .args(["train", "--config", "configs/tiny.toml", "--set", &run_set])
+            .args([
+                "--set",
+                "train.max_steps=1000000",
+                "--set",
+                "train.eval_every=0",
+                "--set",
+                "data.valid=\"\"",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until training runs (metrics appear), then signal.
+        let metrics = run.join("metrics.jsonl");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::fs::read_to_string(&metrics).map_or(true, |m| m.lines().count() < 3) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "training did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{err}");
+        assert!(err.contains("--resume"), "{err}");
+        let summary: Value =
+            serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).unwrap();
+        let steps = summary["steps"].as_u64().unwrap() as usize;
+        assert!((3..1_000_000).contains(&steps));
+        assert!(
+            run.join(format!(
+                "checkpoints/step-{steps:06}/adapter_model.safetensors"
+            ))
+            .exists()
+        );
+    }
+}

@@ -63,7 +63,7 @@ pub struct LoraSection {
 pub struct DataSection {
     /// JSONL training file with a text field (required).
     pub train: PathBuf,
-    /// JSONL validation file; none = no evaluation (default).
+    /// JSONL validation file; none or `""` = no evaluation (default).
     #[serde(default)]
     pub valid: Option<PathBuf>,
     /// The record field holding the text (default `text`).
@@ -205,9 +205,17 @@ impl RunConfig {
         for item in overrides {
             apply_override(&mut table, item)?;
         }
-        let config: RunConfig = table
+        let mut config: RunConfig = table
             .try_into()
             .map_err(|e: toml::de::Error| one_line(&e.to_string()))?;
+        if config
+            .data
+            .valid
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            config.data.valid = None;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -216,6 +224,12 @@ impl RunConfig {
     pub fn validate(&self) -> Result<(), String> {
         let (lora, train, data) = (&self.lora, &self.train, &self.data);
         let fail = |key: &str, why: String| Err(format!("key `{key}`: {why}"));
+        if self.model.path.as_os_str().is_empty() {
+            return fail("model.path", "must name a model directory".into());
+        }
+        if data.train.as_os_str().is_empty() {
+            return fail("data.train", "must name a JSONL file".into());
+        }
         if lora.r == 0 {
             return fail("lora.r", "must be at least 1".into());
         }

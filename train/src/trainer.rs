@@ -11,6 +11,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::module::{Module, ParamId};
@@ -58,13 +59,17 @@ pub struct TrainSummary {
     pub median_tokens_per_second: f64,
     /// The checkpoint written last.
     pub last_checkpoint: PathBuf,
+    /// The signal that stopped the run early (after a checkpoint), if one did.
+    pub stopped_by_signal: Option<usize>,
 }
 
 /// Trains as `config` says, or continues the run in `config.output.run_dir` when `resume`.
-/// `log` receives one human-readable line per event.
+/// `log` receives one human-readable line per event. When `stop` becomes non-zero (a signal
+/// number), the current step is finished, a checkpoint written and the run ends early.
 pub fn train(
     config: &RunConfig,
     resume: bool,
+    stop: &AtomicUsize,
     log: &mut dyn FnMut(&str),
 ) -> Result<TrainSummary, ModelError> {
     let run_dir = config.output.run_dir.clone();
@@ -208,6 +213,7 @@ pub fn train(
     let started = Instant::now();
     let mut speeds = Vec::new();
     let mut last = (0.0, None, run_dir.clone());
+    let (mut stopped_by_signal, mut steps_done) = (None, total_steps);
     for step in start_step..total_steps {
         let step_started = Instant::now();
         device.seed(train_cfg.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -255,7 +261,8 @@ pub fn train(
             "step {done}/{total_steps}  loss {nll:.4}  lr {lr:.3e}  grad_norm {grad_norm:.3}  {tokens_per_second:.0} tok/s"
         ));
 
-        let is_last = done == total_steps;
+        let signal = stop.load(Ordering::SeqCst);
+        let is_last = done == total_steps || signal != 0;
         let eval_now = !valid_texts.is_empty()
             && (is_last || (train_cfg.eval_every > 0 && done % train_cfg.eval_every == 0));
         let eval_loss = match eval_now {
@@ -291,11 +298,19 @@ pub fn train(
         }
         last.0 = nll;
         last.1 = eval_loss;
+        if signal != 0 {
+            log(&format!(
+                "stopped by signal {signal} after step {done}; checkpoint written"
+            ));
+            stopped_by_signal = Some(signal);
+            steps_done = done;
+            break;
+        }
     }
     speeds.sort_by(f64::total_cmp);
     let summary = TrainSummary {
         run_dir: run_dir.clone(),
-        steps: total_steps,
+        steps: steps_done,
         resumed_from: start_step,
         final_train_loss: last.0,
         initial_eval_loss,
@@ -304,6 +319,7 @@ pub fn train(
         trainable_parameters,
         median_tokens_per_second: speeds[speeds.len() / 2],
         last_checkpoint: last.2,
+        stopped_by_signal,
     };
     let summary_path = run_dir.join("summary.json");
     std::fs::write(

@@ -101,8 +101,32 @@ pub fn read_adapter_spec(dir: &Path) -> Result<LoraSpec, ModelError> {
             return Err(bad(format!("key `{key}` is not supported")));
         }
     }
-    if !config["modules_to_save"].is_null() {
-        return Err(bad("key `modules_to_save` is not supported".into()));
+    // Keys whose non-default values change what the adapter computes: refuse them rather than
+    // load an adapter that would give other results than in PEFT.
+    for key in [
+        "modules_to_save",
+        "exclude_modules",
+        "layer_replication",
+        "layers_pattern",
+        "target_parameters",
+        "trainable_token_indices",
+    ] {
+        let set = match &config[key] {
+            serde_json::Value::Null => false,
+            serde_json::Value::Array(a) => !a.is_empty(),
+            serde_json::Value::Object(o) => !o.is_empty(),
+            serde_json::Value::String(s) => !s.is_empty(),
+            _ => true,
+        };
+        if set {
+            return Err(bad(format!(
+                "key `{key}`: {} is not supported",
+                config[key]
+            )));
+        }
+    }
+    if config["lora_bias"] == true {
+        return Err(bad("key `lora_bias`: true is not supported".into()));
     }
     if config["bias"].as_str().is_some_and(|b| b != "none") {
         return Err(bad(format!(
