@@ -112,6 +112,10 @@ pub struct TrainSection {
     pub keep_last: usize,
     /// Validation records scored per evaluation, 0 = all (default 0).
     pub eval_records: usize,
+    /// Prompts answered (greedy) at every evaluation, to watch the model change (default none).
+    pub generate_prompts: Vec<String>,
+    /// Tokens generated per prompt (default 32).
+    pub generate_max_new_tokens: usize,
 }
 
 /// The learning-rate schedule after warm-up.
@@ -177,6 +181,8 @@ impl Default for TrainSection {
             save_every: 0,
             keep_last: 2,
             eval_records: 0,
+            generate_prompts: Vec::new(),
+            generate_max_new_tokens: 32,
         }
     }
 }
@@ -332,6 +338,8 @@ impl RunConfig {
         shaping.train.save_every = 0;
         shaping.train.keep_last = 0;
         shaping.train.eval_records = 0;
+        shaping.train.generate_prompts = Vec::new();
+        shaping.train.generate_max_new_tokens = 0;
         shaping.output = OutputSection::default();
         format!("{:x}", Sha256::digest(shaping.to_toml().as_bytes()))
     }

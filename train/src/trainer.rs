@@ -30,9 +30,11 @@ use crate::checkpoint::{
 };
 use crate::error::ModelError;
 use crate::eval::evaluate;
+use crate::generate::{Sampling, generate};
 use crate::io::hf::HfModel;
 use crate::io::peft::load_adapter;
 use crate::loss::causal_lm_loss_sum;
+use crate::model::llama::Llama;
 use crate::run_config::RunConfig;
 use crate::schedule::learning_rate;
 
@@ -108,6 +110,7 @@ pub fn train(
     let spec = config.lora_spec();
     let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
     let loaded = HfModel::load(&config.model.path, &device)?;
+    let loaded_eos = loaded.eos_token_ids.clone();
     let eos = *loaded.eos_token_ids.first().ok_or_else(|| {
         ModelError::invalid(
             &config.model.path,
@@ -143,7 +146,7 @@ pub fn train(
         .with_beta_2(train_cfg.beta2 as f32)
         .with_epsilon(train_cfg.eps as f32)
         .with_weight_decay(train_cfg.weight_decay as f32);
-    let (mut optim, start_step, initial_eval_loss) = match &resume_from {
+    let (mut optim, start_step) = match &resume_from {
         Some((dir, state)) => {
             load_adapter(&mut model, dir, &device)?;
             let path = dir.join(OPTIMIZER_FILE);
@@ -155,28 +158,12 @@ pub fn train(
                 run_dir.display(),
                 state.step
             ));
-            (optim, state.step, None)
+            (optim, state.step)
         }
         None => {
             device.seed(train_cfg.seed);
             model.attach_lora(&spec, &device);
-            let initial = match valid_texts.is_empty() {
-                true => None,
-                false => Some(
-                    evaluate(
-                        &model.valid(),
-                        &tokenizer,
-                        &valid_texts,
-                        config.data.max_len,
-                        &device.clone().inner(),
-                    )?
-                    .loss,
-                ),
-            };
-            if let Some(loss) = initial {
-                log(&format!("eval before training: loss {loss:.4}"));
-            }
-            (optim_config.init(), 0, initial)
+            (optim_config.init(), 0)
         }
     };
     let trainable: Vec<ParamId> = model
@@ -208,6 +195,27 @@ pub fn train(
 
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut metrics = metrics_file(&metrics_path, start_step)?;
+    let inner_device = device.clone().inner();
+    let evaluate_at =
+        |model: &Llama, step: usize, metrics: &mut std::fs::File, log: &mut dyn FnMut(&str)| {
+            evaluate_now(
+                model,
+                &tokenizer,
+                &valid_texts,
+                config,
+                &loaded_eos,
+                &inner_device,
+                step,
+                metrics,
+                &metrics_path,
+                log,
+            )
+        };
+    let wants_eval = !valid_texts.is_empty() || !train_cfg.generate_prompts.is_empty();
+    let initial_eval_loss = match start_step == 0 && wants_eval {
+        true => evaluate_at(&model, 0, &mut metrics, log)?,
+        false => None,
+    };
     let base_model = config.model.path.display().to_string();
     let hash = config.training_hash();
     let started = Instant::now();
@@ -263,25 +271,10 @@ pub fn train(
 
         let signal = stop.load(Ordering::SeqCst);
         let is_last = done == total_steps || signal != 0;
-        let eval_now = !valid_texts.is_empty()
+        let eval_now = wants_eval
             && (is_last || (train_cfg.eval_every > 0 && done % train_cfg.eval_every == 0));
         let eval_loss = match eval_now {
-            true => {
-                let report = evaluate(
-                    &model.valid(),
-                    &tokenizer,
-                    &valid_texts,
-                    config.data.max_len,
-                    &device.clone().inner(),
-                )?;
-                writeln!(metrics, "{}", json!({ "step": done, "eval_loss": report.loss, "eval_perplexity": report.perplexity }))
-                    .map_err(|e| ModelError::io(&metrics_path, e))?;
-                log(&format!(
-                    "eval at step {done}: loss {:.4}  perplexity {:.3}",
-                    report.loss, report.perplexity
-                ));
-                Some(report.loss)
-            }
+            true => evaluate_at(&model, done, &mut metrics, log)?,
             false => None,
         };
         if is_last || (train_cfg.save_every > 0 && done % train_cfg.save_every == 0) {
@@ -423,4 +416,61 @@ fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: f64)
         }
     }
     norm
+}
+
+/// Scores the validation texts and answers the configured prompts (greedy) with the model as it
+/// is at `step`; writes both to `metrics` and the log. Returns the validation loss, if any.
+#[allow(clippy::too_many_arguments)]
+fn evaluate_now(
+    model: &Llama,
+    tokenizer: &TextTokenizer,
+    valid_texts: &[String],
+    config: &RunConfig,
+    eos_ids: &[u32],
+    device: &Device,
+    step: usize,
+    metrics: &mut std::fs::File,
+    metrics_path: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<Option<f64>, ModelError> {
+    let inference = model.valid();
+    let mut write = |line: serde_json::Value| {
+        writeln!(metrics, "{line}").map_err(|e| ModelError::io(metrics_path, e))
+    };
+    let loss = match valid_texts.is_empty() {
+        true => None,
+        false => {
+            let report = evaluate(
+                &inference,
+                tokenizer,
+                valid_texts,
+                config.data.max_len,
+                device,
+            )?;
+            write(
+                json!({ "step": step, "eval_loss": report.loss, "eval_perplexity": report.perplexity }),
+            )?;
+            log(&format!(
+                "eval at step {step}: loss {:.4}  perplexity {:.3}",
+                report.loss, report.perplexity
+            ));
+            Some(report.loss)
+        }
+    };
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+    };
+    for prompt in &config.train.generate_prompts {
+        let ids = tokenizer.encode(prompt, true)?;
+        let max_new = config.train.generate_max_new_tokens;
+        let new = generate(&inference, &ids, eos_ids, max_new, greedy, device, |_| {
+            Ok(())
+        })?;
+        let text = tokenizer.decode(&new, true)?;
+        write(json!({ "step": step, "prompt": prompt, "generation": text }))?;
+        log(&format!("sample at step {step}: {prompt:?} -> {text:?}"));
+    }
+    Ok(loss)
 }
