@@ -119,7 +119,11 @@ fn exported_adapter_is_peft_shaped_and_reloads_to_the_same_loss() {
     );
 
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.matches("\"generation\"").count(), 3, "samples at steps 0, 3, 6: {metrics}");
+    assert_eq!(
+        metrics.matches("\"generation\"").count(),
+        3,
+        "samples at steps 0, 3, 6: {metrics}"
+    );
     assert_eq!(metrics.matches("\"eval_loss\"").count(), 3);
     let out = dir.path().join("adapter");
     ok(&[
