@@ -10,6 +10,7 @@ use crate::checkpoint::list_checkpoints;
 use crate::error::ModelError;
 use crate::io::hf::HfModel;
 use crate::io::hf_export::write_merged;
+use crate::io::new_dir::write_new_dir;
 use crate::io::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter};
 use crate::io::safetensors_out::StoreDtype;
 use crate::run_config::RunConfig;
@@ -98,39 +99,6 @@ pub fn export_merged(
             max_shard_bytes,
         )
     })
-}
-
-/// Runs `write` on a temporary directory beside `out`, then renames it to `out`.
-fn write_new_dir(
-    out: &Path,
-    write: impl FnOnce(&Path) -> Result<(), ModelError>,
-) -> Result<PathBuf, ModelError> {
-    if out.exists() {
-        return Err(ModelError::invalid(
-            out,
-            "already exists; choose a new output directory",
-        ));
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
-    let name = out
-        .file_name()
-        .ok_or_else(|| ModelError::invalid(out, "not a directory name"))?;
-    let temp = parent.join(format!(
-        ".{}.partial-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&temp);
-    let result =
-        write(&temp).and_then(|()| std::fs::rename(&temp, out).map_err(|e| ModelError::io(out, e)));
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&temp);
-    }
-    result.map(|()| out.to_path_buf())
 }
 
 /// A size such as `5GB`, `500MB`, `10KB` or a plain byte count (decimal units, as transformers).

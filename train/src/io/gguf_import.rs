@@ -14,6 +14,7 @@ use serde_json::{Value as Json, json};
 
 use super::gguf::{GgufFile, Value};
 use super::gguf_tokenizer::{TokenizerFiles, convert_tokenizer};
+use super::new_dir::write_new_dir;
 use super::safetensors_out::{StoreDtype, write_safetensors};
 use crate::error::ModelError;
 
@@ -55,27 +56,8 @@ pub fn import_gguf(
     let names = hf_names(&file).map_err(bad)?;
     let tokenizer = convert_tokenizer(&file.metadata, &arch.config).map_err(bad)?;
 
-    let parent = match out_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, e))?;
-    let file_name = out_dir
-        .file_name()
-        .ok_or_else(|| ModelError::invalid(out_dir, "not a directory name"))?;
-    let temp = parent.join(format!(
-        ".{}.partial-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = write_model_dir(&file, &arch, &names, &tokenizer, dtype, &temp);
-    if let Err(error) = result {
-        let _ = std::fs::remove_dir_all(&temp);
-        return Err(error);
-    }
-    std::fs::rename(&temp, out_dir).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&temp);
-        ModelError::io(out_dir, e)
+    write_new_dir(out_dir, |temp| {
+        write_model_dir(&file, &arch, &names, &tokenizer, dtype, temp)
     })?;
     let parameters = names
         .values()

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::safetensors_out::{StoreDtype, write_safetensors};
 use crate::error::ModelError;
 use crate::model::config::{LlamaConfig, RopeScaling};
-use crate::model::llama::{Linear, Llama};
+use crate::model::llama::Llama;
 
 /// Files copied unchanged from the base model directory when present.
 const COPIED_FILES: [&str; 5] = [
@@ -44,22 +44,7 @@ pub fn merged_tensors(model: &Llama) -> BTreeMap<String, Tensor<2>> {
             &layer.post_attention_layernorm.weight,
         );
     }
-    let mut linears: Vec<(String, &Linear)> = Vec::new();
-    for (i, layer) in m.layers.iter().enumerate() {
-        let (a, f) = (&layer.self_attn, &layer.mlp);
-        for (name, l) in [
-            ("self_attn.q_proj", &a.q_proj),
-            ("self_attn.k_proj", &a.k_proj),
-            ("self_attn.v_proj", &a.v_proj),
-            ("self_attn.o_proj", &a.o_proj),
-            ("mlp.gate_proj", &f.gate_proj),
-            ("mlp.up_proj", &f.up_proj),
-            ("mlp.down_proj", &f.down_proj),
-        ] {
-            linears.push((format!("model.layers.{i}.{name}"), l));
-        }
-    }
-    for (name, linear) in linears {
+    for (name, linear) in model.projections() {
         let weight = match &linear.lora {
             Some(adapter) => linear.weight.val() + adapter.delta_weight(),
             None => linear.weight.val(),

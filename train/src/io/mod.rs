@@ -8,6 +8,7 @@ pub mod gguf_tokenizer;
 pub mod hf;
 pub mod hf_export;
 pub mod json;
+pub mod new_dir;
 pub mod peft;
 pub mod safetensors_out;
 pub mod weights;

@@ -271,6 +271,17 @@ impl KvCache {
     }
 }
 
+/// The projections of a decoder layer, as paths below `model.layers.{i}`.
+const PROJECTION_NAMES: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
 /// A base-model tensor: frozen, so it never gets a gradient or optimizer state.
 fn frozen<const D: usize>(tensor: Tensor<D>) -> Param<Tensor<D>> {
     Param::from_tensor(tensor).set_require_grad(false)
@@ -381,6 +392,49 @@ impl Llama {
             )?)),
         };
         Ok(Self { model, lm_head })
+    }
+
+    /// The seven projections of every layer with their HF module paths
+    /// (`model.layers.{i}.self_attn.q_proj`, ...), in layer order.
+    pub fn projections(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let (a, m) = (&layer.self_attn, &layer.mlp);
+            let named = [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ];
+            for (name, proj) in PROJECTION_NAMES.iter().zip(named) {
+                out.push((format!("model.layers.{i}.{name}"), proj));
+            }
+        }
+        out
+    }
+
+    /// [`Llama::projections`], mutable.
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+            let named = [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ];
+            for (name, proj) in PROJECTION_NAMES.iter().zip(named) {
+                out.push((format!("model.layers.{i}.{name}"), proj));
+            }
+        }
+        out
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` at positions `[batch, seq]`.

@@ -10,7 +10,7 @@ use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 
-use super::llama::{Linear, Llama, linear_hf};
+use super::llama::{Llama, linear_hf};
 
 /// The projections LoRA can be attached to, by PEFT module name.
 pub const TARGET_MODULES: [&str; 7] = [
@@ -132,45 +132,12 @@ fn param_id(name: &str) -> ParamId {
 }
 
 impl Llama {
-    /// The projections of every layer with their PEFT module paths, in layer order.
-    pub fn projections_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut out = Vec::new();
-        for (i, layer) in self.model.layers.iter_mut().enumerate() {
-            let attn = &mut layer.self_attn;
-            let mlp = &mut layer.mlp;
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.self_attn.q_proj"), &mut attn.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &mut attn.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &mut attn.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &mut attn.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &mut mlp.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &mut mlp.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &mut mlp.down_proj));
-        }
-        out
-    }
-
     /// The adapters attached so far, with their PEFT module paths, in layer order.
     pub fn adapters(&self) -> Vec<(String, &LoraAdapter)> {
-        let mut out = Vec::new();
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            let (attn, mlp) = (&layer.self_attn, &layer.mlp);
-            let named = [
-                ("self_attn.q_proj", &attn.q_proj),
-                ("self_attn.k_proj", &attn.k_proj),
-                ("self_attn.v_proj", &attn.v_proj),
-                ("self_attn.o_proj", &attn.o_proj),
-                ("mlp.gate_proj", &mlp.gate_proj),
-                ("mlp.up_proj", &mlp.up_proj),
-                ("mlp.down_proj", &mlp.down_proj),
-            ];
-            for (name, proj) in named {
-                if let Some(adapter) = &proj.lora {
-                    out.push((format!("model.layers.{i}.{name}"), adapter));
-                }
-            }
-        }
-        out
+        self.projections()
+            .into_iter()
+            .filter_map(|(path, proj)| proj.lora.as_ref().map(|adapter| (path, adapter)))
+            .collect()
     }
 
     /// Attaches fresh adapters where `spec` asks for them; returns how many.
