@@ -19,7 +19,7 @@ use feinschliff_train::io::hf::HfModel;
 use feinschliff_train::io::peft::load_adapter;
 use feinschliff_train::io::safetensors_out::StoreDtype;
 use feinschliff_train::run_config::RunConfig;
-use feinschliff_train::trainer::train;
+use feinschliff_train::trainer::{Progress, train};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// LoRA fine-tuning of Llama-family models on Burn, with exports that PEFT and transformers load.
@@ -303,9 +303,9 @@ fn run_train(args: TrainArgs) -> Result<()> {
     for signal in [SIGINT, SIGTERM] {
         signal_hook::flag::register_usize(signal, Arc::clone(&stop), signal as usize)?;
     }
-    let summary = train(&config, args.resume.is_some(), &stop, &mut |line| {
-        eprintln!("{line}")
-    })?;
+    let mut progress = TerminalProgress::new();
+    let summary = train(&config, args.resume.is_some(), &stop, &mut progress)?;
+    progress.finish();
     println!("{}", serde_json::to_string(&summary)?);
     if let Some(signal) = summary.stopped_by_signal {
         eprintln!(
@@ -336,4 +336,52 @@ fn run_export_merged(args: ExportMergedArgs) -> Result<()> {
     )?;
     println!("wrote {}", dir.display());
     Ok(())
+}
+
+/// Training progress on stderr: a progress bar (step, loss, lr, speed, ETA) on a terminal,
+/// one plain line per step otherwise (CI logs).
+struct TerminalProgress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl TerminalProgress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            let style = indicatif::ProgressStyle::with_template(
+                "{bar:30} step {pos}/{len}  {msg}  ETA {eta}",
+            )
+            .expect("a valid template");
+            bar.set_style(style);
+            bar
+        });
+        Self { bar }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
+
+impl Progress for TerminalProgress {
+    fn note(&mut self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn step(&mut self, done: usize, total: usize, summary: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+                bar.set_message(summary.to_string());
+            }
+            None => eprintln!("step {done}/{total}  {summary}"),
+        }
+    }
 }

@@ -65,14 +65,22 @@ pub struct TrainSummary {
     pub stopped_by_signal: Option<usize>,
 }
 
-/// Trains as `config` says, or continues the run in `config.output.run_dir` when `resume`.
-/// `log` receives one human-readable line per event. When `stop` becomes non-zero (a signal
-/// number), the current step is finished, a checkpoint written and the run ends early.
+/// Where a run reports how it goes (a progress bar on a terminal, plain lines in CI).
+pub trait Progress {
+    /// A message: setup, evaluation, samples, stopping.
+    fn note(&mut self, line: &str);
+    /// Step `done` of `total` finished; `summary` has its loss, lr, grad norm and speed.
+    fn step(&mut self, done: usize, total: usize, summary: &str);
+}
+
+/// Trains as `config` says, or continues the run in `config.output.run_dir` when `resume`,
+/// reporting to `progress`. When `stop` becomes non-zero (a signal number), the current step is
+/// finished, a checkpoint written and the run ends early.
 pub fn train(
     config: &RunConfig,
     resume: bool,
     stop: &AtomicUsize,
-    log: &mut dyn FnMut(&str),
+    progress: &mut dyn Progress,
 ) -> Result<TrainSummary, ModelError> {
     let run_dir = config.output.run_dir.clone();
     let existing = list_checkpoints(&run_dir)?;
@@ -153,7 +161,7 @@ pub fn train(
             let optim = optim_config.init().load(&path).map_err(|e| {
                 ModelError::invalid(&path, format!("cannot read optimizer state: {e}"))
             })?;
-            log(&format!(
+            progress.note(&format!(
                 "resuming {} at step {}",
                 run_dir.display(),
                 state.step
@@ -179,7 +187,7 @@ pub fn train(
                 + a.lora_b.val().dims().iter().product::<usize>()
         })
         .sum();
-    log(&format!(
+    progress.note(&format!(
         "{} rows of {} tokens, {} steps, {} adapters ({} trainable parameters)",
         rows.len(),
         config.data.max_len,
@@ -197,7 +205,7 @@ pub fn train(
     let mut metrics = metrics_file(&metrics_path, start_step)?;
     let inner_device = device.clone().inner();
     let evaluate_at =
-        |model: &Llama, step: usize, metrics: &mut std::fs::File, log: &mut dyn FnMut(&str)| {
+        |model: &Llama, step: usize, metrics: &mut std::fs::File, progress: &mut dyn Progress| {
             evaluate_now(
                 model,
                 &tokenizer,
@@ -208,12 +216,12 @@ pub fn train(
                 step,
                 metrics,
                 &metrics_path,
-                log,
+                progress,
             )
         };
     let wants_eval = !valid_texts.is_empty() || !train_cfg.generate_prompts.is_empty();
     let initial_eval_loss = match start_step == 0 && wants_eval {
-        true => evaluate_at(&model, 0, &mut metrics, log)?,
+        true => evaluate_at(&model, 0, &mut metrics, progress)?,
         false => None,
     };
     let base_model = config.model.path.display().to_string();
@@ -265,16 +273,20 @@ pub fn train(
             "tokens_per_second": tokens_per_second, "elapsed_s": started.elapsed().as_secs_f64(),
         });
         writeln!(metrics, "{line}").map_err(|e| ModelError::io(&metrics_path, e))?;
-        log(&format!(
-            "step {done}/{total_steps}  loss {nll:.4}  lr {lr:.3e}  grad_norm {grad_norm:.3}  {tokens_per_second:.0} tok/s"
-        ));
+        progress.step(
+            done,
+            total_steps,
+            &format!(
+                "loss {nll:.4}  lr {lr:.3e}  grad_norm {grad_norm:.3}  {tokens_per_second:.0} tok/s"
+            ),
+        );
 
         let signal = stop.load(Ordering::SeqCst);
         let is_last = done == total_steps || signal != 0;
         let eval_now = wants_eval
             && (is_last || (train_cfg.eval_every > 0 && done % train_cfg.eval_every == 0));
         let eval_loss = match eval_now {
-            true => evaluate_at(&model, done, &mut metrics, log)?,
+            true => evaluate_at(&model, done, &mut metrics, progress)?,
             false => None,
         };
         if is_last || (train_cfg.save_every > 0 && done % train_cfg.save_every == 0) {
@@ -292,7 +304,7 @@ pub fn train(
         last.0 = nll;
         last.1 = eval_loss;
         if signal != 0 {
-            log(&format!(
+            progress.note(&format!(
                 "stopped by signal {signal} after step {done}; checkpoint written"
             ));
             stopped_by_signal = Some(signal);
@@ -431,7 +443,7 @@ fn evaluate_now(
     step: usize,
     metrics: &mut std::fs::File,
     metrics_path: &Path,
-    log: &mut dyn FnMut(&str),
+    progress: &mut dyn Progress,
 ) -> Result<Option<f64>, ModelError> {
     let inference = model.valid();
     let mut write = |line: serde_json::Value| {
@@ -450,7 +462,7 @@ fn evaluate_now(
             write(
                 json!({ "step": step, "eval_loss": report.loss, "eval_perplexity": report.perplexity }),
             )?;
-            log(&format!(
+            progress.note(&format!(
                 "eval at step {step}: loss {:.4}  perplexity {:.3}",
                 report.loss, report.perplexity
             ));
@@ -470,7 +482,7 @@ fn evaluate_now(
         })?;
         let text = tokenizer.decode(&new, true)?;
         write(json!({ "step": step, "prompt": prompt, "generation": text }))?;
-        log(&format!("sample at step {step}: {prompt:?} -> {text:?}"));
+        progress.note(&format!("sample at step {step}: {prompt:?} -> {text:?}"));
     }
     Ok(loss)
 }
