@@ -444,3 +444,33 @@ fn sigint_and_sigterm_checkpoint_and_exit_with_128_plus_signal() {
         );
     }
 }
+
+#[test]
+fn diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_set = format!("output.run_dir={:?}", run.display().to_string());
+    fails(
+        &[
+            "train",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            &run_set,
+            "--set",
+            "train.lr=1e30",
+            "--set",
+            "train.max_grad_norm=0",
+            "--set",
+            "train.save_every=1",
+            "--set",
+            "train.warmup_steps=0",
+        ],
+        "loss is NaN at step 2",
+    );
+    assert!(
+        run.join("checkpoints/step-000001/adapter_model.safetensors")
+            .exists()
+    );
+    assert!(!run.join("checkpoints/step-000002").exists());
+}
