@@ -125,6 +125,11 @@ fn exported_adapter_is_peft_shaped_and_reloads_to_the_same_loss() {
         "samples at steps 0, 3, 6: {metrics}"
     );
     assert_eq!(metrics.matches("\"eval_loss\"").count(), 3);
+    let png = std::fs::read(run.join("loss.png")).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "loss.png is not a PNG"
+    );
     let out = dir.path().join("adapter");
     ok(&[
         "export",

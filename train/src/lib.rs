@@ -10,6 +10,7 @@ pub mod generate;
 pub mod io;
 pub mod loss;
 pub mod model;
+pub mod plot;
 pub mod run_config;
 pub mod schedule;
 pub mod trainer;

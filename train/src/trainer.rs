@@ -31,10 +31,12 @@ use crate::checkpoint::{
 use crate::error::ModelError;
 use crate::eval::evaluate;
 use crate::generate::{Sampling, generate};
+use crate::io::atomic_file::write_file_atomic;
 use crate::io::hf::HfModel;
 use crate::io::peft::load_adapter;
 use crate::loss::causal_lm_loss_sum;
 use crate::model::llama::Llama;
+use crate::plot::write_loss_plot;
 use crate::run_config::RunConfig;
 use crate::schedule::learning_rate;
 
@@ -110,7 +112,7 @@ pub fn train(
     };
     std::fs::create_dir_all(&run_dir).map_err(|e| ModelError::io(&run_dir, e))?;
     let config_path = run_dir.join("config.toml");
-    std::fs::write(&config_path, config.to_toml()).map_err(|e| ModelError::io(&config_path, e))?;
+    write_file_atomic(&config_path, config.to_toml().as_bytes())?;
 
     let choice: DeviceChoice = config.model.device.parse().map_err(ModelError::Usage)?;
     let device = choice.device().autodiff();
@@ -313,6 +315,8 @@ pub fn train(
         }
     }
     speeds.sort_by(f64::total_cmp);
+    drop(metrics);
+    plot_metrics(&metrics_path, &run_dir.join("loss.png"))?;
     let summary = TrainSummary {
         run_dir: run_dir.clone(),
         steps: steps_done,
@@ -327,12 +331,30 @@ pub fn train(
         stopped_by_signal,
     };
     let summary_path = run_dir.join("summary.json");
-    std::fs::write(
-        &summary_path,
-        serde_json::to_string_pretty(&summary).expect("JSON") + "\n",
-    )
-    .map_err(|e| ModelError::io(&summary_path, e))?;
+    let summary_json = serde_json::to_string_pretty(&summary).expect("JSON") + "\n";
+    write_file_atomic(&summary_path, summary_json.as_bytes())?;
     Ok(summary)
+}
+
+/// Draws `loss.png` from the step and eval lines of `metrics.jsonl`.
+fn plot_metrics(metrics: &Path, png: &Path) -> Result<(), ModelError> {
+    let text = std::fs::read_to_string(metrics).map_err(|e| ModelError::io(metrics, e))?;
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(step) = value["step"].as_f64() else {
+            continue;
+        };
+        if let Some(loss) = value["loss"].as_f64() {
+            train.push((step, loss));
+        }
+        if let Some(loss) = value["eval_loss"].as_f64() {
+            eval.push((step, loss));
+        }
+    }
+    write_loss_plot(png, &train, &eval)
 }
 
 /// Opens `metrics.jsonl` for appending, first dropping lines of steps after `keep_until` (left
@@ -351,7 +373,7 @@ fn metrics_file(path: &Path, keep_until: usize) -> Result<std::fs::File, ModelEr
             .collect(),
         Err(_) => String::new(),
     };
-    std::fs::write(path, kept).map_err(|e| ModelError::io(path, e))?;
+    write_file_atomic(path, kept.as_bytes())?;
     std::fs::OpenOptions::new()
         .append(true)
         .open(path)

@@ -1,0 +1,30 @@
+//! Replacing a file all at once: the bytes go to a temporary file beside it, are flushed to
+//! disk, and the temporary file is renamed over the destination, so a crash or a full disk
+//! leaves either the old file or the new one, never a torn one.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::ModelError;
+
+/// Writes `bytes` to `path` through a fsynced temporary file and a rename.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| ModelError::invalid(path, "not a file name"))?;
+    let temp = path.with_file_name(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        ModelError::io(path, e)
+    })
+}
