@@ -1,5 +1,7 @@
 //! The `feinschliff` command line: parses arguments, calls the libraries, prints results.
 
+mod inspect;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,11 +9,12 @@ use std::sync::atomic::AtomicUsize;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use feinschliff_data::source::read_jsonl_texts;
+use feinschliff_data::dataset::load_dataset;
+use feinschliff_data::source::read_texts;
 use feinschliff_data::template::{ChatTemplate, Message};
 use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_train::backend::{Device, DeviceChoice};
-use feinschliff_train::eval::evaluate;
+use feinschliff_train::eval::{evaluate, evaluate_examples};
 use feinschliff_train::export::{export_adapter, export_merged, parse_size};
 use feinschliff_train::generate::{Sampling, TextStream, generate};
 use feinschliff_train::io::gguf_import::import_gguf;
@@ -32,7 +35,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Mean token loss and perplexity of a model over a JSONL file.
+    /// Mean token loss and perplexity of a model over a data file (JSONL, JSON, Parquet, CSV).
     ///
     /// Each record's text is tokenized on its own (with the tokenizer's own BOS handling), cut
     /// to the first --max-len tokens, and every token after the first is scored. The loss is
@@ -56,6 +59,17 @@ enum Command {
     /// Export what a run trained.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Look at training data as the trainer sees it.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Print the first examples with their trained tokens marked (green on a terminal, [[…]]
+    /// otherwise) and the counts of both splits: records, examples, tokens, trained tokens,
+    /// truncated and dropped records, packing efficiency. Fills the token cache.
+    Inspect(inspect::InspectArgs),
 }
 
 #[derive(Args)]
@@ -133,9 +147,17 @@ impl ModelArgs {
 struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// JSONL file; each line an object with a string field (see --field).
-    #[arg(long, value_name = "FILE")]
-    data: PathBuf,
+    /// Data file (.jsonl, .json array, .parquet or .csv); each record has a string field (see
+    /// --field).
+    #[arg(long, value_name = "FILE", required_unless_present = "config")]
+    data: Option<PathBuf>,
+    /// Score the validation split of this run configuration instead, exactly as training
+    /// evaluates it (its format, template, trained tokens and max_len).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["data", "field", "max_len"])]
+    config: Option<PathBuf>,
+    /// Override a key of --config, e.g. --set data.valid=other.jsonl (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", requires = "config")]
+    overrides: Vec<String>,
     /// The record field that holds the text.
     #[arg(long, default_value = "text")]
     field: String,
@@ -203,6 +225,7 @@ fn main() -> ExitCode {
         Command::Train(args) => run_train(args),
         Command::Export(ExportCommand::Adapter(args)) => run_export_adapter(args),
         Command::Export(ExportCommand::Merged(args)) => run_export_merged(args),
+        Command::Data(DataCommand::Inspect(args)) => inspect::run_inspect(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -214,11 +237,31 @@ fn main() -> ExitCode {
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
-    let texts = read_jsonl_texts(&args.data, &args.field)?;
-    let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
-    let (loaded, device) = args.model.load()?;
-    let report = evaluate(&loaded.model, &tokenizer, &texts, args.max_len, &device)
-        .with_context(|| format!("evaluating {}", args.data.display()))?;
+    let report = match (&args.config, &args.data) {
+        (Some(config), _) => {
+            let config = RunConfig::load(config, &args.overrides).map_err(anyhow::Error::msg)?;
+            let data = load_dataset(&config.data, &args.model.model)?.data;
+            if data.valid.is_empty() {
+                anyhow::bail!(
+                    "{}: the configuration has no validation data (data.valid or data.valid_fraction)",
+                    args.config.as_ref().expect("config").display()
+                );
+            }
+            let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
+            let pad = tokenizer.eos_id().unwrap_or(0);
+            let (loaded, device) = args.model.load()?;
+            let batch = config.train.micro_batch;
+            evaluate_examples(&loaded.model, &data.valid, batch, pad, &device)
+        }
+        (None, Some(data)) => {
+            let texts = read_texts(std::slice::from_ref(data), &args.field)?;
+            let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
+            let (loaded, device) = args.model.load()?;
+            evaluate(&loaded.model, &tokenizer, &texts, args.max_len, &device)
+                .with_context(|| format!("evaluating {}", data.display()))?
+        }
+        (None, None) => anyhow::bail!("give --data FILE or --config FILE"),
+    };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -170,10 +170,8 @@ fn exported_adapter_is_peft_shaped_and_reloads_to_the_same_loss() {
         "tests/fixtures/llama/tied_gqa",
         "--adapter",
         out.to_str().unwrap(),
-        "--data",
-        "tests/fixtures/eval_sample.jsonl",
-        "--max-len",
-        "16",
+        "--config",
+        "configs/tiny.toml",
         "--json",
     ]);
     let loss = serde_json::from_str::<Value>(eval.trim()).unwrap()["loss"]

@@ -31,6 +31,14 @@ pub enum DataError {
         /// What is wrong with that line.
         message: String,
     },
+    /// One record of a data file is wrong.
+    #[error("{origin}: {message}")]
+    Record {
+        /// The file and line or record number.
+        origin: String,
+        /// What is wrong, naming the field.
+        message: String,
+    },
     /// Tokenizing or decoding failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -1,6 +1,17 @@
 //! The model's own chat template, rendered through minijinja the way transformers renders it:
 //! `trim_blocks` and `lstrip_blocks` on, the variables `messages`, `add_generation_prompt`,
 //! `bos_token` and `eos_token`, the function `raise_exception`, and Python string methods.
+//!
+//! For training, [`ChatTemplate::render_answers`] also says where each assistant answer lies
+//! in the text. Templates with `{% generation %}…{% endgeneration %}` blocks mark the answers
+//! themselves (transformers' `return_assistant_tokens_mask`); each block becomes a filter block
+//! that wraps its output in two marker characters, so whitespace control works exactly as for
+//! any block tag. Templates without them (most, SmolLM2's included) are rendered once per
+//! assistant turn: the conversation up to the turn with the generation prompt, then with the
+//! turn; the answer is what the second adds to the first, without trailing whitespace (so
+//! `content<|im_end|>` of `content<|im_end|>\n`, as a generation block would mark it).
+
+use std::ops::Range;
 
 use minijinja::{Environment, Error, ErrorKind};
 use serde::Serialize;
@@ -30,11 +41,16 @@ impl Message {
 /// A compiled chat template with the special tokens it may use.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    has_generation_blocks: bool,
     bos_token: String,
     eos_token: String,
 }
 
 const TEMPLATE_NAME: &str = "chat_template";
+/// Marks where a `{% generation %}` block starts and ends in rendered text (Unicode
+/// noncharacters, which no text may carry).
+const ANSWER_START: char = '\u{FDD0}';
+const ANSWER_END: char = '\u{FDD1}';
 
 impl ChatTemplate {
     /// Compiles the default chat template of a tokenizer config; a syntax error names the file.
@@ -49,10 +65,15 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
+        env.add_filter("feinschliff_answer", |body: String| {
+            format!("{ANSWER_START}{body}{ANSWER_END}")
+        });
+        let (source, has_generation_blocks) = generation_blocks_as_filters(&source);
         env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(|e| DataError::invalid(path, format!("chat template: {}", one_line(&e))))?;
         Ok(Self {
             env,
+            has_generation_blocks,
             bos_token: config.bos_token.clone().unwrap_or_default(),
             eos_token: config.eos_token.clone().unwrap_or_default(),
         })
@@ -61,6 +82,55 @@ impl ChatTemplate {
     /// Renders `messages`; with `add_generation_prompt` the text ends where the model's answer
     /// begins.
     pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, DataError> {
+        let text = self.render_marked(messages, add_generation_prompt)?;
+        Ok(text.replace([ANSWER_START, ANSWER_END], ""))
+    }
+
+    /// Renders a whole conversation for training and returns the byte ranges of the assistant
+    /// answers in it, in order (see the module docs for how they are found).
+    pub fn render_answers(
+        &self,
+        messages: &[Message],
+    ) -> Result<(String, Vec<Range<usize>>), DataError> {
+        if messages
+            .iter()
+            .any(|m| m.content.contains([ANSWER_START, ANSWER_END]))
+        {
+            return Err(DataError::Template(
+                "a message contains the Unicode noncharacter U+FDD0 or U+FDD1".into(),
+            ));
+        }
+        let marked = self.render_marked(messages, false)?;
+        if self.has_generation_blocks {
+            return Ok(split_markers(&marked));
+        }
+        let text = marked;
+        let mut answers = Vec::new();
+        for (turn, message) in messages.iter().enumerate() {
+            if message.role != "assistant" {
+                continue;
+            }
+            let before = self.render(&messages[..turn], true)?;
+            let with = self.render(&messages[..=turn], false)?;
+            if !text.starts_with(&before) || !with.starts_with(&before) || !text.starts_with(&with)
+            {
+                return Err(DataError::Template(format!(
+                    "the template does not render the conversation up to message {} as a prefix of the whole conversation, so the answers cannot be located; add {{% generation %}}…{{% endgeneration %}} around the assistant answers",
+                    turn + 1
+                )));
+            }
+            let end = before.len() + with[before.len()..].trim_end().len();
+            answers.push(before.len()..end);
+        }
+        Ok((text, answers))
+    }
+
+    /// The rendered text with the answer markers of generation blocks still in it.
+    fn render_marked(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
@@ -78,6 +148,64 @@ impl ChatTemplate {
             })
             .map_err(|e| DataError::Template(one_line(&e)))
     }
+}
+
+/// Rewrites `{% generation %}` / `{% endgeneration %}` (with any `-` whitespace control) into a
+/// filter block that marks its output; says whether there were any.
+fn generation_blocks_as_filters(source: &str) -> (String, bool) {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    let mut found = false;
+    while let Some(open) = rest.find("{%") {
+        out.push_str(&rest[..open]);
+        let tag = &rest[open..];
+        let Some(close) = tag.find("%}") else {
+            break;
+        };
+        let inner = &tag[2..close];
+        let (left, body) = match inner.strip_prefix('-') {
+            Some(body) => ("-", body),
+            None => ("", inner),
+        };
+        let (body, right) = match body.strip_suffix('-') {
+            Some(body) => (body, "-"),
+            None => (body, ""),
+        };
+        let replacement = match body.trim() {
+            "generation" => Some("filter feinschliff_answer"),
+            "endgeneration" => Some("endfilter"),
+            _ => None,
+        };
+        match replacement {
+            Some(new) => {
+                found = true;
+                out.push_str(&format!("{{%{left} {new} {right}%}}"));
+            }
+            None => out.push_str(&tag[..close + 2]),
+        }
+        rest = &tag[close + 2..];
+    }
+    out.push_str(rest);
+    (out, found)
+}
+
+/// Removes the answer markers from `marked`, returning the text and the answers' byte ranges.
+fn split_markers(marked: &str) -> (String, Vec<Range<usize>>) {
+    let mut text = String::with_capacity(marked.len());
+    let mut answers = Vec::new();
+    let mut start = None;
+    for c in marked.chars() {
+        match c {
+            ANSWER_START => start = Some(text.len()),
+            ANSWER_END => {
+                if let Some(s) = start.take() {
+                    answers.push(s..text.len());
+                }
+            }
+            c => text.push(c),
+        }
+    }
+    (text, answers)
 }
 
 /// `raise_exception(msg)` as transformers defines it for templates.
@@ -121,6 +249,30 @@ mod tests {
             .render(&[Message::new("user", " Hallo ")], true)
             .unwrap();
         assert_eq!(text, "<s>  user: Hallo</s>\nassistant:");
+    }
+
+    #[test]
+    fn answers_from_generation_blocks_and_from_prefixes_agree() {
+        let plain = "{% for m in messages %}<{{ m.role }}>\n{{ m.content }}</s>\n{% endfor %}{% if add_generation_prompt %}<assistant>\n{% endif %}";
+        let tagged = "{% for m in messages %}<{{ m.role }}>\n{% if m.role == 'assistant' %}   {%- generation %}{{ m.content }}</s>{% endgeneration %}{{ '\\n' }}{% else %}{{ m.content }}</s>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>\n{% endif %}";
+        let messages = [
+            Message::new("user", "Frage"),
+            Message::new("assistant", "Antwort\n"),
+            Message::new("user", "Noch eine"),
+            Message::new("assistant", "Zweite"),
+        ];
+        let (text, answers) = ChatTemplate::new(&config(plain))
+            .unwrap()
+            .render_answers(&messages)
+            .unwrap();
+        let (tagged_text, tagged_answers) = ChatTemplate::new(&config(tagged))
+            .unwrap()
+            .render_answers(&messages)
+            .unwrap();
+        assert_eq!(text, tagged_text);
+        let spans: Vec<&str> = answers.iter().map(|r| &text[r.clone()]).collect();
+        assert_eq!(spans, ["Antwort\n</s>", "Zweite</s>"]);
+        assert_eq!(answers, tagged_answers);
     }
 
     #[test]

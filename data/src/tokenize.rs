@@ -161,6 +161,27 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// Token ids of `text` without special tokens added, with each token's byte range in
+    /// `text` (special tokens written in the text are recognised).
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+    ) -> Result<(Vec<u32>, Vec<(usize, usize)>), DataError> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
+    }
+
+    /// The id of the EOS token of `tokenizer_config.json`, if it has one in the vocabulary.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.config
+            .eos_token
+            .as_deref()
+            .and_then(|t| self.token_to_id(t))
+    }
+
     /// The text of `ids`; special tokens are left out when `skip_special_tokens`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, DataError> {
         self.inner

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use feinschliff_data::source::read_jsonl_texts;
+use feinschliff_data::source::read_texts;
 use feinschliff_data::tokenize::TextTokenizer;
 use serde_json::Value;
 
@@ -23,7 +23,7 @@ fn ids_match_transformers() {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect()
     };
-    let first = &read_jsonl_texts(&fixtures.join("eval_sample.jsonl"), "text").unwrap()[0];
+    let first = &read_texts(&[fixtures.join("eval_sample.jsonl")], "text").unwrap()[0];
     assert_eq!(
         tokenizer.encode(first, true).unwrap(),
         ids(&expected["first_record_ids"])

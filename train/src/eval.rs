@@ -4,13 +4,19 @@
 //! cut to the first `max_len` tokens, and every token after the first is predicted from the
 //! ones before it. The loss is the mean over all scored tokens of all texts (token-weighted),
 //! which is what transformers gives when the per-record sums are added up.
+//!
+//! [`evaluate_examples`] scores prepared examples instead (the validation split of a run): only
+//! their trained tokens, in padded batches, token-weighted.
 
 use std::time::Instant;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use feinschliff_data::batch::make_batch;
+use feinschliff_data::format::Example;
 use feinschliff_data::tokenize::TextTokenizer;
 use serde::Serialize;
 
+use crate::batch_tensors::BatchTensors;
 use crate::error::ModelError;
 use crate::loss::causal_lm_loss_sum;
 use crate::model::llama::Llama;
@@ -87,4 +93,41 @@ pub fn evaluate(
         seconds,
         tokens_per_second: forwarded as f64 / seconds,
     })
+}
+
+/// Mean loss per trained token of `examples` and the number of trained tokens, scored in
+/// padded batches of `batch_size` examples.
+pub fn evaluate_examples(
+    model: &Llama,
+    examples: &[Example],
+    batch_size: usize,
+    pad_id: u32,
+    device: &Device,
+) -> EvalReport {
+    let start = Instant::now();
+    let (mut nll, mut tokens, mut forwarded) = (0.0f64, 0usize, 0usize);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let rows: Vec<Vec<&Example>> = chunk.iter().map(|e| vec![e]).collect();
+        let len = chunk.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let batch = make_batch(&rows, len, pad_id);
+        let tensors = BatchTensors::new(&batch, device);
+        let logits = model.forward_segments(tensors.ids, tensors.positions, tensors.segments);
+        nll += causal_lm_loss_sum(logits, tensors.labels)
+            .nll
+            .into_scalar::<f64>();
+        tokens += batch.trained_tokens;
+        forwarded += batch.real_tokens;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let loss = nll / tokens.max(1) as f64;
+    EvalReport {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+        records: examples.len(),
+        truncated: 0,
+        max_len: examples.iter().map(|e| e.ids.len()).max().unwrap_or(0),
+        seconds,
+        tokens_per_second: forwarded as f64 / seconds,
+    }
 }

@@ -2,6 +2,7 @@
 //! and generation.
 
 pub mod backend;
+pub mod batch_tensors;
 pub mod checkpoint;
 pub mod error;
 pub mod eval;

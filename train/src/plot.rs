@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::error::ModelError;
-use crate::io::atomic_file::write_file_atomic;
+use feinschliff_data::atomic_file::write_file_atomic;
 
 const WIDTH: usize = 800;
 const HEIGHT: usize = 500;
@@ -167,7 +167,7 @@ impl Canvas {
         let mut writer = encoder.write_header().map_err(fail)?;
         writer.write_image_data(&self.pixels).map_err(fail)?;
         writer.finish().map_err(fail)?;
-        write_file_atomic(path, &bytes)
+        Ok(write_file_atomic(path, &bytes)?)
     }
 }
 

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use feinschliff_data::config::{DataConfig, Files};
+
 use crate::model::lora::{LoraSpec, TARGET_MODULES};
 
 /// A whole run configuration.
@@ -19,7 +21,7 @@ pub struct RunConfig {
     #[serde(default)]
     pub lora: LoraSection,
     /// The training and validation data.
-    pub data: DataSection,
+    pub data: DataConfig,
     /// The optimisation.
     #[serde(default)]
     pub train: TrainSection,
@@ -55,23 +57,6 @@ pub struct LoraSection {
     pub layers_to_transform: Vec<usize>,
     /// rsLoRA scaling alpha/√r instead of alpha/r (default false).
     pub use_rslora: bool,
-}
-
-/// `[data]`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DataSection {
-    /// JSONL training file with a text field (required).
-    pub train: PathBuf,
-    /// JSONL validation file; none or `""` = no evaluation (default).
-    #[serde(default)]
-    pub valid: Option<PathBuf>,
-    /// The record field holding the text (default `text`).
-    #[serde(default = "default_text_field")]
-    pub text_field: String,
-    /// Tokens per training row; documents are joined with EOS and cut into rows (default 512).
-    #[serde(default = "default_max_len")]
-    pub max_len: usize,
 }
 
 /// `[train]`.
@@ -141,12 +126,6 @@ pub struct OutputSection {
 fn default_device() -> String {
     "flex".into()
 }
-fn default_text_field() -> String {
-    "text".into()
-}
-fn default_max_len() -> usize {
-    512
-}
 
 impl Default for LoraSection {
     fn default() -> Self {
@@ -211,17 +190,9 @@ impl RunConfig {
         for item in overrides {
             apply_override(&mut table, item)?;
         }
-        let mut config: RunConfig = table
+        let config: RunConfig = table
             .try_into()
             .map_err(|e: toml::de::Error| one_line(&e.to_string()))?;
-        if config
-            .data
-            .valid
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            config.data.valid = None;
-        }
         config.validate()?;
         Ok(config)
     }
@@ -233,9 +204,7 @@ impl RunConfig {
         if self.model.path.as_os_str().is_empty() {
             return fail("model.path", "must name a model directory".into());
         }
-        if data.train.as_os_str().is_empty() {
-            return fail("data.train", "must name a JSONL file".into());
-        }
+        data.validate()?;
         if lora.r == 0 {
             return fail("lora.r", "must be at least 1".into());
         }
@@ -264,12 +233,6 @@ impl RunConfig {
                     ),
                 );
             }
-        }
-        if data.max_len < 2 {
-            return fail(
-                "data.max_len",
-                format!("must be at least 2, got {}", data.max_len),
-            );
         }
         if !(train.lr > 0.0 && train.lr.is_finite()) {
             return fail("train.lr", format!("must be positive, got {}", train.lr));
@@ -331,7 +294,8 @@ impl RunConfig {
     pub fn training_hash(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut shaping = self.clone();
-        shaping.data.valid = None;
+        shaping.data.valid = Files::default();
+        shaping.data.cache_dir = String::new();
         shaping.train.max_steps = 0;
         shaping.train.epochs = 0;
         shaping.train.eval_every = 0;

@@ -3,11 +3,11 @@
 //! normalised by the trained tokens of the whole window, global gradient-norm clipping, periodic
 //! evaluation and checkpoints, and exact resumption.
 //!
-//! Data (until the data pipeline lands): the JSONL texts are tokenized (the tokenizer's own
-//! special tokens, then EOS), joined and cut into rows of `max_len` tokens (the tail is
-//! dropped); every token of a row after the first is trained. The rows form an endless stream,
-//! reshuffled every epoch from the seed, and step `s` takes the next `micro_batch · grad_accum`
-//! rows of it, so the data cursor is a function of the step.
+//! Data comes from the data crate ([`feinschliff_data::dataset`]): tokenized examples with
+//! their trained tokens, packed into rows of `max_len` (`data.packing`) or one example per row,
+//! padded per micro-batch. The rows form an endless stream, reshuffled every epoch from the
+//! seed, and step `s` takes the next `micro_batch · grad_accum` rows of it, so the data cursor
+//! is a function of the step.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,8 +16,11 @@ use std::time::Instant;
 
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use feinschliff_data::source::read_jsonl_texts;
+use burn::tensor::Device;
+use feinschliff_data::batch::{Batch, make_batch};
+use feinschliff_data::dataset::load_dataset;
+use feinschliff_data::format::Example;
+use feinschliff_data::pack::{pack, packing_efficiency};
 use feinschliff_data::tokenize::TextTokenizer;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -25,13 +28,13 @@ use rand::seq::SliceRandom;
 use serde_json::json;
 
 use crate::backend::DeviceChoice;
+use crate::batch_tensors::BatchTensors;
 use crate::checkpoint::{
     CheckpointState, OPTIMIZER_FILE, list_checkpoints, prune_checkpoints, write_checkpoint,
 };
 use crate::error::ModelError;
-use crate::eval::evaluate;
+use crate::eval::evaluate_examples;
 use crate::generate::{Sampling, generate};
-use crate::io::atomic_file::write_file_atomic;
 use crate::io::hf::HfModel;
 use crate::io::peft::load_adapter;
 use crate::loss::causal_lm_loss_sum;
@@ -39,6 +42,7 @@ use crate::model::llama::Llama;
 use crate::plot::write_loss_plot;
 use crate::run_config::RunConfig;
 use crate::schedule::learning_rate;
+use feinschliff_data::atomic_file::write_file_atomic;
 
 /// What a finished run reports.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -55,7 +59,9 @@ pub struct TrainSummary {
     pub initial_eval_loss: Option<f64>,
     /// Validation loss after the last step.
     pub final_eval_loss: Option<f64>,
-    /// Training rows of `max_len` tokens.
+    /// Training examples.
+    pub examples: usize,
+    /// Training rows (packed rows, or one per example).
     pub rows: usize,
     /// Trainable (adapter) parameters.
     pub trainable_parameters: usize,
@@ -127,22 +133,47 @@ pub fn train(
             "the model names no EOS token (config.json / generation_config.json)",
         )
     })?;
-    let rows = training_rows(
-        &tokenizer,
-        &config.data.train,
-        &config.data.text_field,
-        config.data.max_len,
-        eos,
-    )?;
-    let valid_texts = match &config.data.valid {
-        Some(path) => {
-            let mut texts = read_jsonl_texts(path, &config.data.text_field)?;
-            if train_cfg.eval_records > 0 {
-                texts.truncate(train_cfg.eval_records);
-            }
-            texts
+    let data = load_dataset(&config.data, &config.model.path)?;
+    let (train_stats, valid_stats) = (&data.data.train_stats, &data.data.valid_stats);
+    progress.note(&format!(
+        "data: {} training examples from {} records ({} tokens, {} trained; {} truncated, {} dropped), {} validation examples; {} in {:.2} s",
+        train_stats.examples,
+        train_stats.records,
+        train_stats.tokens,
+        train_stats.trained_tokens,
+        train_stats.truncated,
+        train_stats.dropped,
+        valid_stats.examples,
+        match data.from_cache {
+            true => "loaded from the token cache",
+            false => "tokenized",
+        },
+        data.seconds
+    ));
+    let examples = &data.data.train;
+    let mut valid_examples = data.data.valid.clone();
+    if train_cfg.eval_records > 0 {
+        valid_examples.truncate(train_cfg.eval_records);
+    }
+    let pad_id = tokenizer
+        .config()
+        .pad_token
+        .as_deref()
+        .and_then(|t| tokenizer.token_to_id(t))
+        .unwrap_or(eos);
+    let max_len = config.data.max_len;
+    let rows: Vec<Vec<usize>> = match config.data.packing {
+        true => {
+            let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+            let rows = pack(&lengths, max_len);
+            progress.note(&format!(
+                "packed into {} rows of {max_len} tokens ({:.1} % filled)",
+                rows.len(),
+                100.0 * packing_efficiency(&lengths, rows.len(), max_len)
+            ));
+            rows
         }
-        None => Vec::new(),
+        false => (0..examples.len()).map(|i| vec![i]).collect(),
     };
     let per_step = train_cfg.micro_batch * train_cfg.grad_accum;
     let total_steps = match train_cfg.max_steps {
@@ -190,9 +221,8 @@ pub fn train(
         })
         .sum();
     progress.note(&format!(
-        "{} rows of {} tokens, {} steps, {} adapters ({} trainable parameters)",
+        "{} rows, {} steps, {} adapters ({} trainable parameters)",
         rows.len(),
-        config.data.max_len,
         total_steps,
         trainable.len() / 2,
         trainable_parameters
@@ -211,7 +241,8 @@ pub fn train(
             evaluate_now(
                 model,
                 &tokenizer,
-                &valid_texts,
+                &valid_examples,
+                pad_id,
                 config,
                 &loaded_eos,
                 &inner_device,
@@ -221,7 +252,7 @@ pub fn train(
                 progress,
             )
         };
-    let wants_eval = !valid_texts.is_empty() || !train_cfg.generate_prompts.is_empty();
+    let wants_eval = !valid_examples.is_empty() || !train_cfg.generate_prompts.is_empty();
     let initial_eval_loss = match start_step == 0 && wants_eval {
         true => evaluate_at(&model, 0, &mut metrics, progress)?,
         false => None,
@@ -242,16 +273,36 @@ pub fn train(
             total_steps,
             step,
         );
-        let window: Vec<&Vec<u32>> = (step * per_step..(step + 1) * per_step)
+        let batches: Vec<Batch> = (step * per_step..(step + 1) * per_step)
             .map(|k| stream_row(&rows, train_cfg.seed, k))
+            .collect::<Vec<_>>()
+            .chunks(train_cfg.micro_batch)
+            .map(|micro| {
+                let rows: Vec<Vec<&Example>> = micro
+                    .iter()
+                    .map(|row| row.iter().map(|&i| &examples[i]).collect())
+                    .collect();
+                let longest = rows
+                    .iter()
+                    .map(|r| r.iter().map(|e| e.ids.len()).sum::<usize>())
+                    .max()
+                    .unwrap_or(0);
+                let len = if config.data.packing {
+                    max_len
+                } else {
+                    longest
+                };
+                make_batch(&rows, len, pad_id)
+            })
             .collect();
-        let window_tokens = (window.len() * (config.data.max_len - 1)) as f64;
+        let window_tokens = batches.iter().map(|b| b.trained_tokens).sum::<usize>() as f64;
+        let real_tokens: usize = batches.iter().map(|b| b.real_tokens).sum();
         let mut accumulator = GradientsAccumulator::new();
         let mut nll = 0.0;
-        for micro in window.chunks(train_cfg.micro_batch) {
-            let (ids, positions) = batch_tensors(micro, &device);
-            let logits = model.forward(ids.clone(), positions, None);
-            let sum = causal_lm_loss_sum(logits, ids);
+        for batch in &batches {
+            let tensors = BatchTensors::new(batch, &device);
+            let logits = model.forward_segments(tensors.ids, tensors.positions, tensors.segments);
+            let sum = causal_lm_loss_sum(logits, tensors.labels);
             let loss = sum.nll / window_tokens;
             nll += loss.clone().into_scalar::<f64>();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -267,7 +318,7 @@ pub fn train(
         let grad_norm = clip_global_norm(&mut grads, &trainable, train_cfg.max_grad_norm);
         model = optim.step(lr, model, grads);
         let seconds = step_started.elapsed().as_secs_f64();
-        let tokens_per_second = (window.len() * config.data.max_len) as f64 / seconds;
+        let tokens_per_second = real_tokens as f64 / seconds;
         speeds.push(tokens_per_second);
         let done = step + 1;
         let line = json!({
@@ -324,6 +375,7 @@ pub fn train(
         final_train_loss: last.0,
         initial_eval_loss,
         final_eval_loss: last.1,
+        examples: examples.len(),
         rows: rows.len(),
         trainable_parameters,
         median_tokens_per_second: speeds[speeds.len() / 2],
@@ -380,35 +432,9 @@ fn metrics_file(path: &Path, keep_until: usize) -> Result<std::fs::File, ModelEr
         .map_err(|e| ModelError::io(path, e))
 }
 
-/// The training rows: every text's tokens plus EOS, joined, cut into rows of `max_len`.
-fn training_rows(
-    tokenizer: &TextTokenizer,
-    path: &Path,
-    field: &str,
-    max_len: usize,
-    eos: u32,
-) -> Result<Vec<Vec<u32>>, ModelError> {
-    let mut stream = Vec::new();
-    for text in read_jsonl_texts(path, field)? {
-        stream.extend(tokenizer.encode(&text, true)?);
-        stream.push(eos);
-    }
-    let rows: Vec<Vec<u32>> = stream.chunks_exact(max_len).map(<[u32]>::to_vec).collect();
-    if rows.is_empty() {
-        return Err(ModelError::invalid(
-            path,
-            format!(
-                "{} tokens are fewer than one row of data.max_len = {max_len}",
-                stream.len()
-            ),
-        ));
-    }
-    Ok(rows)
-}
-
 /// Row `k` of the endless stream: epoch `k / n` visits all `n` rows in an order shuffled from
 /// the seed and the epoch.
-fn stream_row(rows: &[Vec<u32>], seed: u64, k: usize) -> &Vec<u32> {
+fn stream_row(rows: &[Vec<usize>], seed: u64, k: usize) -> &Vec<usize> {
     let n = rows.len();
     let epoch = (k / n) as u64;
     let mut order: Vec<usize> = (0..n).collect();
@@ -416,20 +442,6 @@ fn stream_row(rows: &[Vec<u32>], seed: u64, k: usize) -> &Vec<u32> {
         seed.wrapping_add(epoch.wrapping_mul(0x2545_F491_4F6C_DD1D)),
     ));
     &rows[order[k % n]]
-}
-
-/// Token ids `[rows, len]` and positions `0..len` for a micro-batch.
-fn batch_tensors(rows: &[&Vec<u32>], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
-    let (batch, len) = (rows.len(), rows[0].len());
-    let ids: Vec<i64> = rows
-        .iter()
-        .flat_map(|r| r.iter().map(|&id| i64::from(id)))
-        .collect();
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, len]), device);
-    let positions = Tensor::<1, Int>::arange(0..len as i64, device)
-        .reshape([1, len])
-        .expand([batch, len]);
-    (ids, positions)
 }
 
 /// Scales all gradients so their global L2 norm is at most `max_norm` (0 = no clipping), as
@@ -458,7 +470,8 @@ fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: f64)
 fn evaluate_now(
     model: &Llama,
     tokenizer: &TextTokenizer,
-    valid_texts: &[String],
+    valid: &[Example],
+    pad_id: u32,
     config: &RunConfig,
     eos_ids: &[u32],
     device: &Device,
@@ -471,16 +484,11 @@ fn evaluate_now(
     let mut write = |line: serde_json::Value| {
         writeln!(metrics, "{line}").map_err(|e| ModelError::io(metrics_path, e))
     };
-    let loss = match valid_texts.is_empty() {
+    let loss = match valid.is_empty() {
         true => None,
         false => {
-            let report = evaluate(
-                &inference,
-                tokenizer,
-                valid_texts,
-                config.data.max_len,
-                device,
-            )?;
+            let report =
+                evaluate_examples(&inference, valid, config.train.micro_batch, pad_id, device);
             write(
                 json!({ "step": step, "eval_loss": report.loss, "eval_perplexity": report.perplexity }),
             )?;

@@ -285,7 +285,7 @@ fn imported_sentencepiece_gguf_matches_transformers() {
 #[test]
 #[ignore = "needs checkpoints/base/smollm2-135m-instruct (scripts/fetch-smollm2.sh) and ../shared"]
 fn smollm2_tokenizer_matches_transformers_on_valid_jsonl() {
-    use feinschliff_data::source::read_jsonl_texts;
+    use feinschliff_data::source::read_texts;
     use feinschliff_data::tokenize::TextTokenizer;
     use sha2::{Digest, Sha256};
 
@@ -295,8 +295,7 @@ fn smollm2_tokenizer_matches_transformers_on_valid_jsonl() {
         .unwrap_or_else(|| root.join("checkpoints/base/smollm2-135m-instruct"));
     let tokenizer = TextTokenizer::from_model_dir(&model).unwrap();
     let expected = read_json(&fixture("smollm2_valid_tokens.json"));
-    let texts =
-        read_jsonl_texts(&root.join("../shared/data/de-admin/valid.jsonl"), "text").unwrap();
+    let texts = read_texts(&[root.join("../shared/data/de-admin/valid.jsonl")], "text").unwrap();
     let per_record = expected["per_record"].as_array().unwrap();
     assert_eq!(texts.len(), per_record.len());
     for (i, (text, want)) in texts.iter().zip(per_record).enumerate() {

@@ -1,7 +1,6 @@
 //! Files in and out: Hugging Face model directories, their safetensors checkpoints, and GGUF
 //! files.
 
-pub mod atomic_file;
 pub mod dequant;
 pub mod gguf;
 pub mod gguf_import;

@@ -141,7 +141,7 @@ impl Attention {
         &self,
         x: Tensor<3>,
         rope: (&Tensor<4>, &Tensor<4>),
-        padding: Option<&Tensor<2, Bool>>,
+        blocked: Option<&Tensor<3, Bool>>,
         cache: Option<&mut Option<LayerCache>>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
@@ -167,11 +167,15 @@ impl Attention {
         let k = self.repeat_kv(k);
         let v = self.repeat_kv(v);
         let seen = k.dims()[2];
-        // Padding masks keys; causality (aligned to the last query) masks the future.
-        let mask = padding.map(|pad| {
-            pad.clone()
-                .reshape([batch, 1, 1, seen])
-                .expand([batch, self.num_heads, seq, seen])
+        // `blocked` masks keys per query (padding, other packed examples); causality (aligned
+        // to the last query) masks the future.
+        let mask = blocked.map(|blocked| {
+            blocked.clone().reshape([batch, 1, seq, seen]).expand([
+                batch,
+                self.num_heads,
+                seq,
+                seen,
+            ])
         });
         let options = AttentionModuleOptions {
             scale: None,
@@ -445,7 +449,32 @@ impl Llama {
         positions: Tensor<2, Int>,
         padding: Option<&Tensor<2, Bool>>,
     ) -> Tensor<3> {
-        self.logits(self.hidden_states(input_ids, positions, padding, None))
+        let blocked = padding.map(|pad| {
+            let [batch, seq] = pad.dims();
+            pad.clone()
+                .reshape([batch, 1, seq])
+                .expand([batch, seq, seq])
+        });
+        self.logits(self.hidden_states(input_ids, positions, blocked.as_ref(), None))
+    }
+
+    /// Logits `[batch, seq, vocab]` for rows that hold several examples (packing): token `t`
+    /// attends only to earlier tokens with the same `segments` value (`[batch, seq]`), so
+    /// examples never see each other; `positions` restart at 0 for each example.
+    pub fn forward_segments(
+        &self,
+        input_ids: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        segments: Tensor<2, Int>,
+    ) -> Tensor<3> {
+        let [batch, seq] = segments.dims();
+        let queries = segments
+            .clone()
+            .reshape([batch, seq, 1])
+            .expand([batch, seq, seq]);
+        let keys = segments.reshape([batch, 1, seq]).expand([batch, seq, seq]);
+        let blocked = queries.not_equal(keys);
+        self.logits(self.hidden_states(input_ids, positions, Some(&blocked), None))
     }
 
     /// Logits for the next tokens `[batch, seq]`, continuing after the tokens in `cache` and
@@ -468,7 +497,7 @@ impl Llama {
         &self,
         input_ids: Tensor<2, Int>,
         positions: Tensor<2, Int>,
-        padding: Option<&Tensor<2, Bool>>,
+        blocked: Option<&Tensor<3, Bool>>,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let (cos, sin) = self.model.rope.cos_sin(positions);
@@ -478,7 +507,7 @@ impl Llama {
             let h = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 (&cos, &sin),
-                padding,
+                blocked,
                 layer_cache,
             );
             x = x + h;

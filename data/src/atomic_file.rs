@@ -4,18 +4,22 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::error::ModelError;
+use crate::DataError;
 
 /// Writes `bytes` to `path` through a fsynced temporary file and a rename.
-pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     let name = path
         .file_name()
-        .ok_or_else(|| ModelError::invalid(path, "not a file name"))?;
+        .ok_or_else(|| DataError::invalid(path, "not a file name"))?;
+    // Unique per process and call, so concurrent writers never share a temporary file.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
     let temp = path.with_file_name(format!(
-        ".{}.partial-{}",
+        ".{}.partial-{}-{}",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
@@ -25,6 +29,6 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&temp);
-        ModelError::io(path, e)
+        DataError::io(path, e)
     })
 }

@@ -1,0 +1,187 @@
+//! From a `[data]` configuration to training and validation examples: the files are read, the
+//! validation share split off by hash, every record turned into examples (in parallel), and the
+//! result kept in the token cache for the next run.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::DataError;
+use crate::cache::{CacheEntry, cache_key};
+use crate::config::DataConfig;
+use crate::format::{Built, Example, ExampleBuilder};
+use crate::source::{Record, expand_patterns, read_records};
+use crate::tokenize::TextTokenizer;
+
+/// Counts of one split.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitStats {
+    /// Records read.
+    pub records: usize,
+    /// Examples made (a long text can give several windows).
+    pub examples: usize,
+    /// Tokens in all examples.
+    pub tokens: usize,
+    /// Tokens that are trained (scored).
+    pub trained_tokens: usize,
+    /// Records longer than `max_len` that were cut or windowed.
+    pub truncated: usize,
+    /// Records left out (too long with `overlong = "drop"`, or nothing left to train).
+    pub dropped: usize,
+}
+
+/// Tokenized examples of both splits with their counts.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Training examples, in record order.
+    pub train: Vec<Example>,
+    /// Validation examples, in record order.
+    pub valid: Vec<Example>,
+    /// Counts of the training split.
+    pub train_stats: SplitStats,
+    /// Counts of the validation split.
+    pub valid_stats: SplitStats,
+}
+
+/// Prepared examples and how they were obtained.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The examples.
+    pub data: Prepared,
+    /// The cache file they came from or went to (none without a cache).
+    pub cache_file: Option<PathBuf>,
+    /// True when the cache had them and nothing was tokenized.
+    pub from_cache: bool,
+    /// Seconds spent reading, tokenizing or loading.
+    pub seconds: f64,
+}
+
+/// Prepares the examples of `config` with the tokenizer (and chat template) of the model in
+/// `model_dir`, through the token cache when `config.cache_dir` is set.
+pub fn load_dataset(config: &DataConfig, model_dir: &Path) -> Result<Loaded, DataError> {
+    let started = Instant::now();
+    let train_files = expand_patterns(&config.train.0)?;
+    let valid_files = expand_patterns(&config.valid.0)?;
+    let entry = match config.cache_dir.is_empty() {
+        true => None,
+        false => {
+            let key = cache_key(
+                &train_files,
+                &valid_files,
+                model_dir,
+                &shaping_options(config),
+            )?;
+            Some(CacheEntry::new(Path::new(&config.cache_dir), &key))
+        }
+    };
+    if let Some(data) = entry.as_ref().and_then(CacheEntry::load) {
+        return Ok(Loaded {
+            data,
+            cache_file: entry.map(|e| e.examples),
+            from_cache: true,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let tokenizer = TextTokenizer::from_model_dir(model_dir)?;
+    let builder = ExampleBuilder::new(config, &tokenizer)?;
+    let mut train_records = read_records(&train_files)?;
+    let mut valid_records = read_records(&valid_files)?;
+    if config.valid_fraction > 0.0 {
+        let (held_out, kept): (Vec<Record>, Vec<Record>) = train_records
+            .into_iter()
+            .partition(|r| is_held_out(r, &config.split_key, config.valid_fraction));
+        train_records = kept;
+        valid_records.extend(held_out);
+    }
+    let (train, train_stats) = build_split(&builder, &train_records)?;
+    if train.is_empty() {
+        return Err(empty_split("train", &config.train.0, &train_stats));
+    }
+    let (valid, valid_stats) = build_split(&builder, &valid_records)?;
+    let wants_valid = !config.valid.0.is_empty() || config.valid_fraction > 0.0;
+    if wants_valid && valid.is_empty() {
+        return Err(empty_split("valid", &config.valid.0, &valid_stats));
+    }
+    let data = Prepared {
+        train,
+        valid,
+        train_stats,
+        valid_stats,
+    };
+    if let Some(entry) = &entry {
+        entry.store(&data)?;
+    }
+    Ok(Loaded {
+        data,
+        cache_file: entry.map(|e| e.examples),
+        from_cache: false,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The options that shape the examples (everything but how they are batched and cached).
+fn shaping_options(config: &DataConfig) -> serde_json::Value {
+    let mut value = serde_json::to_value(config).expect("config is JSON");
+    if let Some(map) = value.as_object_mut() {
+        for key in ["train", "valid", "packing", "cache_dir"] {
+            map.remove(key);
+        }
+    }
+    value
+}
+
+/// Whether a record belongs to the validation share: the first 48 bits of
+/// SHA-256(`split:` + key) below `fraction` of their range. The key is the `split_key` column
+/// (as text), or the whole record.
+fn is_held_out(record: &Record, split_key: &str, fraction: f64) -> bool {
+    let key = match record.fields.get(split_key) {
+        Some(serde_json::Value::String(s)) if !split_key.is_empty() => s.clone(),
+        Some(value) if !split_key.is_empty() => value.to_string(),
+        _ => serde_json::Value::Object(record.fields.clone()).to_string(),
+    };
+    let digest = Sha256::digest(format!("split:{key}").as_bytes());
+    let bits = digest[..6]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    (bits as f64) < fraction * (1u64 << 48) as f64
+}
+
+/// The examples and counts of one split, records turned into examples in parallel.
+fn build_split(
+    builder: &ExampleBuilder<'_>,
+    records: &[Record],
+) -> Result<(Vec<Example>, SplitStats), DataError> {
+    let built: Vec<Built> = records
+        .par_iter()
+        .map(|record| builder.build(record))
+        .collect::<Result<_, _>>()?;
+    let mut stats = SplitStats {
+        records: records.len(),
+        ..SplitStats::default()
+    };
+    let mut examples = Vec::new();
+    for b in built {
+        stats.truncated += usize::from(b.truncated);
+        stats.dropped += usize::from(b.dropped);
+        for example in b.examples {
+            stats.tokens += example.ids.len();
+            stats.trained_tokens += example.trained_tokens();
+            examples.push(example);
+        }
+    }
+    stats.examples = examples.len();
+    Ok((examples, stats))
+}
+
+fn empty_split(split: &str, files: &[String], stats: &SplitStats) -> DataError {
+    DataError::invalid(
+        files.join(", "),
+        format!(
+            "key `data.{split}`: no examples ({} records read, {} dropped as too long or with nothing to train)",
+            stats.records, stats.dropped
+        ),
+    )
+}

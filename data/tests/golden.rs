@@ -1,0 +1,183 @@
+//! Our examples against transformers' own: token ids and trained tokens of chat (its
+//! `apply_chat_template(..., return_assistant_tokens_mask=True)`), alpaca and text formats, on
+//! golden files written by `scripts/make_data_fixtures.py`.
+//!
+//! The tiny fixture tokenizer runs always; the real SmolLM2 tokenizer needs
+//! `scripts/fetch-smollm2.sh` first and runs with `--ignored` (as CI does).
+
+use std::path::{Path, PathBuf};
+
+use feinschliff_data::config::{DataConfig, Format, Overlong};
+use feinschliff_data::format::{Example, ExampleBuilder};
+use feinschliff_data::source::{Origin, Position, Record};
+use feinschliff_data::tokenize::TextTokenizer;
+use serde_json::{Value, json};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A model directory holding `tokenizer_dir`'s tokenizer with `template` as its chat template.
+fn with_template(tokenizer_dir: &Path, template: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        tokenizer_dir.join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let mut config: Value = serde_json::from_slice(
+        &std::fs::read(tokenizer_dir.join("tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    config["chat_template"] = json!(template);
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+    dir
+}
+
+fn record(fields: Value) -> Record {
+    Record {
+        fields: fields.as_object().unwrap().clone(),
+        origin: Origin {
+            path: "golden.jsonl".into(),
+            position: Position::Line(1),
+        },
+    }
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Trained flags from transformers' labels (-100 = not trained) or masks (0 = not trained),
+/// without the first token, which no causal model predicts.
+fn trained_after_first(values: &Value, untrained: i64) -> Vec<bool> {
+    values.as_array().unwrap()[1..]
+        .iter()
+        .map(|v| v.as_i64().unwrap() != untrained)
+        .collect()
+}
+
+fn build(config: &DataConfig, model_dir: &Path, fields: Value) -> Vec<Example> {
+    let tokenizer = TextTokenizer::from_model_dir(model_dir).unwrap();
+    let builder = ExampleBuilder::new(config, &tokenizer).unwrap();
+    builder.build(&record(fields)).unwrap().examples
+}
+
+fn check_golden(tokenizer_dir: &Path, golden_file: &str) {
+    let golden: Value = serde_json::from_slice(
+        &std::fs::read(root().join("data/tests/fixtures").join(golden_file)).unwrap(),
+    )
+    .unwrap();
+    let mut chat = DataConfig::new("unused.jsonl");
+    chat.format = Format::Chat;
+    chat.max_len = 100_000;
+    let mut checked = 0;
+    for case in golden["chat"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let mut templates = vec![case["template"].as_str().unwrap()];
+        // SmolLM2's own template has no generation blocks: the answers are found by rendering
+        // prefixes, and must come out the same as transformers marks them in the tagged copy.
+        if name.starts_with("smollm2_tagged/") {
+            templates.push(golden["smollm2_original_template"].as_str().unwrap());
+        }
+        for template in templates {
+            let model = with_template(tokenizer_dir, template);
+            let examples = build(&chat, model.path(), json!({ "messages": case["messages"] }));
+            assert_eq!(examples.len(), 1, "{name}");
+            assert_eq!(examples[0].ids, ids(&case["input_ids"]), "{name}: ids");
+            assert_eq!(
+                examples[0].trained[1..],
+                trained_after_first(&case["assistant_masks"], 0),
+                "{name}: trained tokens"
+            );
+            checked += 1;
+        }
+    }
+    for case in golden["chat_errors"].as_array().unwrap() {
+        let model = with_template(tokenizer_dir, case["template"].as_str().unwrap());
+        let tokenizer = TextTokenizer::from_model_dir(model.path()).unwrap();
+        let builder = ExampleBuilder::new(&chat, &tokenizer).unwrap();
+        let message = builder
+            .build(&record(json!({ "messages": case["messages"] })))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("golden.jsonl:1: message 2: role `tool`"),
+            "{message}"
+        );
+    }
+
+    let mut alpaca = DataConfig::new("unused.jsonl");
+    alpaca.format = Format::Alpaca;
+    alpaca.max_len = 100_000;
+    assert_eq!(
+        alpaca.alpaca_prompt,
+        golden["alpaca_prompt_with_input"].as_str().unwrap()
+    );
+    assert_eq!(
+        alpaca.alpaca_prompt_no_input,
+        golden["alpaca_prompt_no_input"].as_str().unwrap()
+    );
+    for case in golden["alpaca"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let examples = build(&alpaca, tokenizer_dir, case.clone());
+        assert_eq!(examples[0].ids, ids(&case["input_ids"]), "{name}: ids");
+        assert_eq!(
+            examples[0].trained[1..],
+            trained_after_first(&case["labels"], -100),
+            "{name}: trained tokens"
+        );
+        checked += 1;
+    }
+
+    for case in golden["text"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let mut text = DataConfig::new("unused.jsonl");
+        text.max_len = case["max_len"].as_u64().unwrap() as usize;
+        text.stride = case["stride"].as_u64().unwrap() as usize;
+        if case["truncate"].as_bool().unwrap() {
+            text.overlong = Some(Overlong::Truncate);
+        }
+        let examples = build(&text, tokenizer_dir, json!({ "text": case["text"] }));
+        // A window whose only label is its first token trains nothing: we leave it out.
+        let expected: Vec<&Value> = case["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| trained_after_first(&w["labels"], -100).contains(&true))
+            .collect();
+        assert_eq!(examples.len(), expected.len(), "{name}: windows");
+        for (example, window) in examples.iter().zip(expected) {
+            assert_eq!(example.ids, ids(&window["input_ids"]), "{name}: ids");
+            assert_eq!(
+                example.trained[1..],
+                trained_after_first(&window["labels"], -100),
+                "{name}: trained tokens"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} cases checked");
+}
+
+#[test]
+fn tiny_tokenizer_matches_transformers() {
+    check_golden(
+        &root().join("tests/fixtures/llama/tied_gqa"),
+        "golden_tiny.json",
+    );
+}
+
+#[test]
+#[ignore = "needs scripts/fetch-smollm2.sh"]
+fn smollm2_matches_transformers() {
+    check_golden(
+        &root().join("checkpoints/base/smollm2-135m-instruct"),
+        "golden_smollm2.json",
+    );
+}
