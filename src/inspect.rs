@@ -55,11 +55,12 @@ pub fn run_inspect(args: InspectArgs) -> Result<()> {
         true => "loaded from the token cache",
         false => "tokenized",
     };
+    let name = |value: serde_json::Value| value.as_str().unwrap_or_default().to_owned();
     println!(
-        "format {:?}, max_len {}, train_on {:?}; {source} in {:.2} s{}",
-        data.format,
+        "format {}, max_len {}, train_on {}; {source} in {:.2} s{}",
+        name(serde_json::to_value(data.format)?),
         data.max_len,
-        data.train_on,
+        name(serde_json::to_value(data.train_on)?),
         loaded.seconds,
         loaded
             .cache_file

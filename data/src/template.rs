@@ -213,9 +213,16 @@ fn raise_exception(message: String) -> Result<String, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, message))
 }
 
-/// A minijinja error with its cause, on one line.
+/// A minijinja error with its cause, on one line, naming the template line rather than
+/// minijinja's internal template name.
 fn one_line(error: &Error) -> String {
     let mut text = error.to_string();
+    if let Some(line) = error.line() {
+        text = text.replace(
+            &format!("(in {TEMPLATE_NAME}:{line})"),
+            &format!("(template line {line})"),
+        );
+    }
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         text.push_str(": ");

@@ -1,0 +1,81 @@
+//! The token cache: a second run reads the examples back instead of tokenizing, and anything
+//! that shapes them (an option, the data, the tokenizer) makes a new entry.
+
+use std::path::{Path, PathBuf};
+
+use feinschliff_data::config::{DataConfig, Format};
+use feinschliff_data::dataset::load_dataset;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn second_load_comes_from_the_cache_and_changes_retokenize() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"Der Antrag ist fristgerecht einzureichen.\"}\n{\"text\": \"Die Behörde entscheidet.\"}\n",
+    )
+    .unwrap();
+    let model = root().join("tests/fixtures/llama/tied_gqa");
+    let mut config = DataConfig::new(data.display().to_string());
+    config.max_len = 8;
+    config.cache_dir = dir.path().join("cache").display().to_string();
+
+    let first = load_dataset(&config, &model).unwrap();
+    assert!(!first.from_cache);
+    let second = load_dataset(&config, &model).unwrap();
+    assert!(second.from_cache);
+    assert_eq!(second.data.train, first.data.train);
+    assert_eq!(second.data.train_stats, first.data.train_stats);
+
+    // Packing does not shape the examples: same entry.
+    config.packing = true;
+    assert!(load_dataset(&config, &model).unwrap().from_cache);
+    // An option that does: a new entry.
+    config.max_len = 16;
+    let longer = load_dataset(&config, &model).unwrap();
+    assert!(!longer.from_cache);
+    assert_ne!(longer.data.train, first.data.train);
+    // Changed data: a new entry.
+    config.max_len = 8;
+    std::fs::write(&data, "{\"text\": \"Anders.\"}\n").unwrap();
+    assert!(!load_dataset(&config, &model).unwrap().from_cache);
+    // A damaged entry is not trusted: it is rebuilt.
+    let entry = load_dataset(&config, &model).unwrap().cache_file.unwrap();
+    let bytes = std::fs::read(&entry).unwrap();
+    std::fs::write(&entry, &bytes[..bytes.len() / 2]).unwrap();
+    let rebuilt = load_dataset(&config, &model).unwrap();
+    assert!(!rebuilt.from_cache);
+    assert!(load_dataset(&config, &model).unwrap().from_cache);
+}
+
+#[test]
+#[ignore = "needs scripts/fetch-smollm2.sh"]
+fn de_admin_chat_from_the_cache_in_under_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = DataConfig::new(
+        root()
+            .join("../shared/data/de-admin/chat.jsonl")
+            .display()
+            .to_string(),
+    );
+    config.format = Format::Chat;
+    config.max_len = 1024;
+    config.cache_dir = dir.path().display().to_string();
+    let model = root().join("checkpoints/base/smollm2-135m-instruct");
+    let cold = load_dataset(&config, &model).unwrap();
+    assert!(!cold.from_cache);
+    let warm = load_dataset(&config, &model).unwrap();
+    assert!(warm.from_cache);
+    assert_eq!(warm.data.train.len(), cold.data.train.len());
+    assert!(warm.seconds < 1.0, "cache load took {:.2} s", warm.seconds);
+    eprintln!(
+        "de-admin chat.jsonl: tokenized in {:.2} s, from the cache in {:.3} s ({} examples)",
+        cold.seconds,
+        warm.seconds,
+        cold.data.train.len()
+    );
+}
