@@ -187,7 +187,7 @@ pub const KNOWN_ROLES: [&str; 3] = ["system", "user", "assistant"];
 impl DataConfig {
     /// A configuration with every default and `train` as the training data.
     pub fn new(train: impl Into<String>) -> Self {
-        toml::from_str::<Self>(&format!("train = {:?}", train.into())).expect("defaults")
+        serde_json::from_value(serde_json::json!({ "train": train.into() })).expect("defaults")
     }
 
     /// The window step of long text documents.

@@ -90,11 +90,14 @@ pub fn load_dataset(config: &DataConfig, model_dir: &Path) -> Result<Loaded, Dat
     let mut train_records = read_records(&train_files)?;
     let mut valid_records = read_records(&valid_files)?;
     if config.valid_fraction > 0.0 {
-        let (held_out, kept): (Vec<Record>, Vec<Record>) = train_records
-            .into_iter()
-            .partition(|r| is_held_out(r, &config.split_key, config.valid_fraction));
+        let mut kept = Vec::with_capacity(train_records.len());
+        for record in train_records {
+            match is_held_out(&record, &config.split_key, config.valid_fraction)? {
+                true => valid_records.push(record),
+                false => kept.push(record),
+            }
+        }
         train_records = kept;
-        valid_records.extend(held_out);
     }
     let (train, train_stats) = build_split(&builder, &train_records)?;
     if train.is_empty() {
@@ -136,17 +139,20 @@ fn shaping_options(config: &DataConfig) -> serde_json::Value {
 /// Whether a record belongs to the validation share: the first 48 bits of
 /// SHA-256(`split:` + key) below `fraction` of their range. The key is the `split_key` column
 /// (as text), or the whole record.
-fn is_held_out(record: &Record, split_key: &str, fraction: f64) -> bool {
-    let key = match record.fields.get(split_key) {
-        Some(serde_json::Value::String(s)) if !split_key.is_empty() => s.clone(),
-        Some(value) if !split_key.is_empty() => value.to_string(),
-        _ => serde_json::Value::Object(record.fields.clone()).to_string(),
+fn is_held_out(record: &Record, split_key: &str, fraction: f64) -> Result<bool, DataError> {
+    let key = match (split_key.is_empty(), record.fields.get(split_key)) {
+        (true, _) => serde_json::Value::Object(record.fields.clone()).to_string(),
+        (false, Some(serde_json::Value::String(s))) => s.clone(),
+        (false, Some(value)) => value.to_string(),
+        (false, None) => {
+            return Err(record.error(format!("missing field `{split_key}` (data.split_key)")));
+        }
     };
     let digest = Sha256::digest(format!("split:{key}").as_bytes());
     let bits = digest[..6]
         .iter()
         .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
-    (bits as f64) < fraction * (1u64 << 48) as f64
+    Ok((bits as f64) < fraction * (1u64 << 48) as f64)
 }
 
 /// The examples and counts of one split, records turned into examples in parallel.
@@ -177,11 +183,55 @@ fn build_split(
 }
 
 fn empty_split(split: &str, files: &[String], stats: &SplitStats) -> DataError {
+    let files = match files.is_empty() {
+        true => "[data]".to_owned(),
+        false => files.join(", "),
+    };
     DataError::invalid(
-        files.join(", "),
+        files,
         format!(
             "key `data.{split}`: no examples ({} records read, {} dropped as too long or with nothing to train)",
             stats.records, stats.dropped
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{Origin, Position};
+
+    fn record(n: usize) -> Record {
+        let fields = serde_json::json!({ "id": format!("doc-{n}"), "text": "x" });
+        Record {
+            fields: fields.as_object().unwrap().clone(),
+            origin: Origin {
+                path: "d.jsonl".into(),
+                position: Position::Line(n + 1),
+            },
+        }
+    }
+
+    #[test]
+    fn split_is_deterministic_and_near_the_fraction() {
+        let held: Vec<bool> = (0..2000)
+            .map(|n| is_held_out(&record(n), "id", 0.1).unwrap())
+            .collect();
+        let again: Vec<bool> = (0..2000)
+            .map(|n| is_held_out(&record(n), "id", 0.1).unwrap())
+            .collect();
+        assert_eq!(held, again);
+        let count = held.iter().filter(|h| **h).count();
+        assert!(
+            (150..250).contains(&count),
+            "{count} of 2000 held out at 10 %"
+        );
+        let message = is_held_out(&record(0), "source", 0.1)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "d.jsonl:1: missing field `source` (data.split_key)"
+        );
+    }
 }

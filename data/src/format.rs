@@ -181,7 +181,9 @@ impl<'a> ExampleBuilder<'a> {
             .collect();
         // Every answer must end in EOS, or the model never learns to stop.
         for span in answers.iter().rev() {
-            let inside: Vec<usize> = (0..ids.len())
+            // Answers are visited last to first, so insertions never shift the tokens of the
+            // answers still to visit.
+            let inside: Vec<usize> = (0..offsets.len())
                 .filter(|&t| overlaps(offsets[t], span))
                 .collect();
             let Some(&last) = inside.last() else {

@@ -32,7 +32,7 @@ pub struct Record {
 pub struct Origin {
     /// The data file.
     pub path: PathBuf,
-    /// 1-based line for JSON Lines (and CSV, counting the header line), else the 1-based record.
+    /// 1-based line for JSON Lines, else the 1-based record (CSV: not counting the header).
     pub position: Position,
 }
 
@@ -129,7 +129,7 @@ pub fn read_records(files: &[PathBuf]) -> Result<Vec<Record>, DataError> {
                     .try_into_reader_with_file_path(Some(path.clone()))
                     .and_then(|reader| reader.finish())
                     .map_err(|e| DataError::invalid(path, format!("cannot read CSV: {e}")))?;
-                frame_records(path, &frame, |n| Position::Line(n + 1), &mut records)?;
+                frame_records(path, &frame, Position::Record, &mut records)?;
             }
             _ => {
                 return Err(DataError::invalid(
@@ -226,7 +226,7 @@ fn read_json_array(path: &Path, records: &mut Vec<Record>) -> Result<(), DataErr
 fn frame_records(
     path: &Path,
     frame: &DataFrame,
-    position: impl Fn(usize) -> Position,
+    position: fn(usize) -> Position,
     records: &mut Vec<Record>,
 ) -> Result<(), DataError> {
     let columns = frame.columns();
@@ -344,7 +344,7 @@ mod tests {
             records[1].origin.to_string(),
             format!("{}:3", files[0].display())
         );
-        assert_eq!(records[4].origin.position, Position::Line(3));
+        assert_eq!(records[4].origin.position, Position::Record(2));
         assert_eq!(records[4].fields["other"], "2");
     }
 

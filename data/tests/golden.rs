@@ -181,3 +181,37 @@ fn smollm2_matches_transformers() {
         "golden_smollm2.json",
     );
 }
+
+#[test]
+fn answers_without_eos_get_one_and_it_is_trained() {
+    let tiny = root().join("tests/fixtures/llama/tied_gqa");
+    let model = with_template(
+        &tiny,
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}",
+    );
+    let tokenizer = TextTokenizer::from_model_dir(model.path()).unwrap();
+    let eos = tokenizer.eos_id().unwrap();
+    let mut chat = DataConfig::new("unused.jsonl");
+    chat.format = Format::Chat;
+    let builder = ExampleBuilder::new(&chat, &tokenizer).unwrap();
+    let messages = json!({ "messages": [
+        { "role": "user", "content": "a" }, { "role": "assistant", "content": "b" },
+        { "role": "user", "content": "c" }, { "role": "assistant", "content": "d" }] });
+    let example = builder.build(&record(messages)).unwrap().examples.remove(0);
+    let plain = tokenizer
+        .encode_with_offsets("user: a\nassistant: b\nuser: c\nassistant: d\n")
+        .unwrap()
+        .0;
+    assert_eq!(example.ids.len(), plain.len() + 2, "one EOS per answer");
+    let eos_at: Vec<usize> = (0..example.ids.len())
+        .filter(|&i| example.ids[i] == eos)
+        .collect();
+    assert_eq!(eos_at.len(), 2);
+    for &i in &eos_at {
+        assert!(example.trained[i], "EOS at {i} is not trained");
+        assert!(
+            example.trained[i - 1],
+            "EOS at {i} does not follow an answer"
+        );
+    }
+}

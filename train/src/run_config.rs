@@ -95,7 +95,7 @@ pub struct TrainSection {
     pub save_every: usize,
     /// Checkpoints kept besides the best one (default 2).
     pub keep_last: usize,
-    /// Validation records scored per evaluation, 0 = all (default 0).
+    /// Validation examples scored per evaluation (the first N), 0 = all (default 0).
     pub eval_records: usize,
     /// Prompts answered (greedy) at every evaluation, to watch the model change (default none).
     pub generate_prompts: Vec<String>,
