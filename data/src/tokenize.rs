@@ -100,6 +100,9 @@ fn default_chat_template(json: &Value, path: &Path) -> Result<Option<String>, Da
     }
 }
 
+/// A token's byte range `(start, end)` in the text it came from.
+pub type Span = (usize, usize);
+
 /// A model's tokenizer with its special tokens.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
@@ -166,7 +169,7 @@ impl TextTokenizer {
     pub fn encode_with_offsets(
         &self,
         text: &str,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>), DataError> {
+    ) -> Result<(Vec<u32>, Vec<Span>), DataError> {
         let encoding = self
             .inner
             .encode(text, false)
