@@ -166,10 +166,7 @@ impl TextTokenizer {
 
     /// Token ids of `text` without special tokens added, with each token's byte range in
     /// `text` (special tokens written in the text are recognised).
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-    ) -> Result<(Vec<u32>, Vec<Span>), DataError> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>), DataError> {
         let encoding = self
             .inner
             .encode(text, false)
