@@ -42,10 +42,10 @@ pub struct DataConfig {
     #[serde(default)]
     pub stride: usize,
     /// What happens to an example longer than `max_len`: `window` (text only: windows of
-    /// `stride`), `truncate` (cut at `max_len`) or `drop` (default: `window` for text, `drop`
-    /// for alpaca and chat, whose cut answers would never learn to stop).
+    /// `stride`), `truncate` (cut at `max_len`), `drop`, or `auto`: `window` for text, `drop`
+    /// for alpaca and chat, whose cut answers would never learn to stop (default `auto`).
     #[serde(default)]
-    pub overlong: Option<Overlong>,
+    pub overlong: Overlong,
     /// Which tokens are trained: `completion` (answers: alpaca outputs, every assistant turn),
     /// `last_assistant` (only the last assistant turn) or `all` (every token) (default
     /// `completion`; text trains every token either way).
@@ -110,9 +110,12 @@ pub enum Format {
 }
 
 /// What happens to examples longer than `max_len`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Overlong {
+    /// `Window` for text, `Drop` for alpaca and chat.
+    #[default]
+    Auto,
     /// Overlapping or adjacent windows (text only).
     Window,
     /// Keep the first `max_len` tokens.
@@ -198,12 +201,13 @@ impl DataConfig {
         }
     }
 
-    /// What happens to overlong examples, with the per-format default.
+    /// What happens to overlong examples (`auto` resolved for the format).
     pub fn overlong(&self) -> Overlong {
-        self.overlong.unwrap_or(match self.format {
-            Format::Text => Overlong::Window,
-            Format::Alpaca | Format::Chat => Overlong::Drop,
-        })
+        match (self.overlong, self.format) {
+            (Overlong::Auto, Format::Text) => Overlong::Window,
+            (Overlong::Auto, Format::Alpaca | Format::Chat) => Overlong::Drop,
+            (chosen, _) => chosen,
+        }
     }
 
     /// Rejects values that cannot work, naming the key (`data.…`).
@@ -236,7 +240,7 @@ impl DataConfig {
                 ),
             );
         }
-        if self.overlong == Some(Overlong::Window) && self.format != Format::Text {
+        if self.overlong == Overlong::Window && self.format != Format::Text {
             return fail(
                 "overlong",
                 "`window` works for the text format only; use `truncate` or `drop`".into(),

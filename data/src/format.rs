@@ -98,7 +98,8 @@ impl<'a> ExampleBuilder<'a> {
             built.examples.push(example);
         } else {
             match self.config.overlong() {
-                Overlong::Drop => built.dropped = true,
+                // `overlong()` has resolved `auto` already.
+                Overlong::Drop | Overlong::Auto => built.dropped = true,
                 Overlong::Truncate => {
                     built.truncated = true;
                     built.examples.push(Example::new(

@@ -141,7 +141,7 @@ fn check_golden(tokenizer_dir: &Path, golden_file: &str) {
         text.max_len = case["max_len"].as_u64().unwrap() as usize;
         text.stride = case["stride"].as_u64().unwrap() as usize;
         if case["truncate"].as_bool().unwrap() {
-            text.overlong = Some(Overlong::Truncate);
+            text.overlong = Overlong::Truncate;
         }
         let examples = build(&text, tokenizer_dir, json!({ "text": case["text"] }));
         // A window whose only label is its first token trains nothing: we leave it out.
