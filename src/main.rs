@@ -53,8 +53,10 @@ enum Command {
     /// Train LoRA adapters as a TOML run configuration says (see configs/).
     ///
     /// Writes into output.run_dir: config.toml (the resolved configuration), metrics.jsonl,
-    /// checkpoints/step-N/ (each a PEFT adapter directory plus optimizer state) and
-    /// summary.json.
+    /// checkpoints/step-N/ (each a PEFT adapter directory plus optimizer state), loss.png and
+    /// summary.json (also printed on stdout as one JSON object). Every key is listed in
+    /// docs/configuration.md. Ctrl-C/SIGTERM: finishes the step, writes a checkpoint, exits
+    /// 130/143; continue with --resume.
     Train(TrainArgs),
     /// Export what a run trained.
     #[command(subcommand)]
