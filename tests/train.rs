@@ -477,3 +477,125 @@ fn diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     );
     assert!(!run.join("checkpoints/step-000002").exists());
 }
+
+#[test]
+fn damaged_last_checkpoint_is_passed_over_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    train(&straight, &[], false);
+    // The interrupted run kept steps 2 and 4, and step 4 was damaged afterwards.
+    let resumed = dir.path().join("resumed");
+    for step in ["step-000002", "step-000004"] {
+        let to = resumed.join("checkpoints").join(step);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(straight.join("checkpoints").join(step)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    let optimizer = resumed.join("checkpoints/step-000004/optimizer.bpk");
+    let bytes = std::fs::read(&optimizer).unwrap();
+    std::fs::write(&optimizer, &bytes[..bytes.len() - 100]).unwrap();
+    let output = feinschliff(&[
+        "train",
+        "--config",
+        "configs/tiny.toml",
+        "--set",
+        "train.keep_last=10",
+        "--resume",
+        resumed.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    assert!(
+        err.contains("passing over damaged checkpoint") && err.contains("optimizer.bpk"),
+        "{err}"
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["resumed_from"], 2);
+    assert_eq!(adapter_bytes(&straight, 6), adapter_bytes(&resumed, 6));
+}
+
+#[test]
+fn a_run_directory_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let lock = std::fs::File::create(run.join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    fails(
+        &[
+            "train",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            &format!("output.run_dir={:?}", run.display().to_string()),
+        ],
+        "is in use by another training run",
+    );
+    assert!(!run.join("checkpoints").exists(), "the refused run wrote");
+    drop(lock);
+}
+
+/// `kill -9` at pseudo-random moments, resume each time: the final adapter and every step's
+/// loss equal those of a run that was never interrupted. `FEINSCHLIFF_KILLS` sets how many
+/// kills (default 3; 10 for the full version).
+#[test]
+fn killed_and_resumed_runs_end_bit_identical() {
+    let kills: usize = std::env::var("FEINSCHLIFF_KILLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let sets = [
+        "train.max_steps=400",
+        "train.save_every=1",
+        "train.eval_every=100",
+    ];
+    let straight = dir.path().join("straight");
+    train(&straight, &sets, false);
+    let killed = dir.path().join("killed");
+    let run_arg = format!("output.run_dir={:?}", killed.display().to_string());
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let (mut done_kills, mut finished) = (0, false);
+    while done_kills < kills && !finished {
+        let mut args = vec!["train", "--config", "configs/tiny.toml", "--set", &run_arg];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        if killed.join("checkpoints").exists() {
+            args.push("--resume");
+            args.push(killed.to_str().unwrap());
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_feinschliff"))
+            .current_dir(root())
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        std::thread::sleep(std::time::Duration::from_millis(50 + state % 700));
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "a resumed run failed");
+            finished = true; // it ended before the kill: nothing left to interrupt
+            continue;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        done_kills += 1;
+    }
+    assert!(
+        done_kills > 0,
+        "every run finished before it could be killed"
+    );
+    eprintln!("killed {done_kills} times, then resumed to the end");
+    if !finished {
+        let summary = train(&killed, &sets, killed.join("checkpoints").exists());
+        assert_eq!(summary["steps"], 400);
+    }
+    assert_eq!(adapter_bytes(&straight, 400), adapter_bytes(&killed, 400));
+    assert_eq!(step_losses(&straight), step_losses(&killed));
+}

@@ -1,14 +1,18 @@
 //! Checkpoints of a run: `RUN_DIR/checkpoints/step-NNNNNN/` holding the adapter as a PEFT
 //! directory (`adapter_model.safetensors`, `adapter_config.json`), the AdamW state
-//! (`optimizer.bpk`) and `state.json` (step, seed, config hash, losses). Everything is written
-//! into a temporary directory and renamed, so a checkpoint is either complete or absent. The
-//! data cursor and the learning rate are functions of the step, so the step is all a resume
-//! needs besides the tensors.
+//! (`optimizer.bpk`), `state.json` (step, seed, config hash, losses) and `manifest.json` (size
+//! and SHA-256 of every other file). Everything is written into a temporary directory, flushed
+//! to disk and renamed, so a checkpoint is either complete or absent; a checkpoint damaged
+//! afterwards (a truncated or altered file) fails its manifest and is passed over. The data
+//! cursor and the learning rate are functions of the step, so the step is all a resume needs
+//! besides the tensors.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::error::ModelError;
 use crate::io::peft::save_adapter;
@@ -19,6 +23,24 @@ use crate::model::lora::LoraSpec;
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 /// The state file of a checkpoint.
 pub const STATE_FILE: &str = "state.json";
+/// The manifest of a checkpoint: size and SHA-256 of every other file.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Size and SHA-256 of one file of a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct FileSum {
+    bytes: u64,
+    sha256: String,
+}
+
+/// The checkpoints of a run directory.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoints {
+    /// Complete checkpoints whose files match their manifest, oldest first.
+    pub good: Vec<(PathBuf, CheckpointState)>,
+    /// Checkpoint directories that fail their manifest, with the reason.
+    pub damaged: Vec<(PathBuf, String)>,
+}
 
 /// What a checkpoint records besides tensors.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -65,10 +87,12 @@ pub fn write_checkpoint(
         let state_path = temp.join(STATE_FILE);
         let text = serde_json::to_string_pretty(state).expect("state serializes") + "\n";
         std::fs::write(&state_path, text).map_err(|e| ModelError::io(&state_path, e))?;
+        write_manifest(&temp)?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir).map_err(|e| ModelError::io(&final_dir, e))?;
         }
-        std::fs::rename(&temp, &final_dir).map_err(|e| ModelError::io(&final_dir, e))
+        std::fs::rename(&temp, &final_dir).map_err(|e| ModelError::io(&final_dir, e))?;
+        sync_dir(&parent)
     };
     write().inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&temp);
@@ -76,25 +100,101 @@ pub fn write_checkpoint(
     Ok(final_dir)
 }
 
-/// Every complete checkpoint of a run, oldest first.
-pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(PathBuf, CheckpointState)>, ModelError> {
+/// The checkpoints of a run: those that pass their manifest, oldest first, and those that do
+/// not.
+pub fn list_checkpoints(run_dir: &Path) -> Result<Checkpoints, ModelError> {
     let dir = checkpoints_dir(run_dir);
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(Vec::new());
+        return Ok(Checkpoints::default());
     };
-    let mut found = Vec::new();
+    let mut found = Checkpoints::default();
     for entry in entries {
         let path = entry.map_err(|e| ModelError::io(&dir, e))?.path();
         let is_step = path
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("step-"));
-        if is_step {
-            found.push((path.clone(), read_state(&path)?));
+        if !is_step {
+            continue;
+        }
+        match verify_checkpoint(&path).and_then(|()| read_state(&path).map_err(|e| e.to_string())) {
+            Ok(state) => found.good.push((path, state)),
+            Err(reason) => found.damaged.push((path, reason)),
         }
     }
-    found.sort_by_key(|(_, state)| state.step);
+    found.good.sort_by_key(|(_, state)| state.step);
+    found.damaged.sort();
     Ok(found)
+}
+
+/// Checks every file of a checkpoint against its manifest; the error says what is wrong.
+pub fn verify_checkpoint(dir: &Path) -> Result<(), String> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{}: {e} (an incomplete checkpoint)", path.display()))?;
+    let manifest: BTreeMap<String, FileSum> = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not a manifest: {e}", path.display()))?;
+    for name in [STATE_FILE, OPTIMIZER_FILE] {
+        if !manifest.contains_key(name) {
+            return Err(format!("{}: does not list {name}", path.display()));
+        }
+    }
+    for (name, expected) in &manifest {
+        let file = dir.join(name);
+        let actual = file_sum(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        if &actual != expected {
+            return Err(format!(
+                "{}: {} bytes with SHA-256 {}, the manifest says {} bytes with {}",
+                file.display(),
+                actual.bytes,
+                actual.sha256,
+                expected.bytes,
+                expected.sha256
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Flushes every file of `dir` to disk and writes its manifest (flushed too).
+fn write_manifest(dir: &Path) -> Result<(), ModelError> {
+    let mut manifest = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
+        let path = entry.map_err(|e| ModelError::io(dir, e))?.path();
+        let name = path
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| ModelError::io(&path, e))?;
+        manifest.insert(name, file_sum(&path).map_err(|e| ModelError::io(&path, e))?);
+    }
+    let path = dir.join(MANIFEST_FILE);
+    let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
+    std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))?;
+    std::fs::File::open(&path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ModelError::io(&path, e))?;
+    sync_dir(dir)
+}
+
+/// Size and SHA-256 of a file.
+fn file_sum(path: &Path) -> std::io::Result<FileSum> {
+    let bytes = std::fs::read(path)?;
+    let digest = Sha256::digest(&bytes);
+    Ok(FileSum {
+        bytes: bytes.len() as u64,
+        sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}
+
+/// Flushes a directory's entries (new names, renames) to disk.
+fn sync_dir(dir: &Path) -> Result<(), ModelError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ModelError::io(dir, e))
 }
 
 /// The `state.json` of a checkpoint directory.
@@ -107,7 +207,7 @@ pub fn read_state(dir: &Path) -> Result<CheckpointState, ModelError> {
 
 /// Removes all but the newest `keep_last` checkpoints and the one with the best eval loss.
 pub fn prune_checkpoints(run_dir: &Path, keep_last: usize) -> Result<(), ModelError> {
-    let all = list_checkpoints(run_dir)?;
+    let all = list_checkpoints(run_dir)?.good;
     let best = all
         .iter()
         .filter_map(|(_, s)| s.eval_loss.map(|l| (s.step, l)))

@@ -17,7 +17,7 @@ use crate::run_config::RunConfig;
 
 /// The directory of checkpoint `which` (`last`, `best` = lowest eval loss, or `step-N`).
 pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf, ModelError> {
-    let checkpoints = list_checkpoints(run_dir)?;
+    let checkpoints = list_checkpoints(run_dir)?.good;
     if checkpoints.is_empty() {
         return Err(ModelError::invalid(
             run_dir,

@@ -91,9 +91,18 @@ pub fn train(
     progress: &mut dyn Progress,
 ) -> Result<TrainSummary, ModelError> {
     let run_dir = config.output.run_dir.clone();
+    std::fs::create_dir_all(&run_dir).map_err(|e| ModelError::io(&run_dir, e))?;
+    let _lock = lock_run_dir(&run_dir)?;
     let existing = list_checkpoints(&run_dir)?;
-    let resume_from = match (resume, existing.last()) {
-        (false, Some(_)) => {
+    for (dir, reason) in &existing.damaged {
+        progress.note(&format!(
+            "passing over damaged checkpoint {}: {reason}",
+            dir.display()
+        ));
+    }
+    let any_checkpoint = !existing.good.is_empty() || !existing.damaged.is_empty();
+    let resume_from = match (resume, existing.good.last()) {
+        (false, _) if any_checkpoint => {
             return Err(ModelError::invalid(
                 &run_dir,
                 "already holds checkpoints of a run: pass --resume to continue it, or choose another output.run_dir",
@@ -114,9 +123,8 @@ pub fn train(
             }
             Some((dir.clone(), state.clone()))
         }
-        (false, None) => None,
+        (false, _) => None,
     };
-    std::fs::create_dir_all(&run_dir).map_err(|e| ModelError::io(&run_dir, e))?;
     let config_path = run_dir.join("config.toml");
     write_file_atomic(&config_path, config.to_toml().as_bytes())?;
 
@@ -386,6 +394,27 @@ pub fn train(
     let summary_json = serde_json::to_string_pretty(&summary).expect("JSON") + "\n";
     write_file_atomic(&summary_path, summary_json.as_bytes())?;
     Ok(summary)
+}
+
+/// Takes the run directory's lock (`RUN_DIR/.lock`) for as long as the returned file lives, so
+/// that two runs never write into one directory; the operating system releases it when the
+/// process ends, however it ends.
+fn lock_run_dir(run_dir: &Path) -> Result<std::fs::File, ModelError> {
+    let path = run_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ModelError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ModelError::invalid(
+            run_dir,
+            "is in use by another training run (its lock file .lock is held); wait for it or choose another output.run_dir",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(ModelError::io(&path, e)),
+    }
 }
 
 /// Draws `loss.png` from the step and eval lines of `metrics.jsonl`.
