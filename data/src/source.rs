@@ -373,7 +373,9 @@ mod tests {
         ];
         for (name, content, expected) in cases {
             let path = write(d, name, content);
-            let message = read_records(&[path.clone()]).unwrap_err().to_string();
+            let message = read_records(std::slice::from_ref(&path))
+                .unwrap_err()
+                .to_string();
             assert!(message.contains(expected), "{message}");
             assert!(
                 message.starts_with(&path.display().to_string()),
