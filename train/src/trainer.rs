@@ -91,8 +91,12 @@ pub fn train(
     progress: &mut dyn Progress,
 ) -> Result<TrainSummary, ModelError> {
     let run_dir = config.output.run_dir.clone();
-    std::fs::create_dir_all(&run_dir).map_err(|e| ModelError::io(&run_dir, e))?;
-    let _lock = lock_run_dir(&run_dir)?;
+    if run_dir.exists() && !run_dir.is_dir() {
+        return Err(ModelError::invalid(
+            &run_dir,
+            "is not a directory; output.run_dir must name a directory",
+        ));
+    }
     let existing = list_checkpoints(&run_dir)?;
     for (dir, reason) in &existing.damaged {
         progress.note(&format!(
@@ -125,8 +129,6 @@ pub fn train(
         }
         (false, _) => None,
     };
-    let config_path = run_dir.join("config.toml");
-    write_file_atomic(&config_path, config.to_toml().as_bytes())?;
 
     let choice: DeviceChoice = config.model.device.parse().map_err(ModelError::Usage)?;
     let device = choice.device().autodiff();
@@ -183,6 +185,12 @@ pub fn train(
         }
         false => (0..examples.len()).map(|i| vec![i]).collect(),
     };
+    // Everything the run reads has loaded: only now is the run directory created and locked,
+    // so bad input leaves nothing behind.
+    std::fs::create_dir_all(&run_dir).map_err(|e| ModelError::io(&run_dir, e))?;
+    let _lock = lock_run_dir(&run_dir)?;
+    let config_path = run_dir.join("config.toml");
+    write_file_atomic(&config_path, config.to_toml().as_bytes())?;
     let per_step = train_cfg.micro_batch * train_cfg.grad_accum;
     let total_steps = match train_cfg.max_steps {
         0 => (train_cfg.epochs * rows.len()).div_ceil(per_step),
