@@ -5,7 +5,7 @@ mod inspect;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -23,7 +23,7 @@ use feinschliff_train::io::peft::load_adapter;
 use feinschliff_train::io::safetensors_out::StoreDtype;
 use feinschliff_train::run_config::RunConfig;
 use feinschliff_train::trainer::{Progress, train};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
 
 /// LoRA fine-tuning of Llama-family models on Burn, with exports that PEFT and transformers load.
 #[derive(Parser)]
@@ -219,6 +219,11 @@ fn parse_store_dtype(name: &str) -> Result<StoreDtype, String> {
 }
 
 fn main() -> ExitCode {
+    // Past a file-size limit (RLIMIT_FSIZE) the kernel would kill us with SIGXFSZ; with the
+    // signal caught, the write fails with EFBIG instead and is reported like a full disk.
+    if let Err(error) = signal_hook::flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false))) {
+        eprintln!("warning: cannot catch SIGXFSZ: {error}");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Eval(args) => run_eval(args),

@@ -599,3 +599,51 @@ fn killed_and_resumed_runs_end_bit_identical() {
     assert_eq!(adapter_bytes(&straight, 400), adapter_bytes(&killed, 400));
     assert_eq!(step_losses(&straight), step_losses(&killed));
 }
+
+/// A file-size limit (`ulimit -f`, standing in for a full disk) hit while a checkpoint is
+/// written: a clear error naming the file, no partial checkpoint left, the previous checkpoint
+/// intact, and resuming it later gives the uninterrupted run's adapter.
+#[test]
+fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    train(&straight, &[], false);
+    let run = dir.path().join("run");
+    for step in ["step-000002", "step-000004"] {
+        let to = run.join("checkpoints").join(step);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(straight.join("checkpoints").join(step)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    // 8 KiB per file: config.toml and metrics.jsonl fit, the adapter (20 KB) does not.
+    let output = Command::new("bash")
+        .current_dir(root())
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f 8; exec {:?} train --config configs/tiny.toml --set train.keep_last=10 --resume {:?}",
+            env!("CARGO_BIN_EXE_feinschliff"),
+            run.display().to_string()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    let last = err.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("step-000006")
+            && last.contains("File too large"),
+        "{err}"
+    );
+    let names: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "a partial checkpoint was left: {names:?}");
+    assert_eq!(adapter_bytes(&run, 4), adapter_bytes(&straight, 4));
+    let summary = train(&run, &[], true);
+    assert_eq!(summary["resumed_from"], 4);
+    assert_eq!(adapter_bytes(&run, 6), adapter_bytes(&straight, 6));
+}
