@@ -17,7 +17,18 @@ use crate::run_config::RunConfig;
 
 /// The directory of checkpoint `which` (`last`, `best` = lowest eval loss, or `step-N`).
 pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf, ModelError> {
-    let checkpoints = list_checkpoints(run_dir)?.good;
+    let found = list_checkpoints(run_dir)?;
+    let checkpoints = found.good;
+    if let (true, Some((dir, reason))) = (checkpoints.is_empty(), found.damaged.last()) {
+        return Err(ModelError::invalid(
+            run_dir,
+            format!(
+                "has no intact checkpoint ({} damaged; {}: {reason})",
+                found.damaged.len(),
+                dir.display()
+            ),
+        ));
+    }
     if checkpoints.is_empty() {
         return Err(ModelError::invalid(
             run_dir,
