@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use crate::error::ModelError;
 use feinschliff_data::atomic_file::write_file_atomic;
+
+use crate::error::ModelError;
 
 const WIDTH: usize = 800;
 const HEIGHT: usize = 500;

@@ -17,6 +17,7 @@ use std::time::Instant;
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::Device;
+use feinschliff_data::atomic_file::write_file_atomic;
 use feinschliff_data::batch::{Batch, make_batch};
 use feinschliff_data::dataset::load_dataset;
 use feinschliff_data::format::Example;
@@ -42,7 +43,6 @@ use crate::model::llama::Llama;
 use crate::plot::write_loss_plot;
 use crate::run_config::RunConfig;
 use crate::schedule::learning_rate;
-use feinschliff_data::atomic_file::write_file_atomic;
 
 /// What a finished run reports.
 #[derive(Debug, Clone, serde::Serialize)]
