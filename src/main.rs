@@ -35,11 +35,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Mean token loss and perplexity of a model over a data file (JSONL, JSON, Parquet, CSV).
+    /// Mean token loss and perplexity over a data file or a run's validation split.
     ///
-    /// Each record's text is tokenized on its own (with the tokenizer's own BOS handling), cut
-    /// to the first --max-len tokens, and every token after the first is scored. The loss is
-    /// the mean over all scored tokens of all records.
+    /// With --data (.jsonl, .json, .parquet or .csv): each record's text is tokenized on its
+    /// own (with the tokenizer's own BOS handling), cut to the first --max-len tokens, and every
+    /// token after the first is scored. With --config: the configuration's validation split,
+    /// scored exactly as training scores it (its format and trained tokens). The loss is the
+    /// mean over all scored tokens.
     Eval(EvalArgs),
     /// Generate text from a prompt (KV cache; stops at any EOS id).
     Generate(GenerateArgs),
@@ -68,9 +70,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DataCommand {
-    /// Print the first examples with their trained tokens marked (green on a terminal, [[…]]
+    /// Show training examples with their trained tokens marked, and the data's counts.
+    ///
+    /// Prints the first examples with their trained tokens marked (green on a terminal, [[…]]
     /// otherwise) and the counts of both splits: records, examples, tokens, trained tokens,
-    /// truncated and dropped records, packing efficiency. Fills the token cache.
+    /// truncated and dropped records, packing efficiency. Fills the token cache. See
+    /// docs/data.md.
     Inspect(inspect::InspectArgs),
 }
 
