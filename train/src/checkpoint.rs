@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::optim::ModuleOptimizer;
+use feinschliff_data::atomic_file::{sync_dir, sync_dir_files};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -92,7 +93,7 @@ pub fn write_checkpoint(
             std::fs::remove_dir_all(&final_dir).map_err(|e| ModelError::io(&final_dir, e))?;
         }
         std::fs::rename(&temp, &final_dir).map_err(|e| ModelError::io(&final_dir, e))?;
-        sync_dir(&parent)
+        Ok(sync_dir(&parent)?)
     };
     write().inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&temp);
@@ -156,7 +157,7 @@ pub fn verify_checkpoint(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Flushes every file of `dir` to disk and writes its manifest (flushed too).
+/// Writes the manifest of `dir` and flushes every file of it to disk.
 fn write_manifest(dir: &Path) -> Result<(), ModelError> {
     let mut manifest = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
@@ -166,18 +167,12 @@ fn write_manifest(dir: &Path) -> Result<(), ModelError> {
             .expect("a file")
             .to_string_lossy()
             .into_owned();
-        std::fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| ModelError::io(&path, e))?;
         manifest.insert(name, file_sum(&path).map_err(|e| ModelError::io(&path, e))?);
     }
     let path = dir.join(MANIFEST_FILE);
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
     std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))?;
-    std::fs::File::open(&path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| ModelError::io(&path, e))?;
-    sync_dir(dir)
+    Ok(sync_dir_files(dir)?)
 }
 
 /// Size and SHA-256 of a file.
@@ -188,13 +183,6 @@ fn file_sum(path: &Path) -> std::io::Result<FileSum> {
         bytes: bytes.len() as u64,
         sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
     })
-}
-
-/// Flushes a directory's entries (new names, renames) to disk.
-fn sync_dir(dir: &Path) -> Result<(), ModelError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| ModelError::io(dir, e))
 }
 
 /// The `state.json` of a checkpoint directory.

@@ -1,8 +1,10 @@
 //! Creating an output directory all at once: it is written under a temporary name beside its
-//! destination and renamed at the end, so a failure leaves nothing under the final name and
-//! an existing directory is never touched.
+//! destination, flushed to disk and renamed at the end, so a failure leaves nothing under the
+//! final name and an existing directory is never touched.
 
 use std::path::{Path, PathBuf};
+
+use feinschliff_data::atomic_file::{sync_dir, sync_dir_files};
 
 use crate::error::ModelError;
 
@@ -32,8 +34,10 @@ pub fn write_new_dir(
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&temp);
-    let result =
-        write(&temp).and_then(|()| std::fs::rename(&temp, out).map_err(|e| ModelError::io(out, e)));
+    let result = write(&temp)
+        .and_then(|()| Ok(sync_dir_files(&temp)?))
+        .and_then(|()| std::fs::rename(&temp, out).map_err(|e| ModelError::io(out, e)))
+        .and_then(|()| Ok(sync_dir(parent)?));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&temp);
     }
