@@ -74,6 +74,18 @@ fn adapter_bytes(run_dir: &Path, step: usize) -> Vec<u8> {
     .unwrap()
 }
 
+/// Copies the checkpoints `steps` of run `from` into run `to`: an interrupted run that kept them.
+fn copy_checkpoints(from: &Path, to: &Path, steps: &[usize]) {
+    for step in steps {
+        let name = format!("checkpoints/step-{step:06}");
+        std::fs::create_dir_all(to.join(&name)).unwrap();
+        for entry in std::fs::read_dir(from.join(&name)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(&name).join(entry.file_name())).unwrap();
+        }
+    }
+}
+
 #[test]
 fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,12 +93,7 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
     train(&straight, &[], false);
     // The interrupted run: only the step-2 checkpoint of the same configuration survives.
     let resumed = dir.path().join("resumed");
-    let step2 = resumed.join("checkpoints/step-000002");
-    std::fs::create_dir_all(&step2).unwrap();
-    for entry in std::fs::read_dir(straight.join("checkpoints/step-000002")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), step2.join(entry.file_name())).unwrap();
-    }
+    copy_checkpoints(&straight, &resumed, &[2]);
     let summary = train(&resumed, &[], true);
     assert_eq!(summary["resumed_from"], 2);
     assert_eq!(
@@ -485,14 +492,7 @@ fn damaged_last_checkpoint_is_passed_over_on_resume() {
     train(&straight, &[], false);
     // The interrupted run kept steps 2 and 4, and step 4 was damaged afterwards.
     let resumed = dir.path().join("resumed");
-    for step in ["step-000002", "step-000004"] {
-        let to = resumed.join("checkpoints").join(step);
-        std::fs::create_dir_all(&to).unwrap();
-        for entry in std::fs::read_dir(straight.join("checkpoints").join(step)).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
+    copy_checkpoints(&straight, &resumed, &[2, 4]);
     let optimizer = resumed.join("checkpoints/step-000004/optimizer.bpk");
     let bytes = std::fs::read(&optimizer).unwrap();
     std::fs::write(&optimizer, &bytes[..bytes.len() - 100]).unwrap();
@@ -609,14 +609,7 @@ fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
     let straight = dir.path().join("straight");
     train(&straight, &[], false);
     let run = dir.path().join("run");
-    for step in ["step-000002", "step-000004"] {
-        let to = run.join("checkpoints").join(step);
-        std::fs::create_dir_all(&to).unwrap();
-        for entry in std::fs::read_dir(straight.join("checkpoints").join(step)).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
+    copy_checkpoints(&straight, &run, &[2, 4]);
     // 8 KiB per file: config.toml and metrics.jsonl fit, the adapter (20 KB) does not.
     let output = Command::new("bash")
         .current_dir(root())
