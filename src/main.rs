@@ -260,10 +260,15 @@ fn run_eval(args: EvalArgs) -> Result<()> {
                 );
             }
             let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
-            let pad = tokenizer.eos_id().unwrap_or(0);
             let (loaded, device) = args.model.load()?;
             let batch = config.train.micro_batch;
-            evaluate_examples(&loaded.model, &data.valid, batch, pad, &device)
+            evaluate_examples(
+                &loaded.model,
+                &data.valid,
+                batch,
+                tokenizer.pad_id(),
+                &device,
+            )
         }
         (None, Some(data)) => {
             let texts = read_texts(std::slice::from_ref(data), &args.field)?;

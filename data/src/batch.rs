@@ -34,9 +34,15 @@ pub struct Batch {
     pub real_tokens: usize,
 }
 
-/// Lays out `rows` (each a list of examples) into a batch of rows of `len` tokens; `len` must
-/// hold the longest row.
-pub fn make_batch(rows: &[Vec<&Example>], len: usize, pad_id: u32) -> Batch {
+/// Lays out `rows` (each a list of examples) into a batch of rows of `pad_to` tokens (which
+/// must hold the longest row), or as long as the longest row when `pad_to` is `None`.
+pub fn make_batch(rows: &[Vec<&Example>], pad_to: Option<usize>, pad_id: u32) -> Batch {
+    let longest = rows
+        .iter()
+        .map(|row| row.iter().map(|e| e.ids.len()).sum::<usize>())
+        .max()
+        .unwrap_or(0);
+    let len = pad_to.unwrap_or(longest);
     let size = rows.len() * len;
     let mut batch = Batch {
         ids: Vec::with_capacity(size),
@@ -90,7 +96,7 @@ mod tests {
             ids: vec![20, 21],
             trained: vec![true, true],
         };
-        let batch = make_batch(&[vec![&a, &b], vec![&b]], 6, 0);
+        let batch = make_batch(&[vec![&a, &b], vec![&b]], Some(6), 0);
         assert_eq!(batch.ids, [10, 11, 12, 20, 21, 0, 20, 21, 0, 0, 0, 0]);
         assert_eq!(
             batch.labels,

@@ -182,6 +182,17 @@ impl TextTokenizer {
             .and_then(|t| self.token_to_id(t))
     }
 
+    /// The id padding gets: the pad token, else EOS, else 0. Padding is never attended to by
+    /// real tokens nor trained, so the choice does not change any result.
+    pub fn pad_id(&self) -> u32 {
+        self.config
+            .pad_token
+            .as_deref()
+            .and_then(|t| self.token_to_id(t))
+            .or_else(|| self.eos_id())
+            .unwrap_or(0)
+    }
+
     /// The text of `ids`; special tokens are left out when `skip_special_tokens`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, DataError> {
         self.inner

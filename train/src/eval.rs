@@ -108,8 +108,7 @@ pub fn evaluate_examples(
     let (mut nll, mut tokens, mut forwarded) = (0.0f64, 0usize, 0usize);
     for chunk in examples.chunks(batch_size.max(1)) {
         let rows: Vec<Vec<&Example>> = chunk.iter().map(|e| vec![e]).collect();
-        let len = chunk.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-        let batch = make_batch(&rows, len, pad_id);
+        let batch = make_batch(&rows, None, pad_id);
         let tensors = BatchTensors::new(&batch, device);
         let logits = model.forward_segments(tensors.ids, tensors.positions, tensors.segments);
         nll += causal_lm_loss_sum(logits, tensors.labels)

@@ -137,12 +137,12 @@ pub fn train(
     let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
     let loaded = HfModel::load(&config.model.path, &device)?;
     let loaded_eos = loaded.eos_token_ids.clone();
-    let eos = *loaded.eos_token_ids.first().ok_or_else(|| {
-        ModelError::invalid(
+    if loaded_eos.is_empty() {
+        return Err(ModelError::invalid(
             &config.model.path,
             "the model names no EOS token (config.json / generation_config.json)",
-        )
-    })?;
+        ));
+    }
     let data = load_dataset(&config.data, &config.model.path)?;
     let (train_stats, valid_stats) = (&data.data.train_stats, &data.data.valid_stats);
     progress.note(&format!(
@@ -165,12 +165,7 @@ pub fn train(
     if train_cfg.eval_records > 0 {
         valid_examples.truncate(train_cfg.eval_records);
     }
-    let pad_id = tokenizer
-        .config()
-        .pad_token
-        .as_deref()
-        .and_then(|t| tokenizer.token_to_id(t))
-        .unwrap_or(eos);
+    let pad_id = tokenizer.pad_id();
     let max_len = config.data.max_len;
     let rows: Vec<Vec<usize>> = match config.data.packing {
         true => {
@@ -298,17 +293,7 @@ pub fn train(
                     .iter()
                     .map(|row| row.iter().map(|&i| &examples[i]).collect())
                     .collect();
-                let longest = rows
-                    .iter()
-                    .map(|r| r.iter().map(|e| e.ids.len()).sum::<usize>())
-                    .max()
-                    .unwrap_or(0);
-                let len = if config.data.packing {
-                    max_len
-                } else {
-                    longest
-                };
-                make_batch(&rows, len, pad_id)
+                make_batch(&rows, config.data.packing.then_some(max_len), pad_id)
             })
             .collect();
         let window_tokens = batches.iter().map(|b| b.trained_tokens).sum::<usize>() as f64;

@@ -26,7 +26,7 @@ fn examples() -> Vec<Example> {
 
 /// Summed NLL and trained tokens of one batch.
 fn loss_sum(model: &Llama, rows: &[Vec<&Example>], len: usize, device: &Device) -> (f64, usize) {
-    let batch = make_batch(rows, len, 0);
+    let batch = make_batch(rows, Some(len), 0);
     let t = BatchTensors::new(&batch, device);
     let logits = model.forward_segments(t.ids, t.positions, t.segments);
     let sum = causal_lm_loss_sum(logits, t.labels);
@@ -77,7 +77,7 @@ fn packed_loss_equals_the_token_weighted_mean_of_the_examples_alone() {
     );
 
     // Without the segments, the examples would see each other: the loss must differ.
-    let batch = make_batch(&[examples.iter().collect()], 24, 0);
+    let batch = make_batch(&[examples.iter().collect()], Some(24), 0);
     let t = BatchTensors::new(&batch, &device);
     let leaky = causal_lm_loss_sum(model.forward(t.ids, t.positions, None), t.labels)
         .nll
