@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod batch_tensors;
 pub mod checkpoint;
+pub mod dropout_mask;
 pub mod error;
 pub mod eval;
 pub mod export;
@@ -14,6 +15,7 @@ pub mod model;
 pub mod plot;
 pub mod run_config;
 pub mod schedule;
+pub mod train_step;
 pub mod trainer;
 
 pub use error::ModelError;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::module::{Module, ParamId};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::AdamWConfig;
 use burn::tensor::Device;
 use feinschliff_data::atomic_file::write_file_atomic;
 use feinschliff_data::batch::{Batch, make_batch};
@@ -29,7 +29,6 @@ use rand::seq::SliceRandom;
 use serde_json::json;
 
 use crate::backend::DeviceChoice;
-use crate::batch_tensors::BatchTensors;
 use crate::checkpoint::{
     CheckpointState, OPTIMIZER_FILE, list_checkpoints, prune_checkpoints, write_checkpoint,
 };
@@ -38,11 +37,11 @@ use crate::eval::evaluate_examples;
 use crate::generate::{Sampling, generate};
 use crate::io::hf::HfModel;
 use crate::io::peft::load_adapter;
-use crate::loss::causal_lm_loss_sum;
 use crate::model::llama::Llama;
 use crate::plot::write_loss_plot;
 use crate::run_config::RunConfig;
 use crate::schedule::learning_rate;
+use crate::train_step::{StepSettings, train_step};
 
 /// What a finished run reports.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -276,7 +275,6 @@ pub fn train(
     let (mut stopped_by_signal, mut steps_done) = (None, total_steps);
     for step in start_step..total_steps {
         let step_started = Instant::now();
-        device.seed(train_cfg.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let lr = learning_rate(
             train_cfg.schedule,
             train_cfg.lr,
@@ -296,34 +294,28 @@ pub fn train(
                 make_batch(&rows, config.data.packing.then_some(max_len), pad_id)
             })
             .collect();
-        let window_tokens = batches.iter().map(|b| b.trained_tokens).sum::<usize>() as f64;
         let real_tokens: usize = batches.iter().map(|b| b.real_tokens).sum();
-        let mut accumulator = GradientsAccumulator::new();
-        let mut nll = 0.0;
-        for batch in &batches {
-            let tensors = BatchTensors::new(batch, &device);
-            let logits = model.forward_segments(tensors.ids, tensors.positions, tensors.segments);
-            let sum = causal_lm_loss_sum(logits, tensors.labels);
-            let loss = sum.nll / window_tokens;
-            nll += loss.clone().into_scalar::<f64>();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            accumulator.accumulate(&model, grads);
-        }
+        let window_tokens: usize = batches.iter().map(|b| b.trained_tokens).sum();
+        let settings = StepSettings {
+            lr,
+            max_grad_norm: train_cfg.max_grad_norm,
+            dropout_seed: train_cfg.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        };
+        let (updated, report) = train_step(model, &mut optim, &batches, settings, &inner_device);
+        model = updated;
+        let (nll, grad_norm) = (report.loss, report.grad_norm);
         if !nll.is_finite() {
             return Err(ModelError::Usage(format!(
                 "loss is {nll} at step {}: training stopped; the last good checkpoint is kept",
                 step + 1
             )));
         }
-        let mut grads = accumulator.grads();
-        let grad_norm = clip_global_norm(&mut grads, &trainable, train_cfg.max_grad_norm);
-        model = optim.step(lr, model, grads);
         let seconds = step_started.elapsed().as_secs_f64();
         let tokens_per_second = real_tokens as f64 / seconds;
         speeds.push(tokens_per_second);
         let done = step + 1;
         let line = json!({
-            "step": done, "loss": nll, "lr": lr, "grad_norm": grad_norm, "tokens": window_tokens as usize,
+            "step": done, "loss": nll, "lr": lr, "grad_norm": grad_norm, "tokens": window_tokens,
             "tokens_per_second": tokens_per_second, "elapsed_s": started.elapsed().as_secs_f64(),
         });
         writeln!(metrics, "{line}").map_err(|e| ModelError::io(&metrics_path, e))?;
@@ -464,26 +456,6 @@ fn stream_row(rows: &[Vec<usize>], seed: u64, k: usize) -> &Vec<usize> {
         seed.wrapping_add(epoch.wrapping_mul(0x2545_F491_4F6C_DD1D)),
     ));
     &rows[order[k % n]]
-}
-
-/// Scales all gradients so their global L2 norm is at most `max_norm` (0 = no clipping), as
-/// `torch.nn.utils.clip_grad_norm_`; returns the norm before clipping.
-fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: f64) -> f64 {
-    let squares: f64 = ids
-        .iter()
-        .filter_map(|id| grads.get::<2>(*id))
-        .map(|g| g.square().sum().into_scalar::<f64>())
-        .sum();
-    let norm = squares.sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let factor = max_norm / (norm + 1e-6);
-        for id in ids {
-            if let Some(g) = grads.remove::<2>(*id) {
-                grads.register::<2>(*id, g.mul_scalar(factor));
-            }
-        }
-    }
-    norm
 }
 
 /// Scores the validation texts and answers the configured prompts (greedy) with the model as it

@@ -1,0 +1,566 @@
+//! The training pass of a LoRA-adapted [`Llama`] with a hand-written backward pass.
+//!
+//! Burn's autodiff keeps every intermediate of the decomposed attention and of the
+//! `[tokens, vocab]` log-softmax, and it allocates a graph node per operation. Here the forward
+//! pass keeps only what the backward pass needs (per layer: its input, the rotated queries and
+//! keys, the values, the attention output, the MLP's gate and up projections, and the adapters'
+//! rank-`r` intermediates); attention probabilities are recomputed layer by layer in the
+//! backward pass, dropout masks are rebuilt from their seeds, and the loss and its gradient are
+//! computed in row chunks, so the full logits never exist. Gradients are computed only for the
+//! adapters (the base is frozen), with the same formulas autodiff would use; the tests compare
+//! both (`train/tests/backprop.rs`).
+//!
+//! All tensors here live on the device without autodiff.
+
+use std::collections::HashMap;
+
+use burn::module::ParamId;
+use burn::tensor::activation::{sigmoid, silu, softmax};
+use burn::tensor::module::embedding;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use feinschliff_data::batch::{Batch, IGNORE_INDEX};
+
+use super::llama::{Attention, DecoderLayer, Linear, Llama, RmsNorm};
+use super::rope::Rope;
+use crate::dropout_mask::{child_seed, dropout_mask};
+
+/// Rows of the output head computed at once: `rows × vocab` floats of logits.
+const HEAD_CHUNK_ROWS: usize = 256;
+
+/// Adapter gradients summed over micro-batches, in the order they were first produced (so
+/// anything summed over them is summed in the same order in every run).
+#[derive(Default)]
+pub struct AdapterGrads {
+    order: Vec<(ParamId, Tensor<2>)>,
+    index: HashMap<ParamId, usize>,
+}
+
+impl AdapterGrads {
+    /// Adds `grad` to the gradient of parameter `id`.
+    pub fn add(&mut self, id: ParamId, grad: Tensor<2>) {
+        match self.index.get(&id) {
+            Some(&at) => {
+                let previous = self.order[at].1.clone();
+                self.order[at].1 = previous + grad;
+            }
+            None => {
+                self.index.insert(id, self.order.len());
+                self.order.push((id, grad));
+            }
+        }
+    }
+
+    /// The gradients with their parameter ids.
+    pub fn into_inner(self) -> Vec<(ParamId, Tensor<2>)> {
+        self.order
+    }
+}
+
+/// One micro-batch's share of a step: forward, loss and backward.
+pub struct MicroBatchResult {
+    /// Sum of `-log p(label)` over the scored tokens, times the loss scale.
+    pub loss: f64,
+    /// Seconds spent in the forward pass and the loss.
+    pub forward_seconds: f64,
+    /// Seconds spent in the backward pass.
+    pub backward_seconds: f64,
+}
+
+/// Runs `batch` through `model`, scores it (labels shifted by one, `-100` ignored), and adds the
+/// gradient of `loss_scale · Σ nll` with respect to every adapter parameter to `grads`.
+/// Dropout masks derive from `dropout_seed`; `device` is the device without autodiff.
+pub fn forward_backward(
+    model: &Llama,
+    batch: &Batch,
+    loss_scale: f64,
+    dropout_seed: u64,
+    device: &Device,
+    grads: &mut AdapterGrads,
+) -> MicroBatchResult {
+    let started = std::time::Instant::now();
+    let (rows, len) = (batch.rows, batch.len);
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(batch.ids.clone(), [rows, len]), device);
+    let positions = Tensor::<2, Int>::from_data(
+        TensorData::new(batch.positions.clone(), [rows, len]),
+        device,
+    );
+    let (cos, sin) = model.model.rope.cos_sin(positions);
+    let rope = RopeTables {
+        cos: cos.inner(),
+        neg_sin: sin.clone().inner().neg(),
+        sin: sin.inner(),
+    };
+    let mask = attention_bias(batch, device);
+    let shape = Shape { rows, len };
+
+    let hidden = model.model.embed_tokens.val().dims()[1];
+    let mut x =
+        embedding(model.model.embed_tokens.val().inner(), ids).reshape([rows * len, hidden]);
+    let mut tapes = Vec::with_capacity(model.model.layers.len());
+    for (index, layer) in model.model.layers.iter().enumerate() {
+        let masks = LayerMasks::new(child_seed(dropout_seed, index as u64));
+        let (out, tape) = layer_forward(layer, x, &shape, &rope, &mask, &masks, device);
+        tapes.push(tape);
+        x = out;
+    }
+    let head = model
+        .lm_head
+        .as_ref()
+        .unwrap_or(&model.model.embed_tokens)
+        .val()
+        .inner();
+    let normed = norm_forward(&model.model.norm, x.clone());
+    let targets = shifted_targets(batch);
+    let (loss, d_normed) = head_loss_backward(normed, head, &targets, loss_scale, device);
+    let forward_seconds = started.elapsed().as_secs_f64();
+
+    let started = std::time::Instant::now();
+    let mut dx = norm_backward(&model.model.norm, x, d_normed);
+    for (index, layer) in model.model.layers.iter().enumerate().rev() {
+        let masks = LayerMasks::new(child_seed(dropout_seed, index as u64));
+        let tape = tapes.pop().expect("one tape per layer");
+        dx = layer_backward(layer, tape, dx, &shape, &rope, &mask, &masks, device, grads);
+    }
+    MicroBatchResult {
+        loss,
+        forward_seconds,
+        backward_seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Rows and length of the batch (tokens are handled as `rows · len` flat rows).
+struct Shape {
+    rows: usize,
+    len: usize,
+}
+
+/// RoPE tables `[rows, 1, len, head_dim]`; `neg_sin` undoes the rotation in the backward pass.
+struct RopeTables {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    neg_sin: Tensor<4>,
+}
+
+/// Seeds of the seven adapters' dropout masks in one layer.
+struct LayerMasks {
+    seed: u64,
+}
+
+impl LayerMasks {
+    fn new(seed: u64) -> Self {
+        Self { seed }
+    }
+
+    /// The mask for projection `which` (0 = q … 6 = down) of `linear` on input `[rows, cols]`;
+    /// `None` without an adapter or without dropout.
+    fn get(
+        &self,
+        linear: &Linear,
+        which: u64,
+        shape: [usize; 2],
+        device: &Device,
+    ) -> Option<Tensor<2>> {
+        let adapter = linear.lora.as_ref()?;
+        let prob = adapter.dropout.prob;
+        (prob > 0.0).then(|| dropout_mask(child_seed(self.seed, which), shape, prob, device))
+    }
+}
+
+/// What one layer's backward pass needs from its forward pass.
+struct LayerTape {
+    input: Tensor<2>,
+    queries: Tensor<4>,
+    keys: Tensor<4>,
+    values: Tensor<4>,
+    attended: Tensor<2>,
+    mid: Tensor<2>,
+    gate: Tensor<2>,
+    up: Tensor<2>,
+    /// `A · dropout(x)` of the seven adapters (q, k, v, o, gate, up, down).
+    low_rank: [Option<Tensor<2>>; 7],
+}
+
+fn layer_forward(
+    layer: &DecoderLayer,
+    x: Tensor<2>,
+    shape: &Shape,
+    rope: &RopeTables,
+    bias: &Tensor<4>,
+    masks: &LayerMasks,
+    device: &Device,
+) -> (Tensor<2>, LayerTape) {
+    let attn = &layer.self_attn;
+    let n = x.dims()[0];
+    let normed = norm_forward(&layer.input_layernorm, x.clone());
+    let width = normed.dims()[1];
+    let mask =
+        |linear: &Linear, which: u64, cols: usize| masks.get(linear, which, [n, cols], device);
+    let (q, lq) = linear_forward(&attn.q_proj, &normed, mask(&attn.q_proj, 0, width));
+    let (k, lk) = linear_forward(&attn.k_proj, &normed, mask(&attn.k_proj, 1, width));
+    let (v, lv) = linear_forward(&attn.v_proj, &normed, mask(&attn.v_proj, 2, width));
+    let queries = Rope::apply(
+        to_heads(q, shape, attn.num_heads, attn.head_dim),
+        &rope.cos,
+        &rope.sin,
+    );
+    let keys = Rope::apply(
+        to_heads(k, shape, attn.num_kv_heads, attn.head_dim),
+        &rope.cos,
+        &rope.sin,
+    );
+    let values = to_heads(v, shape, attn.num_kv_heads, attn.head_dim);
+    let probs = attention_probs(attn, &queries, &keys, bias);
+    let attended = from_heads(probs.matmul(repeat_kv(attn, values.clone())));
+    let attended_width = attended.dims()[1];
+    let (o, lo) = linear_forward(
+        &attn.o_proj,
+        &attended,
+        mask(&attn.o_proj, 3, attended_width),
+    );
+    let mid = x.clone() + o;
+
+    let mlp = &layer.mlp;
+    let normed = norm_forward(&layer.post_attention_layernorm, mid.clone());
+    let (gate, lg) = linear_forward(&mlp.gate_proj, &normed, mask(&mlp.gate_proj, 4, width));
+    let (up, lu) = linear_forward(&mlp.up_proj, &normed, mask(&mlp.up_proj, 5, width));
+    let act = silu(gate.clone()) * up.clone();
+    let ffn = act.dims()[1];
+    let (down, ld) = linear_forward(&mlp.down_proj, &act, mask(&mlp.down_proj, 6, ffn));
+    let out = mid.clone() + down;
+    let tape = LayerTape {
+        input: x,
+        queries,
+        keys,
+        values,
+        attended,
+        mid,
+        gate,
+        up,
+        low_rank: [lq, lk, lv, lo, lg, lu, ld],
+    };
+    (out, tape)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn layer_backward(
+    layer: &DecoderLayer,
+    tape: LayerTape,
+    d_out: Tensor<2>,
+    shape: &Shape,
+    rope: &RopeTables,
+    bias: &Tensor<4>,
+    masks: &LayerMasks,
+    device: &Device,
+    grads: &mut AdapterGrads,
+) -> Tensor<2> {
+    let LayerTape {
+        input,
+        queries,
+        keys,
+        values,
+        attended,
+        mid,
+        gate,
+        up,
+        low_rank: [lq, lk, lv, lo, lg, lu, ld],
+    } = tape;
+    let attn = &layer.self_attn;
+    let mlp = &layer.mlp;
+    let n = input.dims()[0];
+    let mask =
+        |linear: &Linear, which: u64, cols: usize| masks.get(linear, which, [n, cols], device);
+
+    // MLP: out = mid + down(silu(gate) · up).
+    let act = silu(gate.clone()) * up.clone();
+    let ffn = act.dims()[1];
+    let d_act = linear_backward(
+        &mlp.down_proj,
+        act,
+        mask(&mlp.down_proj, 6, ffn),
+        ld,
+        d_out.clone(),
+        grads,
+    );
+    let sig = sigmoid(gate.clone());
+    let d_up = d_act.clone() * silu(gate.clone());
+    let d_gate = d_act * up * sig.clone() * (gate * (sig.neg() + 1.0) + 1.0);
+    let normed = norm_forward(&layer.post_attention_layernorm, mid.clone());
+    let width = normed.dims()[1];
+    let d_normed = linear_backward(
+        &mlp.gate_proj,
+        normed.clone(),
+        mask(&mlp.gate_proj, 4, width),
+        lg,
+        d_gate,
+        grads,
+    ) + linear_backward(
+        &mlp.up_proj,
+        normed,
+        mask(&mlp.up_proj, 5, width),
+        lu,
+        d_up,
+        grads,
+    );
+    let d_mid = d_out + norm_backward(&layer.post_attention_layernorm, mid, d_normed);
+
+    // Attention: mid = input + o(attention(rope(q(x)), rope(k(x)), v(x))).
+    let attended_width = attended.dims()[1];
+    let d_attended = linear_backward(
+        &attn.o_proj,
+        attended,
+        mask(&attn.o_proj, 3, attended_width),
+        lo,
+        d_mid.clone(),
+        grads,
+    );
+    let d_heads = to_heads(d_attended, shape, attn.num_heads, attn.head_dim);
+    let (d_queries, d_keys, d_values) =
+        attention_backward(attn, &queries, &keys, &values, bias, d_heads);
+    let d_q = from_heads(Rope::apply(d_queries, &rope.cos, &rope.neg_sin));
+    let d_k = from_heads(Rope::apply(d_keys, &rope.cos, &rope.neg_sin));
+    let d_v = from_heads(d_values);
+    let normed = norm_forward(&layer.input_layernorm, input.clone());
+    let d_normed = linear_backward(
+        &attn.q_proj,
+        normed.clone(),
+        mask(&attn.q_proj, 0, width),
+        lq,
+        d_q,
+        grads,
+    ) + linear_backward(
+        &attn.k_proj,
+        normed.clone(),
+        mask(&attn.k_proj, 1, width),
+        lk,
+        d_k,
+        grads,
+    ) + linear_backward(
+        &attn.v_proj,
+        normed,
+        mask(&attn.v_proj, 2, width),
+        lv,
+        d_v,
+        grads,
+    );
+    d_mid + norm_backward(&layer.input_layernorm, input, d_normed)
+}
+
+/// `x Wᵀ + b` plus the adapter's `s · B A (x ⊙ mask)`; also returns `A (x ⊙ mask)` `[n, r]`.
+fn linear_forward(
+    linear: &Linear,
+    x: &Tensor<2>,
+    mask: Option<Tensor<2>>,
+) -> (Tensor<2>, Option<Tensor<2>>) {
+    let mut y = x.clone().matmul(linear.weight.val().inner().transpose());
+    if let Some(bias) = &linear.bias {
+        y = y + bias.val().inner().unsqueeze::<2>();
+    }
+    let Some(adapter) = &linear.lora else {
+        return (y, None);
+    };
+    let dropped = match mask {
+        Some(mask) => x.clone() * mask,
+        None => x.clone(),
+    };
+    let low_rank = dropped.matmul(adapter.lora_a.val().inner().transpose());
+    let delta = low_rank
+        .clone()
+        .matmul(adapter.lora_b.val().inner().transpose())
+        .mul_scalar(adapter.scaling);
+    (y + delta, Some(low_rank))
+}
+
+/// The gradient with respect to `x` of [`linear_forward`], given `d_y`; adds the adapter's
+/// gradients to `grads`.
+fn linear_backward(
+    linear: &Linear,
+    x: Tensor<2>,
+    mask: Option<Tensor<2>>,
+    low_rank: Option<Tensor<2>>,
+    d_y: Tensor<2>,
+    grads: &mut AdapterGrads,
+) -> Tensor<2> {
+    let d_x = d_y.clone().matmul(linear.weight.val().inner());
+    let (Some(adapter), Some(low_rank)) = (&linear.lora, low_rank) else {
+        return d_x;
+    };
+    let scaling = adapter.scaling;
+    let d_b = d_y.clone().transpose().matmul(low_rank).mul_scalar(scaling);
+    let d_low = d_y.matmul(adapter.lora_b.val().inner()).mul_scalar(scaling);
+    let dropped = match &mask {
+        Some(mask) => x * mask.clone(),
+        None => x,
+    };
+    let d_a = d_low.clone().transpose().matmul(dropped);
+    let d_dropped = d_low.matmul(adapter.lora_a.val().inner());
+    grads.add(adapter.lora_a.id, d_a);
+    grads.add(adapter.lora_b.id, d_b);
+    d_x + match mask {
+        Some(mask) => d_dropped * mask,
+        None => d_dropped,
+    }
+}
+
+/// RMSNorm over the last dimension of `[n, hidden]`.
+fn norm_forward(norm: &RmsNorm, x: Tensor<2>) -> Tensor<2> {
+    let inv_rms = (x.clone().square().mean_dim(1) + norm.eps).sqrt().recip();
+    x * inv_rms * norm.weight.val().inner().unsqueeze::<2>()
+}
+
+/// The gradient of [`norm_forward`] with respect to `x`: with `g = d_y ⊙ w` and
+/// `r = 1/rms(x)`, `d_x = r·g − x·r³·mean(g ⊙ x)`.
+fn norm_backward(norm: &RmsNorm, x: Tensor<2>, d_y: Tensor<2>) -> Tensor<2> {
+    let inv_rms = (x.clone().square().mean_dim(1) + norm.eps).sqrt().recip();
+    let g = d_y * norm.weight.val().inner().unsqueeze::<2>();
+    let projection = (g.clone() * x.clone()).mean_dim(1);
+    g * inv_rms.clone() - x * (inv_rms.powi_scalar(3) * projection)
+}
+
+/// `[rows·len, heads·head_dim]` → `[rows, heads, len, head_dim]`.
+fn to_heads(x: Tensor<2>, shape: &Shape, heads: usize, head_dim: usize) -> Tensor<4> {
+    x.reshape([shape.rows, shape.len, heads, head_dim])
+        .swap_dims(1, 2)
+}
+
+/// `[rows, heads, len, head_dim]` → `[rows·len, heads·head_dim]`.
+fn from_heads(x: Tensor<4>) -> Tensor<2> {
+    let [rows, heads, len, head_dim] = x.dims();
+    x.swap_dims(1, 2).reshape([rows * len, heads * head_dim])
+}
+
+/// Key/value heads repeated for the query heads that share them.
+fn repeat_kv(attn: &Attention, x: Tensor<4>) -> Tensor<4> {
+    let groups = attn.num_heads / attn.num_kv_heads;
+    if groups == 1 {
+        return x;
+    }
+    let [rows, kv_heads, len, head_dim] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([rows, kv_heads, groups, len, head_dim])
+        .reshape([rows, kv_heads * groups, len, head_dim])
+}
+
+/// The gradient of [`repeat_kv`]: the query heads' gradients summed per key/value head.
+fn sum_groups(attn: &Attention, x: Tensor<4>) -> Tensor<4> {
+    let groups = attn.num_heads / attn.num_kv_heads;
+    if groups == 1 {
+        return x;
+    }
+    let [rows, _, len, head_dim] = x.dims();
+    x.reshape([rows, attn.num_kv_heads, groups, len, head_dim])
+        .sum_dim(2)
+        .reshape([rows, attn.num_kv_heads, len, head_dim])
+}
+
+/// Softmax of the scaled scores plus the mask (`0` or `-∞`), `[rows, heads, len, len]`.
+fn attention_probs(
+    attn: &Attention,
+    queries: &Tensor<4>,
+    keys: &Tensor<4>,
+    bias: &Tensor<4>,
+) -> Tensor<4> {
+    let scale = (attn.head_dim as f64).sqrt().recip();
+    let scores = queries
+        .clone()
+        .matmul(repeat_kv(attn, keys.clone()).swap_dims(2, 3))
+        .mul_scalar(scale);
+    softmax(scores + bias.clone(), 3)
+}
+
+/// Gradients of attention with respect to (rotated) queries, keys and values, recomputing the
+/// probabilities: `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`,
+/// `dQ = s·dS K`, `dK = s·dSᵀ Q`.
+fn attention_backward(
+    attn: &Attention,
+    queries: &Tensor<4>,
+    keys: &Tensor<4>,
+    values: &Tensor<4>,
+    bias: &Tensor<4>,
+    d_out: Tensor<4>,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let scale = (attn.head_dim as f64).sqrt().recip();
+    let probs = attention_probs(attn, queries, keys, bias);
+    let d_values = sum_groups(attn, probs.clone().swap_dims(2, 3).matmul(d_out.clone()));
+    let d_probs = d_out.matmul(repeat_kv(attn, values.clone()).swap_dims(2, 3));
+    let row_dot = (probs.clone() * d_probs.clone()).sum_dim(3);
+    let d_scores = (probs * (d_probs - row_dot)).mul_scalar(scale);
+    let d_queries = d_scores.clone().matmul(repeat_kv(attn, keys.clone()));
+    let d_keys = sum_groups(attn, d_scores.swap_dims(2, 3).matmul(queries.clone()));
+    (d_queries, d_keys, d_values)
+}
+
+/// `[rows, 1, len, len]`: `0` where query `i` may attend to key `j` (same segment, `j ≤ i`),
+/// `-∞` elsewhere. A token always sees itself, so no row is fully masked.
+fn attention_bias(batch: &Batch, device: &Device) -> Tensor<4> {
+    let (rows, len) = (batch.rows, batch.len);
+    let mut bias = vec![f32::NEG_INFINITY; rows * len * len];
+    for r in 0..rows {
+        let segments = &batch.segments[r * len..(r + 1) * len];
+        for i in 0..len {
+            let row = &mut bias[(r * len + i) * len..(r * len + i + 1) * len];
+            for j in 0..=i {
+                if segments[j] == segments[i] {
+                    row[j] = 0.0;
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(bias, [rows, 1, len, len]), device)
+}
+
+/// The label each position predicts (the next token's), [`IGNORE_INDEX`] at the end of a row.
+fn shifted_targets(batch: &Batch) -> Vec<i64> {
+    let len = batch.len;
+    (0..batch.rows * len)
+        .map(|k| match (k + 1) % len {
+            0 => IGNORE_INDEX,
+            _ => batch.labels[k + 1],
+        })
+        .collect()
+}
+
+/// Loss `scale · Σ nll` of the output head over `hidden` `[n, width]` and its gradient with
+/// respect to `hidden`, `rows` at a time: `d_logits = scale · (softmax − onehot)` on scored
+/// rows, so `d_hidden = (scale·p) W − scale · W[target]`.
+fn head_loss_backward(
+    hidden: Tensor<2>,
+    head: Tensor<2>,
+    targets: &[i64],
+    scale: f64,
+    device: &Device,
+) -> (f64, Tensor<2>) {
+    let [n, width] = hidden.dims();
+    let mut loss = 0.0;
+    let mut d_hidden = Vec::with_capacity(n.div_ceil(HEAD_CHUNK_ROWS));
+    for start in (0..n).step_by(HEAD_CHUNK_ROWS) {
+        let rows = HEAD_CHUNK_ROWS.min(n - start);
+        let chunk_targets = &targets[start..start + rows];
+        let weights: Vec<f32> = chunk_targets
+            .iter()
+            .map(|&t| if t == IGNORE_INDEX { 0.0 } else { scale as f32 })
+            .collect();
+        if weights.iter().all(|&w| w == 0.0) {
+            d_hidden.push(Tensor::zeros([rows, width], device));
+            continue;
+        }
+        let safe: Vec<i64> = chunk_targets.iter().map(|&t| t.max(0)).collect();
+        let safe = Tensor::<1, Int>::from_data(TensorData::new(safe, [rows]), device);
+        let weights = Tensor::<2>::from_data(TensorData::new(weights, [rows, 1]), device);
+        let logits = hidden
+            .clone()
+            .narrow(0, start, rows)
+            .matmul(head.clone().transpose());
+        let max = logits.clone().max_dim(1);
+        let exp = (logits.clone() - max.clone()).exp();
+        let sum = exp.clone().sum_dim(1);
+        let log_norm = max + sum.clone().log();
+        let target_logits = logits.gather(1, safe.clone().reshape([rows, 1]));
+        loss += ((log_norm - target_logits) * weights.clone())
+            .sum()
+            .into_scalar::<f64>();
+        let probs = exp * (weights.clone() / sum);
+        let target_rows = embedding(head.clone(), safe.reshape([1, rows])).reshape([rows, width]);
+        d_hidden.push(probs.matmul(head.clone()) - target_rows * weights);
+    }
+    (loss, Tensor::cat(d_hidden, 0))
+}
