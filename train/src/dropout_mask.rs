@@ -49,7 +49,7 @@ mod tests {
     fn masks_drop_at_the_rate_asked_and_scale_the_rest() {
         let device = Device::flex();
         let mask = dropout_mask(7, [400, 500], 0.05, &device);
-        let values: Vec<f32> = mask.into_data().to_vec().unwrap();
+        let values: Vec<f32> = mask.try_into_vec_as::<f32>().unwrap();
         let dropped = values.iter().filter(|&&v| v == 0.0).count() as f64 / values.len() as f64;
         assert!((dropped - 0.05).abs() < 0.002, "dropped fraction {dropped}");
         let keep = 1.0 / 0.95f32;
@@ -63,16 +63,13 @@ mod tests {
     fn masks_are_reproducible_and_differ_between_seeds() {
         let device = Device::flex();
         let a: Vec<f32> = dropout_mask(1, [64, 64], 0.5, &device)
-            .into_data()
-            .to_vec()
+            .try_into_vec_as::<f32>()
             .unwrap();
         let b: Vec<f32> = dropout_mask(1, [64, 64], 0.5, &device)
-            .into_data()
-            .to_vec()
+            .try_into_vec_as::<f32>()
             .unwrap();
         let c: Vec<f32> = dropout_mask(child_seed(1, 0), [64, 64], 0.5, &device)
-            .into_data()
-            .to_vec()
+            .try_into_vec_as::<f32>()
             .unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);

@@ -94,7 +94,7 @@ impl LoraAdapter {
         let trainable = |t: Tensor<2>| {
             let t = t.to_device(device);
             if device.is_autodiff() {
-                t.require_grad()
+                t.autodiff().require_grad()
             } else {
                 t
             }

@@ -1,0 +1,227 @@
+//! The hand-written training pass against Burn's autodiff on the fixture models: the same loss
+//! and the same adapter gradients, on packed rows with several examples and unscored labels;
+//! and, with dropout, gradients that agree with finite differences of the loss (so the masks
+//! of the forward and backward passes are the same ones).
+
+use std::path::Path;
+
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use feinschliff_data::batch::{Batch, IGNORE_INDEX};
+use feinschliff_train::io::hf::HfModel;
+use feinschliff_train::loss::causal_lm_loss_sum;
+use feinschliff_train::model::backprop::{AdapterGrads, forward_backward};
+use feinschliff_train::model::llama::Llama;
+use feinschliff_train::model::lora::{LoraAdapter, LoraSpec, TARGET_MODULES};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Two rows of 12 tokens: row 0 packs examples of 5 and 7 tokens, row 1 one example of 9 and
+/// three padding tokens; some labels are not scored.
+fn batch() -> Batch {
+    let ids = vec![
+        5, 17, 42, 8, 66, 23, 13, 51, 9, 30, 2, 71, //
+        3, 14, 15, 92, 65, 35, 89, 79, 32, 0, 0, 0,
+    ];
+    let mut labels = ids.clone();
+    for k in [0, 5, 6, 12, 21, 22, 23] {
+        labels[k] = IGNORE_INDEX;
+    }
+    let positions = vec![
+        0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2,
+    ];
+    let segments = vec![
+        0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1,
+    ];
+    Batch {
+        ids,
+        labels,
+        positions,
+        segments,
+        rows: 2,
+        len: 12,
+        trained_tokens: 15,
+        real_tokens: 21,
+    }
+}
+
+/// The fixture with adapters on every projection, `A` and `B` random (a fresh `B = 0` would
+/// leave every `A` gradient zero and hide mistakes).
+fn model_with_adapters(name: &str, dropout: f64, device: &Device) -> Llama {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/llama")
+        .join(name);
+    let mut model = HfModel::load(&dir, device).unwrap().model;
+    let spec = LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        dropout,
+        target_modules: TARGET_MODULES.iter().map(|m| m.to_string()).collect(),
+        layers_to_transform: None,
+        use_rslora: false,
+    };
+    model.attach_lora(&spec, device);
+    // Adapters from a fixed generator of our own: the device RNG is shared with tests running
+    // in parallel, so it would not give the same adapters twice.
+    let mut rng = StdRng::seed_from_u64(3);
+    let plain = device.clone().inner();
+    for (path, proj) in model.projections_mut() {
+        let adapter = proj.lora.take().unwrap();
+        let mut random = |dims: [usize; 2]| {
+            let values: Vec<f32> = (0..dims[0] * dims[1])
+                .map(|_| rng.random_range(-0.2..0.2))
+                .collect();
+            Tensor::<2>::from_data(TensorData::new(values, dims), &plain)
+        };
+        let a = random(adapter.lora_a.val().dims());
+        let b = random(adapter.lora_b.val().dims());
+        proj.lora = Some(LoraAdapter::from_tensors(&path, a, b, &spec, device));
+    }
+    model
+}
+
+fn values(t: Tensor<2>) -> Vec<f32> {
+    t.detach().try_into_vec_as::<f32>().unwrap()
+}
+
+fn check_against_autodiff(name: &str) {
+    let device = Device::flex().autodiff();
+    let model = model_with_adapters(name, 0.0, &device);
+    let batch = batch();
+    let scale = 1.0 / batch.trained_tokens as f64;
+
+    let int = |v: &Vec<i64>| {
+        Tensor::<2, Int>::from_data(TensorData::new(v.clone(), [batch.rows, batch.len]), &device)
+    };
+    let logits =
+        model.forward_segments(int(&batch.ids), int(&batch.positions), int(&batch.segments));
+    let loss = causal_lm_loss_sum(logits, int(&batch.labels)).nll * scale;
+    let expected_loss = loss.clone().into_scalar::<f64>();
+    let expected = GradientsParams::from_grads(loss.backward(), &model);
+
+    let mut grads = AdapterGrads::default();
+    let result = forward_backward(
+        &model,
+        &batch,
+        scale,
+        0,
+        &device.clone().inner(),
+        &mut grads,
+    );
+    assert!(
+        (result.loss - expected_loss).abs() <= 1e-5 * expected_loss.abs(),
+        "{name}: loss {} vs autodiff {expected_loss}",
+        result.loss
+    );
+    let grads = grads.into_inner();
+    assert_eq!(grads.len(), expected.len(), "{name}: gradient count");
+    for (id, grad) in grads {
+        let ours = values(grad);
+        let theirs = values(expected.get::<2>(id).expect("autodiff has this gradient"));
+        let largest = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = ours
+            .iter()
+            .zip(&theirs)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(largest > 0.0, "{name}: a zero gradient tests nothing");
+        assert!(
+            worst <= 1e-4 * largest + 1e-7,
+            "{name}: gradient differs by {worst} (largest {largest})"
+        );
+    }
+}
+
+#[test]
+fn matches_autodiff_tied_embeddings_with_grouped_query_attention() {
+    check_against_autodiff("tied_gqa");
+}
+
+#[test]
+fn matches_autodiff_untied_multi_head_with_explicit_head_dim_and_biases() {
+    check_against_autodiff("untied_mha");
+}
+
+#[test]
+fn matches_autodiff_with_llama3_rope_scaling() {
+    check_against_autodiff("llama3_rope");
+}
+
+#[test]
+fn dropout_gradients_agree_with_finite_differences() {
+    let device = Device::flex();
+    let model = model_with_adapters("tied_gqa", 0.3, &device);
+    let batch = batch();
+    let loss_of = |model: &Llama, grads: &mut AdapterGrads| {
+        forward_backward(model, &batch, 1.0, 11, &device, grads).loss
+    };
+    let mut grads = AdapterGrads::default();
+    let base_loss = loss_of(&model, &mut grads);
+    let without_dropout = model_with_adapters("tied_gqa", 0.0, &device);
+    assert_ne!(
+        base_loss,
+        loss_of(&without_dropout, &mut AdapterGrads::default()),
+        "dropout 0.3 must change the loss"
+    );
+    let grads = grads.into_inner();
+
+    // Perturb the largest entry of a few adapters' A and compare the slope with the gradient.
+    for (path, _) in model.adapters().into_iter().step_by(3) {
+        let adapter = &model
+            .adapters()
+            .into_iter()
+            .find(|(p, _)| *p == path)
+            .unwrap()
+            .1;
+        let a = values(adapter.lora_a.val());
+        let grad = values(
+            grads
+                .iter()
+                .find(|(id, _)| *id == adapter.lora_a.id)
+                .unwrap()
+                .1
+                .clone(),
+        );
+        let (k, g) = grad
+            .iter()
+            .enumerate()
+            .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
+            .map(|(k, g)| (k, *g as f64))
+            .unwrap();
+        let h = 2e-3f32;
+        let shifted = |delta: f32| {
+            let mut model = model_with_adapters("tied_gqa", 0.3, &device);
+            let proj = model
+                .projections_mut()
+                .into_iter()
+                .find(|(p, _)| *p == path)
+                .unwrap()
+                .1;
+            let old = proj.lora.take().unwrap();
+            let mut moved = a.clone();
+            moved[k] += delta;
+            let dims = old.lora_a.val().dims();
+            let spec = LoraSpec {
+                rank: dims[0],
+                alpha: old.scaling * dims[0] as f64,
+                dropout: 0.3,
+                target_modules: vec![],
+                layers_to_transform: None,
+                use_rslora: false,
+            };
+            let new_a = Tensor::from_data(TensorData::new(moved, dims), &device);
+            proj.lora = Some(LoraAdapter::from_tensors(
+                &path,
+                new_a,
+                old.lora_b.val(),
+                &spec,
+                &device,
+            ));
+            loss_of(&model, &mut AdapterGrads::default())
+        };
+        let slope = (shifted(h) - shifted(-h)) / (2.0 * h as f64);
+        assert!(
+            (slope - g).abs() <= 0.02 * g.abs() + 1e-4,
+            "{path}: finite difference {slope} vs gradient {g}"
+        );
+    }
+}
