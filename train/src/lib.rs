@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod batch_tensors;
+pub mod bench;
 pub mod checkpoint;
 pub mod dropout_mask;
 pub mod error;

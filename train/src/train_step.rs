@@ -81,6 +81,11 @@ pub fn train_step(
     (model, report)
 }
 
+/// The seed of step `step`'s dropout masks (0-based) in a run seeded with `seed`.
+pub fn dropout_seed(seed: u64, step: usize) -> u64 {
+    seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// Scales all gradients so their global L2 norm is at most `max_norm` (0 = no clipping), as
 /// `torch.nn.utils.clip_grad_norm_`; returns the norm before clipping.
 pub fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: f64) -> f64 {

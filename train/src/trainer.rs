@@ -41,7 +41,7 @@ use crate::model::llama::Llama;
 use crate::plot::write_loss_plot;
 use crate::run_config::RunConfig;
 use crate::schedule::learning_rate;
-use crate::train_step::{StepSettings, train_step};
+use crate::train_step::{StepSettings, dropout_seed, train_step};
 
 /// What a finished run reports.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -165,20 +165,7 @@ pub fn train(
         valid_examples.truncate(train_cfg.eval_records);
     }
     let pad_id = tokenizer.pad_id();
-    let max_len = config.data.max_len;
-    let rows: Vec<Vec<usize>> = match config.data.packing {
-        true => {
-            let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
-            let rows = pack(&lengths, max_len);
-            progress.note(&format!(
-                "packed into {} rows of {max_len} tokens ({:.1} % filled)",
-                rows.len(),
-                100.0 * packing_efficiency(&lengths, rows.len(), max_len)
-            ));
-            rows
-        }
-        false => (0..examples.len()).map(|i| vec![i]).collect(),
-    };
+    let rows = training_rows(examples, config, progress);
     // Everything the run reads has loaded: only now is the run directory created and locked,
     // so bad input leaves nothing behind.
     std::fs::create_dir_all(&run_dir).map_err(|e| ModelError::io(&run_dir, e))?;
@@ -192,11 +179,7 @@ pub fn train(
     };
 
     let mut model = loaded.model;
-    let optim_config = AdamWConfig::new()
-        .with_beta_1(train_cfg.beta1 as f32)
-        .with_beta_2(train_cfg.beta2 as f32)
-        .with_epsilon(train_cfg.eps as f32)
-        .with_weight_decay(train_cfg.weight_decay as f32);
+    let optim_config = adamw(config);
     let (mut optim, start_step) = match &resume_from {
         Some((dir, state)) => {
             load_adapter(&mut model, dir, &device)?;
@@ -282,24 +265,13 @@ pub fn train(
             total_steps,
             step,
         );
-        let batches: Vec<Batch> = (step * per_step..(step + 1) * per_step)
-            .map(|k| stream_row(&rows, train_cfg.seed, k))
-            .collect::<Vec<_>>()
-            .chunks(train_cfg.micro_batch)
-            .map(|micro| {
-                let rows: Vec<Vec<&Example>> = micro
-                    .iter()
-                    .map(|row| row.iter().map(|&i| &examples[i]).collect())
-                    .collect();
-                make_batch(&rows, config.data.packing.then_some(max_len), pad_id)
-            })
-            .collect();
+        let batches = step_batches(&rows, examples, config, step, pad_id);
         let real_tokens: usize = batches.iter().map(|b| b.real_tokens).sum();
         let window_tokens: usize = batches.iter().map(|b| b.trained_tokens).sum();
         let settings = StepSettings {
             lr,
             max_grad_norm: train_cfg.max_grad_norm,
-            dropout_seed: train_cfg.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            dropout_seed: dropout_seed(train_cfg.seed, step),
         };
         let (updated, report) = train_step(model, &mut optim, &batches, settings, &inner_device);
         model = updated;
@@ -444,6 +416,68 @@ fn metrics_file(path: &Path, keep_until: usize) -> Result<std::fs::File, ModelEr
         .append(true)
         .open(path)
         .map_err(|e| ModelError::io(path, e))
+}
+
+/// The rows training draws from: packed rows of `data.max_len` tokens (`data.packing`), or one
+/// example per row; each row lists its examples' indices.
+pub fn training_rows(
+    examples: &[Example],
+    config: &RunConfig,
+    progress: &mut dyn Progress,
+) -> Vec<Vec<usize>> {
+    let max_len = config.data.max_len;
+    match config.data.packing {
+        true => {
+            let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+            let rows = pack(&lengths, max_len);
+            progress.note(&format!(
+                "packed into {} rows of {max_len} tokens ({:.1} % filled)",
+                rows.len(),
+                100.0 * packing_efficiency(&lengths, rows.len(), max_len)
+            ));
+            rows
+        }
+        false => (0..examples.len()).map(|i| vec![i]).collect(),
+    }
+}
+
+/// The micro-batches of optimizer step `step` (0-based): the next `micro_batch · grad_accum`
+/// rows of the stream, `micro_batch` per batch.
+pub fn step_batches(
+    rows: &[Vec<usize>],
+    examples: &[Example],
+    config: &RunConfig,
+    step: usize,
+    pad_id: u32,
+) -> Vec<Batch> {
+    let train_cfg = &config.train;
+    let per_step = train_cfg.micro_batch * train_cfg.grad_accum;
+    (step * per_step..(step + 1) * per_step)
+        .map(|k| stream_row(rows, train_cfg.seed, k))
+        .collect::<Vec<_>>()
+        .chunks(train_cfg.micro_batch)
+        .map(|micro| {
+            let rows: Vec<Vec<&Example>> = micro
+                .iter()
+                .map(|row| row.iter().map(|&i| &examples[i]).collect())
+                .collect();
+            make_batch(
+                &rows,
+                config.data.packing.then_some(config.data.max_len),
+                pad_id,
+            )
+        })
+        .collect()
+}
+
+/// AdamW as `[train]` configures it (PyTorch's semantics; weight decay explicit).
+pub fn adamw(config: &RunConfig) -> AdamWConfig {
+    let train_cfg = &config.train;
+    AdamWConfig::new()
+        .with_beta_1(train_cfg.beta1 as f32)
+        .with_beta_2(train_cfg.beta2 as f32)
+        .with_epsilon(train_cfg.eps as f32)
+        .with_weight_decay(train_cfg.weight_decay as f32)
 }
 
 /// Row `k` of the endless stream: epoch `k / n` visits all `n` rows in an order shuffled from
