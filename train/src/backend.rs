@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use burn::tensor::DType;
 pub use burn::tensor::Device;
 
 /// A backend the user can pick with `--device`.
@@ -12,6 +13,12 @@ pub enum DeviceChoice {
     /// The pure-Rust CPU backend (burn-flex), f32 compute.
     #[cfg(feature = "flex")]
     Flex,
+    /// LibTorch on the CPU; training computes the frozen base in bf16.
+    #[cfg(feature = "tch")]
+    TchCpu,
+    /// LibTorch on CUDA GPU `N`; training computes the frozen base in bf16.
+    #[cfg(feature = "tch")]
+    TchCuda(usize),
 }
 
 impl DeviceChoice {
@@ -19,6 +26,10 @@ impl DeviceChoice {
     pub const NAMES: &'static [&'static str] = &[
         #[cfg(feature = "flex")]
         "flex",
+        #[cfg(feature = "tch")]
+        "tch-cpu",
+        #[cfg(feature = "tch")]
+        "tch-cuda:N",
     ];
 
     /// The Burn device (without autodiff).
@@ -26,6 +37,22 @@ impl DeviceChoice {
         match self {
             #[cfg(feature = "flex")]
             DeviceChoice::Flex => Device::flex(),
+            #[cfg(feature = "tch")]
+            DeviceChoice::TchCpu => Device::libtorch(),
+            #[cfg(feature = "tch")]
+            DeviceChoice::TchCuda(index) => Device::libtorch_cuda(index),
+        }
+    }
+
+    /// The dtype training computes the frozen base's matrix products in: bf16 where the
+    /// backend has bf16 kernels (LibTorch), f32 on flex (whose bf16 goes through f32 anyway).
+    /// Adapters, their gradients and the optimizer state stay f32 everywhere.
+    pub fn base_compute_dtype(self) -> DType {
+        match self {
+            #[cfg(feature = "flex")]
+            DeviceChoice::Flex => DType::F32,
+            #[cfg(feature = "tch")]
+            DeviceChoice::TchCpu | DeviceChoice::TchCuda(_) => DType::BF16,
         }
     }
 }
@@ -37,9 +64,20 @@ impl FromStr for DeviceChoice {
         match name {
             #[cfg(feature = "flex")]
             "flex" => Ok(DeviceChoice::Flex),
+            #[cfg(feature = "tch")]
+            "tch-cpu" => Ok(DeviceChoice::TchCpu),
+            #[cfg(feature = "tch")]
+            other if other.starts_with("tch-cuda:") => other["tch-cuda:".len()..]
+                .parse()
+                .map(DeviceChoice::TchCuda)
+                .map_err(|_| format!("bad device `{other}`: expected tch-cuda:N, N a GPU index")),
             other => Err(format!(
-                "unknown device `{other}` (this build has: {})",
-                Self::NAMES.join(", ")
+                "unknown device `{other}` (this build has: {}{})",
+                Self::NAMES.join(", "),
+                match cfg!(feature = "tch") {
+                    true => "",
+                    false => "; tch-cpu and tch-cuda:N need a build with --features tch",
+                }
             )),
         }
     }
@@ -50,6 +88,10 @@ impl fmt::Display for DeviceChoice {
         match *self {
             #[cfg(feature = "flex")]
             DeviceChoice::Flex => f.write_str("flex"),
+            #[cfg(feature = "tch")]
+            DeviceChoice::TchCpu => f.write_str("tch-cpu"),
+            #[cfg(feature = "tch")]
+            DeviceChoice::TchCuda(index) => write!(f, "tch-cuda:{index}"),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::Param;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use serde_json::{Value, json};
 
 use super::safetensors_out::{StoreDtype, write_safetensors};
@@ -46,8 +46,8 @@ pub fn merged_tensors(model: &Llama) -> BTreeMap<String, Tensor<2>> {
     }
     for (name, linear) in model.projections() {
         let weight = match &linear.lora {
-            Some(adapter) => linear.weight.val() + adapter.delta_weight(),
-            None => linear.weight.val(),
+            Some(adapter) => linear.weight.val().cast(DType::F32) + adapter.delta_weight(),
+            None => linear.weight.val().cast(DType::F32),
         };
         out.insert(format!("{name}.weight"), weight);
         if let Some(bias) = &linear.bias {

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use burn::module::ParamId;
 use burn::tensor::activation::{sigmoid, silu, softmax};
 use burn::tensor::module::embedding;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use feinschliff_data::batch::{Batch, IGNORE_INDEX};
 
 use super::llama::{Attention, DecoderLayer, Linear, Llama, RmsNorm};
@@ -351,7 +351,7 @@ fn linear_forward(
     x: &Tensor<2>,
     mask: Option<Tensor<2>>,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
-    let mut y = x.clone().matmul(linear.weight.val().inner().transpose());
+    let mut y = base_matmul(x.clone(), linear.weight.val().inner().transpose());
     if let Some(bias) = &linear.bias {
         y = y + bias.val().inner().unsqueeze::<2>();
     }
@@ -380,7 +380,7 @@ fn linear_backward(
     d_y: Tensor<2>,
     grads: &mut AdapterGrads,
 ) -> Tensor<2> {
-    let d_x = d_y.clone().matmul(linear.weight.val().inner());
+    let d_x = base_matmul(d_y.clone(), linear.weight.val().inner());
     let (Some(adapter), Some(low_rank)) = (&linear.lora, low_rank) else {
         return d_x;
     };
@@ -399,6 +399,12 @@ fn linear_backward(
         Some(mask) => d_dropped * mask,
         None => d_dropped,
     }
+}
+
+/// `x · w` with `x` f32 and `w` a frozen base matrix: computed in `w`'s dtype (bf16 on
+/// LibTorch), returned in f32.
+fn base_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    x.cast(w.dtype()).matmul(w).cast(DType::F32)
 }
 
 /// RMSNorm over the last dimension of `[n, hidden]`.
@@ -559,8 +565,10 @@ fn head_loss_backward(
             .sum()
             .into_scalar::<f64>();
         let probs = exp * (weights.clone() / sum);
-        let target_rows = embedding(head.clone(), safe.reshape([1, rows])).reshape([rows, width]);
-        d_hidden.push(probs.matmul(head.clone()) - target_rows * weights);
+        let target_rows = embedding(head.clone(), safe.reshape([1, rows]))
+            .cast(DType::F32)
+            .reshape([rows, width]);
+        d_hidden.push(base_matmul(probs, head.clone()) - target_rows * weights);
     }
     (loss, Tensor::cat(d_hidden, 0))
 }

@@ -9,7 +9,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, DType, Device, Int, Tensor};
 
 use super::config::LlamaConfig;
 use super::lora::LoraAdapter;
@@ -71,7 +71,8 @@ impl Linear {
     }
 }
 
-/// `x Wᵀ + b` for a weight in HF layout `[out, in]`. The rows of `x` are flattened into one
+/// `x Wᵀ + b` for a weight in HF layout `[out, in]`, computed in the weight's dtype (a bf16
+/// base computes in bf16) and returned in `x`'s. The rows of `x` are flattened into one
 /// 2-D product so the transposed weight goes to the matmul as a strided view: Burn's `linear`
 /// would first give it a batch dimension, which makes the backend copy the whole weight on
 /// every call.
@@ -82,7 +83,12 @@ pub fn linear_hf<const D: usize>(
 ) -> Tensor<D> {
     let mut dims = x.dims();
     let rows: usize = dims[..D - 1].iter().product();
-    let out = x.reshape([rows, dims[D - 1]]).matmul(weight.transpose());
+    let dtype = x.dtype();
+    let out = x
+        .reshape([rows, dims[D - 1]])
+        .cast(weight.dtype())
+        .matmul(weight.transpose())
+        .cast(dtype);
     let out = match bias {
         Some(bias) => out + bias.unsqueeze::<2>(),
         None => out,
@@ -441,6 +447,19 @@ impl Llama {
         out
     }
 
+    /// Stores the frozen matrices (projections, embedding, output head) in `dtype`, which is
+    /// then the dtype their products are computed in; norms, biases and adapters stay f32.
+    pub fn set_base_dtype(&mut self, dtype: DType) {
+        let cast = |param: &Param<Tensor<2>>| frozen(param.val().cast(dtype));
+        for (_, proj) in self.projections_mut() {
+            proj.weight = cast(&proj.weight);
+        }
+        self.model.embed_tokens = cast(&self.model.embed_tokens);
+        if let Some(head) = &self.lm_head {
+            self.lm_head = Some(cast(head));
+        }
+    }
+
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` at positions `[batch, seq]`.
     /// `padding` (`[batch, seq]`, true = padding) keeps padded keys out of attention.
     pub fn forward(
@@ -501,7 +520,7 @@ impl Llama {
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let (cos, sin) = self.model.rope.cos_sin(positions);
-        let mut x = embedding(self.model.embed_tokens.val(), input_ids);
+        let mut x = embedding(self.model.embed_tokens.val(), input_ids).cast(DType::F32);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
             let h = layer.self_attn.forward(
