@@ -3,10 +3,13 @@
 //! and, with dropout, gradients that agree with finite differences of the loss (so the masks
 //! of the forward and backward passes are the same ones).
 
+mod common;
+use common::test_device;
+
 use std::path::Path;
 
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use feinschliff_data::batch::{Batch, IGNORE_INDEX};
 use feinschliff_train::io::hf::HfModel;
 use feinschliff_train::loss::causal_lm_loss_sum;
@@ -85,7 +88,7 @@ fn values(t: Tensor<2>) -> Vec<f32> {
 }
 
 fn check_against_autodiff(name: &str) {
-    let device = Device::flex().autodiff();
+    let device = test_device().autodiff();
     let model = model_with_adapters(name, 0.0, &device);
     let batch = batch();
     let scale = 1.0 / batch.trained_tokens as f64;
@@ -148,11 +151,11 @@ fn matches_autodiff_with_llama3_rope_scaling() {
 
 #[test]
 fn dropout_gradients_agree_with_finite_differences() {
-    let device = Device::flex();
+    let device = test_device();
     let model = model_with_adapters("tied_gqa", 0.3, &device);
     let batch = batch();
     let loss_of = |model: &Llama, grads: &mut AdapterGrads| {
-        forward_backward(model, &batch, 1.0, 11, &device, grads).loss
+        forward_backward(model, &batch, 1.0, 11, &device.clone().inner(), grads).loss
     };
     let mut grads = AdapterGrads::default();
     let base_loss = loss_of(&model, &mut grads);
@@ -224,4 +227,43 @@ fn dropout_gradients_agree_with_finite_differences() {
             "{path}: finite difference {slope} vs gradient {g}"
         );
     }
+}
+
+#[test]
+fn bf16_base_stays_close_to_f32() {
+    let device = test_device();
+    let batch = batch();
+    let run = |dtype: DType| {
+        let mut model = model_with_adapters("tied_gqa", 0.0, &device);
+        model.set_base_dtype(dtype);
+        let mut grads = AdapterGrads::default();
+        let loss = forward_backward(&model, &batch, 1.0, 0, &device, &mut grads).loss;
+        let flat: Vec<f32> = grads
+            .into_inner()
+            .into_iter()
+            .flat_map(|(_, g)| values(g))
+            .collect();
+        (loss, flat)
+    };
+    let (loss32, grads32) = run(DType::F32);
+    let (loss16, grads16) = run(DType::BF16);
+    assert!(
+        (loss16 - loss32).abs() <= 1e-2 * loss32.abs(),
+        "bf16 loss {loss16} vs f32 {loss32}"
+    );
+    assert_ne!(
+        grads16, grads32,
+        "the bf16 path must really compute in bf16"
+    );
+    let dot: f64 = grads16
+        .iter()
+        .zip(&grads32)
+        .map(|(a, b)| (a * b) as f64)
+        .sum();
+    let norm = |g: &[f32]| g.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt();
+    let cosine = dot / (norm(&grads16) * norm(&grads32));
+    assert!(
+        cosine > 0.999,
+        "bf16 gradients point elsewhere: cosine {cosine}"
+    );
 }

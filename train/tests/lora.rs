@@ -1,10 +1,13 @@
 //! LoRA on the tiny fixture model: a fresh adapter leaves the logits unchanged (B = 0), only
 //! adapter parameters get gradients, and PEFT's Kaiming-uniform bound holds for A.
 
+mod common;
+use common::test_device;
+
 use std::path::Path;
 
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use feinschliff_train::io::hf::HfModel;
 use feinschliff_train::loss::causal_lm_loss_sum;
 use feinschliff_train::model::lora::{LoraSpec, TARGET_MODULES};
@@ -12,7 +15,7 @@ use feinschliff_train::model::lora::{LoraSpec, TARGET_MODULES};
 #[test]
 fn fresh_adapters_change_nothing_and_only_they_get_gradients() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama/tied_gqa");
-    let device = Device::flex().autodiff();
+    let device = test_device().autodiff();
     let mut model = HfModel::load(&dir, &device).unwrap().model;
     let ids = Tensor::<2, Int>::from_data(
         TensorData::new(vec![5i64, 17, 42, 8, 66, 23, 13, 51], [1, 8]),

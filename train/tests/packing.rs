@@ -2,6 +2,9 @@
 //! restarting, attention blocked between them, padding at the end) equals the token-weighted
 //! mean of the same examples run one by one, and a padded batch gives the same again.
 
+mod common;
+use common::test_device;
+
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -36,7 +39,7 @@ fn loss_sum(model: &Llama, rows: &[Vec<&Example>], len: usize, device: &Device) 
 #[test]
 fn packed_loss_equals_the_token_weighted_mean_of_the_examples_alone() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama/tied_gqa");
-    let device = Device::flex();
+    let device = test_device();
     let model = HfModel::load(&dir, &device).unwrap().model;
     let examples = examples();
 

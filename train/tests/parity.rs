@@ -2,9 +2,12 @@
 //! the logits transformers computed for fixed token ids; ours must match them, and incremental
 //! decoding with the KV cache must match the full forward.
 
+mod common;
+use common::test_device;
+
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use feinschliff_train::io::hf::HfModel;
 use safetensors::SafeTensors;
 
@@ -72,7 +75,7 @@ fn max_diff_at_real_tokens(ours: &[f32], exp: &Expected) -> f32 {
 
 fn check_full_forward(name: &str) {
     let dir = fixture(name);
-    let device = Device::flex();
+    let device = test_device();
     let model = HfModel::load(&dir, &device).unwrap_or_else(|e| panic!("{name}: {e}"));
     let exp = expected(&dir);
     let (batch, seq) = (exp.batch, exp.seq);
@@ -130,7 +133,7 @@ fn f16_checkpoint() {
 /// logits of the full forward pass.
 fn check_kv_cache(name: &str) {
     let dir = fixture(name);
-    let device = Device::flex();
+    let device = test_device();
     let model = HfModel::load(&dir, &device).unwrap().model;
     let exp = expected(&dir);
     let row: Vec<i64> = exp.ids[..exp.seq].to_vec();
@@ -174,7 +177,7 @@ fn kv_cache_matches_full_forward_llama3() {
 #[test]
 fn greedy_generation_follows_full_forward_argmax() {
     use feinschliff_train::generate::{Sampling, generate};
-    let device = Device::flex();
+    let device = test_device();
     let model = HfModel::load(&fixture("tied_gqa"), &device).unwrap().model;
     let prompt = [5u32, 17, 42, 8];
     let greedy = Sampling {

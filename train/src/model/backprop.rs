@@ -16,7 +16,6 @@ use std::collections::HashMap;
 
 use burn::module::ParamId;
 use burn::tensor::activation::{sigmoid, silu, softmax};
-use burn::tensor::module::embedding;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use feinschliff_data::batch::{Batch, IGNORE_INDEX};
 
@@ -93,9 +92,10 @@ pub fn forward_backward(
     let mask = attention_bias(batch, device);
     let shape = Shape { rows, len };
 
-    let hidden = model.model.embed_tokens.val().dims()[1];
-    let mut x =
-        embedding(model.model.embed_tokens.val().inner(), ids).reshape([rows * len, hidden]);
+    let mut x = embedding_rows(
+        model.model.embed_tokens.val().inner(),
+        ids.reshape([rows * len]),
+    );
     let mut tapes = Vec::with_capacity(model.model.layers.len());
     for (index, layer) in model.model.layers.iter().enumerate() {
         let masks = LayerMasks::new(child_seed(dropout_seed, index as u64));
@@ -407,6 +407,11 @@ fn base_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     x.cast(w.dtype()).matmul(w).cast(DType::F32)
 }
 
+/// Rows `ids` of the (possibly bf16) matrix `table`, in f32.
+fn embedding_rows(table: Tensor<2>, ids: Tensor<1, Int>) -> Tensor<2> {
+    table.select(0, ids).cast(DType::F32)
+}
+
 /// RMSNorm over the last dimension of `[n, hidden]`.
 fn norm_forward(norm: &RmsNorm, x: Tensor<2>) -> Tensor<2> {
     let inv_rms = (x.clone().square().mean_dim(1) + norm.eps).sqrt().recip();
@@ -552,10 +557,10 @@ fn head_loss_backward(
         let safe: Vec<i64> = chunk_targets.iter().map(|&t| t.max(0)).collect();
         let safe = Tensor::<1, Int>::from_data(TensorData::new(safe, [rows]), device);
         let weights = Tensor::<2>::from_data(TensorData::new(weights, [rows, 1]), device);
-        let logits = hidden
-            .clone()
-            .narrow(0, start, rows)
-            .matmul(head.clone().transpose());
+        let logits = base_matmul(
+            hidden.clone().narrow(0, start, rows),
+            head.clone().transpose(),
+        );
         let max = logits.clone().max_dim(1);
         let exp = (logits.clone() - max.clone()).exp();
         let sum = exp.clone().sum_dim(1);
@@ -565,9 +570,7 @@ fn head_loss_backward(
             .sum()
             .into_scalar::<f64>();
         let probs = exp * (weights.clone() / sum);
-        let target_rows = embedding(head.clone(), safe.reshape([1, rows]))
-            .cast(DType::F32)
-            .reshape([rows, width]);
+        let target_rows = embedding_rows(head.clone(), safe);
         d_hidden.push(base_matmul(probs, head.clone()) - target_rows * weights);
     }
     (loss, Tensor::cat(d_hidden, 0))

@@ -7,7 +7,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
-use burn::tensor::module::{attention, embedding};
+use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Int, Tensor};
 
@@ -520,7 +520,15 @@ impl Llama {
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let (cos, sin) = self.model.rope.cos_sin(positions);
-        let mut x = embedding(self.model.embed_tokens.val(), input_ids).cast(DType::F32);
+        // `select` rather than `embedding`: burn-flex 0.22.1's embedding of a bf16 table returns
+        // a tensor whose storage and dtype disagree.
+        let [batch, seq] = input_ids.dims();
+        let table = self.model.embed_tokens.val();
+        let width = table.dims()[1];
+        let mut x = table
+            .select(0, input_ids.reshape([batch * seq]))
+            .cast(DType::F32)
+            .reshape([batch, seq, width]);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
             let h = layer.self_attn.forward(
