@@ -87,10 +87,40 @@ fn values(t: Tensor<2>) -> Vec<f32> {
     t.detach().try_into_vec_as::<f32>().unwrap()
 }
 
+/// One row of `len` tokens holding two examples (the second starts at 2/3), every label
+/// scored: long enough to span several query blocks of the training attention.
+fn long_batch(len: usize) -> Batch {
+    let split = 2 * len / 3;
+    let ids: Vec<i64> = (0..len as i64).map(|k| (k * 37 + 11) % 89).collect();
+    let positions = (0..len as i64)
+        .map(|k| {
+            if k < split as i64 {
+                k
+            } else {
+                k - split as i64
+            }
+        })
+        .collect();
+    let segments = (0..len).map(|k| (k >= split) as i64).collect();
+    Batch {
+        labels: ids.clone(),
+        ids,
+        positions,
+        segments,
+        rows: 1,
+        len,
+        trained_tokens: len - 1,
+        real_tokens: len,
+    }
+}
+
 fn check_against_autodiff(name: &str) {
+    check_batch_against_autodiff(name, batch());
+}
+
+fn check_batch_against_autodiff(name: &str, batch: Batch) {
     let device = test_device().autodiff();
     let model = model_with_adapters(name, 0.0, &device);
-    let batch = batch();
     let scale = 1.0 / batch.trained_tokens as f64;
 
     let int = |v: &Vec<i64>| {
@@ -142,6 +172,11 @@ fn matches_autodiff_tied_embeddings_with_grouped_query_attention() {
 #[test]
 fn matches_autodiff_untied_multi_head_with_explicit_head_dim_and_biases() {
     check_against_autodiff("untied_mha");
+}
+
+#[test]
+fn matches_autodiff_on_rows_longer_than_a_query_block() {
+    check_batch_against_autodiff("tied_gqa", long_batch(300));
 }
 
 #[test]
