@@ -41,7 +41,8 @@ pub struct BenchReport {
     pub tokens_per_second_range: [f64; 2],
     /// Median seconds per step.
     pub step_seconds: f64,
-    /// Median seconds per step in forward passes and the loss.
+    /// Median seconds per step in forward passes and the loss (the output head's gradient is
+    /// computed with the loss, chunk by chunk, so it counts here).
     pub forward_seconds: f64,
     /// Median seconds per step in backward passes.
     pub backward_seconds: f64,

@@ -20,7 +20,7 @@ pub struct StepReport {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
-    /// Seconds in forward passes and the loss.
+    /// Seconds in forward passes and the loss (with the output head's gradient).
     pub forward_seconds: f64,
     /// Seconds in backward passes.
     pub backward_seconds: f64,

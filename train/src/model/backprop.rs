@@ -62,7 +62,8 @@ impl AdapterGrads {
 pub struct MicroBatchResult {
     /// Sum of `-log p(label)` over the scored tokens, times the loss scale.
     pub loss: f64,
-    /// Seconds spent in the forward pass and the loss.
+    /// Seconds spent in the forward pass and the loss, with the loss's gradient at the output
+    /// head (computed together, chunk by chunk).
     pub forward_seconds: f64,
     /// Seconds spent in the backward pass.
     pub backward_seconds: f64,
