@@ -36,7 +36,7 @@ pub struct RunConfig {
 pub struct ModelSection {
     /// Hugging Face model directory of the base model (required).
     pub path: PathBuf,
-    /// Compute backend (`flex`).
+    /// Compute backend: `flex`, or with `--features tch` `tch-cpu` / `tch-cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
 }
