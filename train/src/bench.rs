@@ -114,9 +114,15 @@ pub fn bench(
         }
     }
 
+    // The mean of the two middle values for an even count, like Python's `statistics.median`
+    // that the PEFT reference reports.
     let median = |mut values: Vec<f64>| {
         values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
+        let half = values.len() / 2;
+        match values.len() % 2 {
+            1 => values[half],
+            _ => (values[half - 1] + values[half]) / 2.0,
+        }
     };
     let speeds: Vec<f64> = reports.iter().map(|(t, _, s)| *t as f64 / s).collect();
     let mut tokens: Vec<usize> = reports.iter().map(|r| r.0).collect();

@@ -129,8 +129,9 @@ fn f16_checkpoint() {
     check_full_forward("f16");
 }
 
-/// Row 0 of the fixture decoded as a 5-token prompt plus one token at a time must give the
-/// logits of the full forward pass.
+/// Row 0 of the fixture decoded as a 5-token prompt, a 3-token chunk (queries that must not see
+/// each other's future while the cache holds the prompt), then one token at a time must give
+/// the logits of the full forward pass.
 fn check_kv_cache(name: &str) {
     let dir = fixture(name);
     let device = test_device();
@@ -144,8 +145,10 @@ fn check_kv_cache(name: &str) {
 
     let mut cache = Default::default();
     let mut pieces = Vec::new();
-    let prompt = 5;
-    let chunks = std::iter::once(&row[..prompt]).chain(row[prompt..].chunks(1));
+    let (prompt, chunk) = (5, 3);
+    let chunks = [&row[..prompt], &row[prompt..prompt + chunk]]
+        .into_iter()
+        .chain(row[prompt + chunk..].chunks(1));
     for chunk in chunks {
         let ids =
             Tensor::<2, Int>::from_data(TensorData::new(chunk.to_vec(), [1, chunk.len()]), &device);

@@ -606,7 +606,8 @@ fn head_loss_backward(
     device: &Device,
 ) -> (f64, Tensor<2>) {
     let [n, width] = hidden.dims();
-    let mut loss = 0.0;
+    // Summed on the device and read once: a read per chunk would wait for the device each time.
+    let mut loss = Tensor::<1>::zeros([1], device);
     let mut d_hidden = Vec::with_capacity(n.div_ceil(HEAD_CHUNK_ROWS));
     for start in (0..n).step_by(HEAD_CHUNK_ROWS) {
         let rows = HEAD_CHUNK_ROWS.min(n - start);
@@ -631,12 +632,10 @@ fn head_loss_backward(
         let sum = exp.clone().sum_dim(1);
         let log_norm = max + sum.clone().log();
         let target_logits = logits.gather(1, safe.clone().reshape([rows, 1]));
-        loss += ((log_norm - target_logits) * weights.clone())
-            .sum()
-            .into_scalar::<f64>();
+        loss = loss + ((log_norm - target_logits) * weights.clone()).sum();
         let probs = exp * (weights.clone() / sum);
         let target_rows = embedding_rows(head.clone(), safe);
         d_hidden.push(base_matmul(probs, head.clone()) - target_rows * weights);
     }
-    (loss, Tensor::cat(d_hidden, 0))
+    (loss.into_scalar::<f64>(), Tensor::cat(d_hidden, 0))
 }

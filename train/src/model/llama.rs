@@ -17,6 +17,24 @@ use super::rope::Rope;
 use crate::error::ModelError;
 use crate::io::weights::WeightFiles;
 
+/// Added to the attention score of a blocked key: large enough that its weight is exactly 0, and
+/// finite, so a query whose keys are all blocked (padding) gets finite values rather than NaN.
+const BLOCKED_SCORE: f32 = -1e30;
+
+/// `[queries, keys]`: [`BLOCKED_SCORE`] where key `j` comes after query `i`, with the queries
+/// being the last `queries` of `keys` positions (a KV cache holds the earlier ones), else 0.
+fn future_bias(queries: usize, keys: usize, device: &Device) -> Tensor<2> {
+    let offset = (keys - queries) as i64;
+    let key_positions = Tensor::<1, Int>::arange(0..keys as i64, device)
+        .reshape([1, keys])
+        .expand([queries, keys]);
+    let query_positions = Tensor::<1, Int>::arange(offset..offset + queries as i64, device)
+        .reshape([queries, 1])
+        .expand([queries, keys]);
+    Tensor::<2>::zeros([queries, keys], device)
+        .mask_fill(key_positions.greater(query_positions), BLOCKED_SCORE)
+}
+
 /// A frozen linear layer in HF layout, `y = x Wᵀ + b` with `W` of shape `[out, in]`, plus an
 /// optional trainable LoRA adapter.
 #[derive(Module, Debug)]
@@ -174,21 +192,35 @@ impl Attention {
         let v = self.repeat_kv(v);
         let seen = k.dims()[2];
         // `blocked` masks keys per query (padding, other packed examples); causality (aligned
-        // to the last query) masks the future.
-        let mask = blocked.map(|blocked| {
-            blocked.clone().reshape([batch, 1, seq, seen]).expand([
-                batch,
-                self.num_heads,
-                seq,
-                seen,
-            ])
+        // to the last query) masks the future. Both go in as an additive bias, not as Burn's
+        // boolean mask and `is_causal`: burn-tch 0.22.1 hands the mask to LibTorch unchanged,
+        // where `true` means "may attend" (the opposite of Burn's meaning), and LibTorch aligns
+        // `is_causal` to the first query, which is wrong once a KV cache holds earlier keys.
+        let device = q.device();
+        let blocked = blocked.map(|blocked| {
+            Tensor::<3>::zeros(blocked.dims(), &device).mask_fill(blocked.clone(), BLOCKED_SCORE)
+        });
+        // A single query (decoding) comes after every key: nothing to mask.
+        let future =
+            (seq > 1 && seq != seen).then(|| future_bias(seq, seen, &device).unsqueeze::<3>());
+        let bias = match (blocked, future) {
+            (Some(blocked), Some(future)) => {
+                let dims = blocked.dims();
+                Some(blocked + future.expand(dims))
+            }
+            (blocked, future) => blocked.or(future),
+        }
+        .map(|bias| {
+            let rows = bias.dims()[0];
+            bias.reshape([rows, 1, seq, seen])
+                .expand([batch, self.num_heads, seq, seen])
         });
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,
-            is_causal: true,
+            is_causal: seq == seen,
         };
-        let out = attention(q, k, v, mask, None, options);
+        let out = attention(q, k, v, None, bias, options);
         let out = out
             .swap_dims(1, 2)
             .reshape([batch, seq, self.num_heads * self.head_dim]);
