@@ -69,7 +69,7 @@ pub fn bench(
     let plain: Device = device.clone().inner();
     let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
     let mut model = HfModel::load(&config.model.path, &device)?.model;
-    model.set_base_dtype(choice.base_compute_dtype());
+    model.set_base_dtype(config.model.base_compute_dtype(choice));
     let data = load_dataset(&config.data, &config.model.path)?;
     let examples = &data.data.train;
     let rows = training_rows(examples, config, progress);

@@ -5,10 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
 use feinschliff_data::config::{DataConfig, Files};
 
+use crate::backend::DeviceChoice;
 use crate::model::lora::{LoraSpec, TARGET_MODULES};
 
 /// A whole run configuration.
@@ -39,6 +41,21 @@ pub struct ModelSection {
     /// Compute backend: `flex`, or with `--features tch` `tch-cpu` / `tch-cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Dtype of the frozen base's matrix products in training: `auto` (bf16 on LibTorch, f32
+    /// on flex), `f32` or `bf16`. Adapters and the optimizer state are f32 whatever this says.
+    #[serde(default = "default_base_dtype")]
+    pub base_dtype: String,
+}
+
+impl ModelSection {
+    /// The dtype the frozen base computes in when training on `device`.
+    pub fn base_compute_dtype(&self, device: DeviceChoice) -> DType {
+        match self.base_dtype.as_str() {
+            "f32" => DType::F32,
+            "bf16" => DType::BF16,
+            _ => device.base_compute_dtype(),
+        }
+    }
 }
 
 /// `[lora]`.
@@ -127,6 +144,10 @@ fn default_device() -> String {
     "flex".into()
 }
 
+fn default_base_dtype() -> String {
+    "auto".into()
+}
+
 impl Default for LoraSection {
     fn default() -> Self {
         Self {
@@ -203,6 +224,12 @@ impl RunConfig {
         let fail = |key: &str, why: String| Err(format!("key `{key}`: {why}"));
         if self.model.path.as_os_str().is_empty() {
             return fail("model.path", "must name a model directory".into());
+        }
+        if !["auto", "f32", "bf16"].contains(&self.model.base_dtype.as_str()) {
+            return fail(
+                "model.base_dtype",
+                format!("must be auto, f32 or bf16, got `{}`", self.model.base_dtype),
+            );
         }
         data.validate()?;
         if lora.r == 0 {
@@ -374,6 +401,7 @@ mod tests {
             ("train.lr=-1e-4", "train.lr"),
             ("lora.target_modules=[\"qkv_proj\"]", "qkv_proj"),
             ("data.max_len=0", "data.max_len"),
+            ("model.base_dtype=\"f16\"", "model.base_dtype"),
             ("train.learning_rate=1", "learning_rate"),
             ("lora", "section.key=value"),
         ];

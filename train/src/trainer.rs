@@ -179,7 +179,7 @@ pub fn train(
     };
 
     let mut model = loaded.model;
-    model.set_base_dtype(choice.base_compute_dtype());
+    model.set_base_dtype(config.model.base_compute_dtype(choice));
     let optim_config = adamw(config);
     let (mut optim, start_step) = match &resume_from {
         Some((dir, state)) => {
