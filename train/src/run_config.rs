@@ -41,19 +41,32 @@ pub struct ModelSection {
     /// Compute backend: `flex`, or with `--features tch` `tch-cpu` / `tch-cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
-    /// Dtype of the frozen base's matrix products in training: `auto` (bf16 on LibTorch, f32
-    /// on flex), `f32` or `bf16`. Adapters and the optimizer state are f32 whatever this says.
-    #[serde(default = "default_base_dtype")]
-    pub base_dtype: String,
+    /// Dtype of the frozen base's matrix products in training. Adapters and the optimizer
+    /// state are f32 whatever this says.
+    #[serde(default)]
+    pub base_dtype: BaseDtype,
+}
+
+/// `model.base_dtype`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseDtype {
+    /// The backend's choice: bf16 on LibTorch, f32 on flex.
+    #[default]
+    Auto,
+    /// f32.
+    F32,
+    /// bf16.
+    Bf16,
 }
 
 impl ModelSection {
     /// The dtype the frozen base computes in when training on `device`.
     pub fn base_compute_dtype(&self, device: DeviceChoice) -> DType {
-        match self.base_dtype.as_str() {
-            "f32" => DType::F32,
-            "bf16" => DType::BF16,
-            _ => device.base_compute_dtype(),
+        match self.base_dtype {
+            BaseDtype::Auto => device.base_compute_dtype(),
+            BaseDtype::F32 => DType::F32,
+            BaseDtype::Bf16 => DType::BF16,
         }
     }
 }
@@ -144,10 +157,6 @@ fn default_device() -> String {
     "flex".into()
 }
 
-fn default_base_dtype() -> String {
-    "auto".into()
-}
-
 impl Default for LoraSection {
     fn default() -> Self {
         Self {
@@ -224,12 +233,6 @@ impl RunConfig {
         let fail = |key: &str, why: String| Err(format!("key `{key}`: {why}"));
         if self.model.path.as_os_str().is_empty() {
             return fail("model.path", "must name a model directory".into());
-        }
-        if !["auto", "f32", "bf16"].contains(&self.model.base_dtype.as_str()) {
-            return fail(
-                "model.base_dtype",
-                format!("must be auto, f32 or bf16, got `{}`", self.model.base_dtype),
-            );
         }
         data.validate()?;
         if lora.r == 0 {
