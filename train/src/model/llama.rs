@@ -21,9 +21,9 @@ use crate::io::weights::WeightFiles;
 /// finite, so a query whose keys are all blocked (padding) gets finite values rather than NaN.
 const BLOCKED_SCORE: f32 = -1e30;
 
-/// `[queries, keys]`: [`BLOCKED_SCORE`] where key `j` comes after query `i`, with the queries
-/// being the last `queries` of `keys` positions (a KV cache holds the earlier ones), else 0.
-fn future_bias(queries: usize, keys: usize, device: &Device) -> Tensor<2> {
+/// `[queries, keys]`: true where key `j` comes after query `i`, with the queries being the last
+/// `queries` of `keys` positions (a KV cache holds the earlier ones).
+fn future_keys(queries: usize, keys: usize, device: &Device) -> Tensor<2, Bool> {
     let offset = (keys - queries) as i64;
     let key_positions = Tensor::<1, Int>::arange(0..keys as i64, device)
         .reshape([1, keys])
@@ -31,8 +31,7 @@ fn future_bias(queries: usize, keys: usize, device: &Device) -> Tensor<2> {
     let query_positions = Tensor::<1, Int>::arange(offset..offset + queries as i64, device)
         .reshape([queries, 1])
         .expand([queries, keys]);
-    Tensor::<2>::zeros([queries, keys], device)
-        .mask_fill(key_positions.greater(query_positions), BLOCKED_SCORE)
+    key_positions.greater(query_positions)
 }
 
 /// A frozen linear layer in HF layout, `y = x Wᵀ + b` with `W` of shape `[out, in]`, plus an
@@ -197,22 +196,20 @@ impl Attention {
         // where `true` means "may attend" (the opposite of Burn's meaning), and LibTorch aligns
         // `is_causal` to the first query, which is wrong once a KV cache holds earlier keys.
         let device = q.device();
-        let blocked = blocked.map(|blocked| {
-            Tensor::<3>::zeros(blocked.dims(), &device).mask_fill(blocked.clone(), BLOCKED_SCORE)
-        });
         // A single query (decoding) comes after every key: nothing to mask.
-        let future =
-            (seq > 1 && seq != seen).then(|| future_bias(seq, seen, &device).unsqueeze::<3>());
-        let bias = match (blocked, future) {
-            (Some(blocked), Some(future)) => {
-                let dims = blocked.dims();
-                Some(blocked + future.expand(dims))
-            }
+        let future = (seq > 1 && seq != seen).then(|| {
+            future_keys(seq, seen, &device)
+                .unsqueeze::<3>()
+                .expand([batch, seq, seen])
+        });
+        let masked = match (blocked.cloned(), future) {
+            (Some(blocked), Some(future)) => Some(blocked.bool_or(future)),
             (blocked, future) => blocked.or(future),
-        }
-        .map(|bias| {
-            let rows = bias.dims()[0];
-            bias.reshape([rows, 1, seq, seen])
+        };
+        let bias = masked.map(|masked| {
+            Tensor::<3>::zeros([batch, seq, seen], &device)
+                .mask_fill(masked, BLOCKED_SCORE)
+                .reshape([batch, 1, seq, seen])
                 .expand([batch, self.num_heads, seq, seen])
         });
         let options = AttentionModuleOptions {
