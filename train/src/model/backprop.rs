@@ -21,7 +21,9 @@ use feinschliff_data::batch::{Batch, IGNORE_INDEX};
 
 use super::llama::{Attention, DecoderLayer, Linear, Llama, RmsNorm};
 use super::rope::Rope;
+use crate::cpu_kernels::{self, ScoreBlock};
 use crate::dropout_mask::{child_seed, dropout_mask};
+use crate::host_tensor::{HostTensor, is_host};
 
 /// Queries per block of causal attention (see [`query_blocks`]).
 const QUERY_BLOCK: usize = 128;
@@ -93,7 +95,10 @@ pub fn forward_backward(
         neg_sin: sin.clone().inner().neg(),
         sin: sin.inner(),
     };
-    let mask = attention_bias(batch, device);
+    let mask = match is_host(device) {
+        true => KeyMask::Segments(batch.segments.clone()),
+        false => KeyMask::Bias(attention_bias(batch, device)),
+    };
     let shape = Shape { rows, len };
 
     let mut x = embedding_rows(
@@ -145,6 +150,14 @@ struct RopeTables {
     neg_sin: Tensor<4>,
 }
 
+/// Which keys each query may attend to.
+enum KeyMask {
+    /// Segment ids per token, `rows · len`, for the fused softmax on host tensors (flex).
+    Segments(Vec<i64>),
+    /// `0`/`-∞` bias `[rows, 1, len, len]` for Burn's softmax (other backends).
+    Bias(Tensor<4>),
+}
+
 /// Seeds of the seven adapters' dropout masks in one layer.
 struct LayerMasks {
     seed: u64,
@@ -189,7 +202,7 @@ fn layer_forward(
     x: Tensor<2>,
     shape: &Shape,
     rope: &RopeTables,
-    bias: &Tensor<4>,
+    key_mask: &KeyMask,
     masks: &LayerMasks,
     device: &Device,
 ) -> (Tensor<2>, LayerTape) {
@@ -213,7 +226,7 @@ fn layer_forward(
         &rope.sin,
     );
     let values = to_heads(v, shape, attn.num_kv_heads, attn.head_dim);
-    let attended = from_heads(attention_forward(attn, &queries, &keys, &values, bias));
+    let attended = from_heads(attention_forward(attn, &queries, &keys, &values, key_mask));
     let attended_width = attended.dims()[1];
     let (o, lo) = linear_forward(
         &attn.o_proj,
@@ -226,7 +239,7 @@ fn layer_forward(
     let normed = norm_forward(&layer.post_attention_layernorm, mid.clone());
     let (gate, lg) = linear_forward(&mlp.gate_proj, &normed, mask(&mlp.gate_proj, 4, width));
     let (up, lu) = linear_forward(&mlp.up_proj, &normed, mask(&mlp.up_proj, 5, width));
-    let act = silu(gate.clone()) * up.clone();
+    let act = silu_mul(&gate, &up);
     let ffn = act.dims()[1];
     let (down, ld) = linear_forward(&mlp.down_proj, &act, mask(&mlp.down_proj, 6, ffn));
     let out = mid.clone() + down;
@@ -251,7 +264,7 @@ fn layer_backward(
     d_out: Tensor<2>,
     shape: &Shape,
     rope: &RopeTables,
-    bias: &Tensor<4>,
+    key_mask: &KeyMask,
     masks: &LayerMasks,
     device: &Device,
     grads: &mut AdapterGrads,
@@ -274,7 +287,7 @@ fn layer_backward(
         |linear: &Linear, which: u64, cols: usize| masks.get(linear, which, [n, cols], device);
 
     // MLP: out = mid + down(silu(gate) · up).
-    let act = silu(gate.clone()) * up.clone();
+    let act = silu_mul(&gate, &up);
     let ffn = act.dims()[1];
     let d_act = linear_backward(
         &mlp.down_proj,
@@ -284,9 +297,7 @@ fn layer_backward(
         d_out.clone(),
         grads,
     );
-    let sig = sigmoid(gate.clone());
-    let d_up = d_act.clone() * silu(gate.clone());
-    let d_gate = d_act * up * sig.clone() * (gate * (sig.neg() + 1.0) + 1.0);
+    let (d_gate, d_up) = silu_mul_backward(gate, up, d_act);
     let normed = norm_forward(&layer.post_attention_layernorm, mid.clone());
     let width = normed.dims()[1];
     let d_normed = linear_backward(
@@ -318,7 +329,7 @@ fn layer_backward(
     );
     let d_heads = to_heads(d_attended, shape, attn.num_heads, attn.head_dim);
     let (d_queries, d_keys, d_values) =
-        attention_backward(attn, &queries, &keys, &values, bias, d_heads);
+        attention_backward(attn, &queries, &keys, &values, key_mask, d_heads);
     let d_q = from_heads(Rope::apply(d_queries, &rope.cos, &rope.neg_sin));
     let d_k = from_heads(Rope::apply(d_keys, &rope.cos, &rope.neg_sin));
     let d_v = from_heads(d_values);
@@ -417,17 +428,60 @@ fn embedding_rows(table: Tensor<2>, ids: Tensor<1, Int>) -> Tensor<2> {
 
 /// RMSNorm over the last dimension of `[n, hidden]`.
 fn norm_forward(norm: &RmsNorm, x: Tensor<2>) -> Tensor<2> {
+    let weight = norm.weight.val().inner();
+    if is_host(&x.device()) {
+        let (x, weight) = (HostTensor::of(x), HostTensor::of(weight));
+        let mut out = vec![0.0; x.values().len()];
+        cpu_kernels::rms_norm(x.values(), weight.values(), norm.eps as f32, &mut out);
+        return HostTensor::new(out, x.dims()).into_tensor();
+    }
     let inv_rms = (x.clone().square().mean_dim(1) + norm.eps).sqrt().recip();
-    x * inv_rms * norm.weight.val().inner().unsqueeze::<2>()
+    x * inv_rms * weight.unsqueeze::<2>()
 }
 
 /// The gradient of [`norm_forward`] with respect to `x`: with `g = d_y ⊙ w` and
 /// `r = 1/rms(x)`, `d_x = r·g − x·r³·mean(g ⊙ x)`.
 fn norm_backward(norm: &RmsNorm, x: Tensor<2>, d_y: Tensor<2>) -> Tensor<2> {
+    if is_host(&x.device()) {
+        let (x, weight) = (HostTensor::of(x), HostTensor::of(norm.weight.val().inner()));
+        let mut d = HostTensor::of(d_y);
+        cpu_kernels::rms_norm_backward(
+            x.values(),
+            weight.values(),
+            norm.eps as f32,
+            d.values_mut(),
+        );
+        return d.into_tensor();
+    }
     let inv_rms = (x.clone().square().mean_dim(1) + norm.eps).sqrt().recip();
     let g = d_y * norm.weight.val().inner().unsqueeze::<2>();
     let projection = (g.clone() * x.clone()).mean_dim(1);
     g * inv_rms.clone() - x * (inv_rms.powi_scalar(3) * projection)
+}
+
+/// `silu(gate) ⊙ up`, the MLP's activation.
+fn silu_mul(gate: &Tensor<2>, up: &Tensor<2>) -> Tensor<2> {
+    if is_host(&gate.device()) {
+        let (gate, up) = (HostTensor::of(gate.clone()), HostTensor::of(up.clone()));
+        let mut out = vec![0.0; gate.values().len()];
+        cpu_kernels::silu_mul(gate.values(), up.values(), &mut out);
+        return HostTensor::new(out, gate.dims()).into_tensor();
+    }
+    silu(gate.clone()) * up.clone()
+}
+
+/// The gradients of [`silu_mul`] with respect to `gate` and `up`, given `d_act`.
+fn silu_mul_backward(gate: Tensor<2>, up: Tensor<2>, d_act: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    if is_host(&gate.device()) {
+        let (mut gate, mut up) = (HostTensor::of(gate), HostTensor::of(up));
+        let d_act = HostTensor::of(d_act);
+        cpu_kernels::silu_mul_backward(gate.values_mut(), up.values_mut(), d_act.values());
+        return (gate.into_tensor(), up.into_tensor());
+    }
+    let sig = sigmoid(gate.clone());
+    let d_up = d_act.clone() * silu(gate.clone());
+    let d_gate = d_act * up * sig.clone() * (gate * (sig.neg() + 1.0) + 1.0);
+    (d_gate, d_up)
 }
 
 /// `[rows·len, heads·head_dim]` → `[rows, heads, len, head_dim]`.
@@ -475,23 +529,53 @@ fn query_blocks(len: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |start| (start, (start + QUERY_BLOCK).min(len)))
 }
 
-/// Softmax of the scaled scores of queries `start..end` against keys `0..end` plus the mask
-/// (`0` or `-∞`), `[rows, heads, end − start, end]`; `keys` already repeated per query head.
+/// Softmax of the scaled scores of queries `start..end` against keys `0..end` under the key
+/// mask, `[rows, heads, end − start, end]`; `keys` already repeated per query head.
 fn block_probs(
     attn: &Attention,
     queries: &Tensor<4>,
     keys: &Tensor<4>,
-    bias: &Tensor<4>,
+    key_mask: &KeyMask,
     (start, end): (usize, usize),
 ) -> Tensor<4> {
     let scale = (attn.head_dim as f64).sqrt().recip();
     let scores = queries
         .clone()
         .narrow(2, start, end - start)
-        .matmul(keys.clone().narrow(2, 0, end).swap_dims(2, 3))
-        .mul_scalar(scale);
-    let bias = bias.clone().narrow(2, start, end - start).narrow(3, 0, end);
-    softmax(scores + bias, 3)
+        .matmul(keys.clone().narrow(2, 0, end).swap_dims(2, 3));
+    match key_mask {
+        KeyMask::Segments(segments) => {
+            let mut scores = HostTensor::of(scores);
+            let [_, heads, queries_in_block, _] = scores.dims();
+            let block = ScoreBlock {
+                segments,
+                len: queries.dims()[2],
+                heads,
+                start,
+                queries: queries_in_block,
+                keys: end,
+            };
+            cpu_kernels::masked_softmax(scores.values_mut(), &block, scale as f32);
+            scores.into_tensor()
+        }
+        KeyMask::Bias(bias) => {
+            let bias = bias.clone().narrow(2, start, end - start).narrow(3, 0, end);
+            softmax(scores.mul_scalar(scale) + bias, 3)
+        }
+    }
+}
+
+/// The softmax's backward pass: `scale · P ⊙ (dP − rowsum(P ⊙ dP))` (`scale` folds in the
+/// scores' scaling).
+fn softmax_backward(probs: Tensor<4>, d_probs: Tensor<4>, scale: f64) -> Tensor<4> {
+    if is_host(&probs.device()) {
+        let [.., keys] = probs.dims();
+        let (mut probs, d_probs) = (HostTensor::of(probs), HostTensor::of(d_probs));
+        cpu_kernels::softmax_backward(probs.values_mut(), d_probs.values(), keys, scale as f32);
+        return probs.into_tensor();
+    }
+    let row_dot = (probs.clone() * d_probs.clone()).sum_dim(3);
+    (probs * (d_probs - row_dot)).mul_scalar(scale)
 }
 
 /// Causal attention over `[rows, heads, len, head_dim]` (keys and values per KV head).
@@ -500,14 +584,14 @@ fn attention_forward(
     queries: &Tensor<4>,
     keys: &Tensor<4>,
     values: &Tensor<4>,
-    bias: &Tensor<4>,
+    key_mask: &KeyMask,
 ) -> Tensor<4> {
     let len = queries.dims()[2];
     let keys = repeat_kv(attn, keys.clone());
     let values = repeat_kv(attn, values.clone());
     let blocks = query_blocks(len)
         .map(|block| {
-            block_probs(attn, queries, &keys, bias, block)
+            block_probs(attn, queries, &keys, key_mask, block)
                 .matmul(values.clone().narrow(2, 0, block.1))
         })
         .collect();
@@ -532,7 +616,7 @@ fn attention_backward(
     queries: &Tensor<4>,
     keys: &Tensor<4>,
     values: &Tensor<4>,
-    bias: &Tensor<4>,
+    key_mask: &KeyMask,
     d_out: Tensor<4>,
 ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
     let scale = (attn.head_dim as f64).sqrt().recip();
@@ -548,14 +632,13 @@ fn attention_backward(
     };
     for block in query_blocks(len) {
         let (start, end) = block;
-        let probs = block_probs(attn, queries, &keys, bias, block);
+        let probs = block_probs(attn, queries, &keys, key_mask, block);
         let d_block = d_out.clone().narrow(2, start, end - start);
         let d_probs = d_block
             .clone()
             .matmul(values.clone().narrow(2, 0, end).swap_dims(2, 3));
         d_values = accumulate(d_values, probs.clone().swap_dims(2, 3).matmul(d_block));
-        let row_dot = (probs.clone() * d_probs.clone()).sum_dim(3);
-        let d_scores = (probs * (d_probs - row_dot)).mul_scalar(scale);
+        let d_scores = softmax_backward(probs, d_probs, scale);
         d_queries.push(d_scores.clone().matmul(keys.clone().narrow(2, 0, end)));
         let block_queries = queries.clone().narrow(2, start, end - start);
         d_keys = accumulate(d_keys, d_scores.swap_dims(2, 3).matmul(block_queries));
@@ -608,6 +691,7 @@ fn head_loss_backward(
     let [n, width] = hidden.dims();
     // Summed on the device and read once: a read per chunk would wait for the device each time.
     let mut loss = Tensor::<1>::zeros([1], device);
+    let mut host_loss = 0.0f64;
     let mut d_hidden = Vec::with_capacity(n.div_ceil(HEAD_CHUNK_ROWS));
     for start in (0..n).step_by(HEAD_CHUNK_ROWS) {
         let rows = HEAD_CHUNK_ROWS.min(n - start);
@@ -620,13 +704,21 @@ fn head_loss_backward(
             d_hidden.push(Tensor::zeros([rows, width], device));
             continue;
         }
-        let safe: Vec<i64> = chunk_targets.iter().map(|&t| t.max(0)).collect();
-        let safe = Tensor::<1, Int>::from_data(TensorData::new(safe, [rows]), device);
-        let weights = Tensor::<2>::from_data(TensorData::new(weights, [rows, 1]), device);
         let logits = base_matmul(
             hidden.clone().narrow(0, start, rows),
             head.clone().transpose(),
         );
+        if is_host(device) {
+            let mut logits = HostTensor::of(logits);
+            let vocab = logits.dims()[1];
+            let safe: Vec<usize> = chunk_targets.iter().map(|&t| t.max(0) as usize).collect();
+            host_loss += cpu_kernels::cross_entropy(logits.values_mut(), vocab, &safe, &weights);
+            d_hidden.push(base_matmul(logits.into_tensor(), head.clone()));
+            continue;
+        }
+        let safe: Vec<i64> = chunk_targets.iter().map(|&t| t.max(0)).collect();
+        let safe = Tensor::<1, Int>::from_data(TensorData::new(safe, [rows]), device);
+        let weights = Tensor::<2>::from_data(TensorData::new(weights, [rows, 1]), device);
         let max = logits.clone().max_dim(1);
         let exp = (logits.clone() - max.clone()).exp();
         let sum = exp.clone().sum_dim(1);
@@ -637,5 +729,8 @@ fn head_loss_backward(
         let target_rows = embedding_rows(head.clone(), safe);
         d_hidden.push(base_matmul(probs, head.clone()) - target_rows * weights);
     }
-    (loss.into_scalar::<f64>(), Tensor::cat(d_hidden, 0))
+    (
+        loss.into_scalar::<f64>() + host_loss,
+        Tensor::cat(d_hidden, 0),
+    )
 }
