@@ -23,6 +23,7 @@ use super::llama::{Attention, DecoderLayer, Linear, Llama, RmsNorm};
 use super::rope::Rope;
 use crate::cpu_kernels::{self, ScoreBlock};
 use crate::dropout_mask::{child_seed, dropout_mask};
+use crate::host_matmul::{self, Read};
 use crate::host_tensor::{HostTensor, is_host};
 
 /// Queries per block of causal attention (see [`query_blocks`]).
@@ -365,7 +366,8 @@ fn linear_forward(
     x: &Tensor<2>,
     mask: Option<Tensor<2>>,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
-    let mut y = base_matmul(x.clone(), linear.weight.val().inner().transpose());
+    use Read::{AsIs, Transposed};
+    let mut y = matmul(x.clone(), AsIs, linear.weight.val().inner(), Transposed);
     if let Some(bias) = &linear.bias {
         y = y + bias.val().inner().unsqueeze::<2>();
     }
@@ -376,12 +378,16 @@ fn linear_forward(
         Some(mask) => x.clone() * mask,
         None => x.clone(),
     };
-    let low_rank = dropped.matmul(adapter.lora_a.val().inner().transpose());
-    let delta = low_rank
-        .clone()
-        .matmul(adapter.lora_b.val().inner().transpose())
-        .mul_scalar(adapter.scaling);
-    (y + delta, Some(low_rank))
+    let low_rank = matmul(dropped, AsIs, adapter.lora_a.val().inner(), Transposed);
+    let y = add_matmul(
+        y,
+        low_rank.clone(),
+        AsIs,
+        adapter.lora_b.val().inner(),
+        Transposed,
+        adapter.scaling,
+    );
+    (y, Some(low_rank))
 }
 
 /// The gradient with respect to `x` of [`linear_forward`], given `d_y`; adds the adapter's
@@ -394,31 +400,73 @@ fn linear_backward(
     d_y: Tensor<2>,
     grads: &mut AdapterGrads,
 ) -> Tensor<2> {
-    let d_x = base_matmul(d_y.clone(), linear.weight.val().inner());
+    use Read::{AsIs, Transposed};
+    let d_x = matmul(d_y.clone(), AsIs, linear.weight.val().inner(), AsIs);
     let (Some(adapter), Some(low_rank)) = (&linear.lora, low_rank) else {
         return d_x;
     };
     let scaling = adapter.scaling;
-    let d_b = d_y.clone().transpose().matmul(low_rank).mul_scalar(scaling);
-    let d_low = d_y.matmul(adapter.lora_b.val().inner()).mul_scalar(scaling);
+    let d_b = scaled_matmul(d_y.clone(), Transposed, low_rank, AsIs, scaling);
+    let d_low = scaled_matmul(d_y, AsIs, adapter.lora_b.val().inner(), AsIs, scaling);
     let dropped = match &mask {
         Some(mask) => x * mask.clone(),
         None => x,
     };
-    let d_a = d_low.clone().transpose().matmul(dropped);
-    let d_dropped = d_low.matmul(adapter.lora_a.val().inner());
+    let d_a = matmul(d_low.clone(), Transposed, dropped, AsIs);
     grads.add(adapter.lora_a.id, d_a);
     grads.add(adapter.lora_b.id, d_b);
-    d_x + match mask {
-        Some(mask) => d_dropped * mask,
-        None => d_dropped,
+    match mask {
+        Some(mask) => d_x + matmul(d_low, AsIs, adapter.lora_a.val().inner(), AsIs) * mask,
+        None => add_matmul(d_x, d_low, AsIs, adapter.lora_a.val().inner(), AsIs, 1.0),
     }
 }
 
-/// `x · w` with `x` f32 and `w` a frozen base matrix: computed in `w`'s dtype (bf16 on
-/// LibTorch), returned in f32.
-fn base_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    x.cast(w.dtype()).matmul(w).cast(DType::F32)
+/// `op(a) · op(b)`; see [`scaled_matmul`].
+fn matmul(a: Tensor<2>, read_a: Read, b: Tensor<2>, read_b: Read) -> Tensor<2> {
+    scaled_matmul(a, read_a, b, read_b, 1.0)
+}
+
+/// `scale · op(a) · op(b)` with `a` in f32, computed in `b`'s dtype (bf16 for a frozen base
+/// on LibTorch) and returned in f32.
+fn scaled_matmul(a: Tensor<2>, read_a: Read, b: Tensor<2>, read_b: Read, scale: f64) -> Tensor<2> {
+    if is_host(&a.device()) {
+        let (a, b) = (HostTensor::of(a), HostTensor::of(b));
+        return host_matmul::matmul(&a, read_a, &b, read_b, scale as f32).into_tensor();
+    }
+    let dtype = b.dtype();
+    let product = read(a.cast(dtype), read_a)
+        .matmul(read(b, read_b))
+        .cast(DType::F32);
+    match scale == 1.0 {
+        true => product,
+        false => product.mul_scalar(scale),
+    }
+}
+
+/// `acc + scale · op(a) · op(b)`, added in place on host tensors; see [`scaled_matmul`].
+fn add_matmul(
+    acc: Tensor<2>,
+    a: Tensor<2>,
+    read_a: Read,
+    b: Tensor<2>,
+    read_b: Read,
+    scale: f64,
+) -> Tensor<2> {
+    if is_host(&acc.device()) {
+        let mut acc = HostTensor::of(acc);
+        let (a, b) = (HostTensor::of(a), HostTensor::of(b));
+        host_matmul::matmul_add(&mut acc, &a, read_a, &b, read_b, scale as f32);
+        return acc.into_tensor();
+    }
+    acc + scaled_matmul(a, read_a, b, read_b, scale)
+}
+
+/// `matrix` read as `how`.
+fn read(matrix: Tensor<2>, how: Read) -> Tensor<2> {
+    match how {
+        Read::AsIs => matrix,
+        Read::Transposed => matrix.transpose(),
+    }
 }
 
 /// Rows `ids` of the (possibly bf16) matrix `table`, in f32.
@@ -704,16 +752,23 @@ fn head_loss_backward(
             d_hidden.push(Tensor::zeros([rows, width], device));
             continue;
         }
-        let logits = base_matmul(
+        let logits = matmul(
             hidden.clone().narrow(0, start, rows),
-            head.clone().transpose(),
+            Read::AsIs,
+            head.clone(),
+            Read::Transposed,
         );
         if is_host(device) {
             let mut logits = HostTensor::of(logits);
             let vocab = logits.dims()[1];
             let safe: Vec<usize> = chunk_targets.iter().map(|&t| t.max(0) as usize).collect();
             host_loss += cpu_kernels::cross_entropy(logits.values_mut(), vocab, &safe, &weights);
-            d_hidden.push(base_matmul(logits.into_tensor(), head.clone()));
+            d_hidden.push(matmul(
+                logits.into_tensor(),
+                Read::AsIs,
+                head.clone(),
+                Read::AsIs,
+            ));
             continue;
         }
         let safe: Vec<i64> = chunk_targets.iter().map(|&t| t.max(0)).collect();
@@ -727,7 +782,7 @@ fn head_loss_backward(
         loss = loss + ((log_norm - target_logits) * weights.clone()).sum();
         let probs = exp * (weights.clone() / sum);
         let target_rows = embedding_rows(head.clone(), safe);
-        d_hidden.push(base_matmul(probs, head.clone()) - target_rows * weights);
+        d_hidden.push(matmul(probs, Read::AsIs, head.clone(), Read::AsIs) - target_rows * weights);
     }
     (
         loss.into_scalar::<f64>() + host_loss,
