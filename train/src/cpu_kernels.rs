@@ -130,7 +130,10 @@ pub fn masked_softmax(scores: &mut [f32], block: &ScoreBlock, scale: f32) {
         });
 }
 
-#[multiversion(targets = "simd")]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn masked_softmax_row(row: &mut [f32], segments: &[i64], query: usize, scale: f32) {
     let own = segments[query];
     let (visible, hidden) = row.split_at_mut(query + 1);
@@ -162,7 +165,10 @@ pub fn softmax_backward(probs: &mut [f32], d_probs: &[f32], keys: usize, scale: 
         .for_each(|(p, dp)| softmax_backward_row(p, dp, scale));
 }
 
-#[multiversion(targets = "simd")]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn softmax_backward_row(p: &mut [f32], dp: &[f32], scale: f32) {
     let row_dot = dot(p, dp);
     for (p, &dp) in p.iter_mut().zip(dp) {
@@ -178,7 +184,10 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         .for_each(|((out, gate), up)| silu_mul_chunk(gate, up, out));
 }
 
-#[multiversion(targets = "simd")]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn silu_mul_chunk(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((out, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *out = g * sigmoid(g) * u;
@@ -194,7 +203,10 @@ pub fn silu_mul_backward(gate: &mut [f32], up: &mut [f32], d_act: &[f32]) {
         .for_each(|((gate, up), d_act)| silu_mul_backward_chunk(gate, up, d_act));
 }
 
-#[multiversion(targets = "simd")]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn silu_mul_backward_chunk(gate: &mut [f32], up: &mut [f32], d_act: &[f32]) {
     for ((g, u), &d) in gate.iter_mut().zip(up.iter_mut()).zip(d_act) {
         let s = sigmoid(*g);
@@ -213,7 +225,10 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         .for_each(|(out, x)| rms_norm_row(x, weight, eps, out));
 }
 
-#[multiversion(targets = "simd")]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let inv_rms = inverse_rms(x, eps);
     for ((out, &x), &w) in out.iter_mut().zip(x).zip(weight) {
@@ -237,7 +252,10 @@ pub fn rms_norm_backward(x: &[f32], weight: &[f32], eps: f32, d: &mut [f32]) {
         .for_each(|(d, x)| rms_norm_backward_row(x, weight, eps, d));
 }
 
-#[multiversion(targets = "simd")]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn rms_norm_backward_row(x: &[f32], weight: &[f32], eps: f32, d: &mut [f32]) {
     let r = inverse_rms(x, eps);
     for (d, &w) in d.iter_mut().zip(weight) {
@@ -266,7 +284,10 @@ pub fn cross_entropy(logits: &mut [f32], vocab: usize, targets: &[usize], weight
     losses.iter().sum()
 }
 
-#[multiversion(targets = "simd")]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn cross_entropy_row(row: &mut [f32], target: usize, weight: f32) -> f64 {
     if weight == 0.0 {
         row.fill(0.0);

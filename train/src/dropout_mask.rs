@@ -4,28 +4,80 @@
 //! backend and thread count. Burn's own dropout draws every element through ChaCha and a
 //! distribution sampler, which took about 6 % of a training step.
 
+use std::cell::OnceCell;
+
 use burn::tensor::{Device, Tensor, TensorData};
+use multiversion::multiversion;
 use rayon::prelude::*;
+
+use crate::host_tensor::{HostTensor, is_host};
+
+/// Mask elements per parallel task.
+const CHUNK: usize = 1 << 14;
 
 /// A mask of shape `[rows, cols]` whose elements are `0` with probability `prob` and
 /// `1 / (1 - prob)` otherwise (inverted dropout, as PyTorch scales it).
 pub fn dropout_mask(seed: u64, [rows, cols]: [usize; 2], prob: f64, device: &Device) -> Tensor<2> {
+    let mut values = vec![1.0f32; rows * cols];
+    apply_mask(&mut values, seed, prob);
+    Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+}
+
+/// One dropout mask, applied to tensors of its shape: fused into one pass over host tensors
+/// (flex), built once and multiplied in elsewhere.
+pub struct Dropout {
+    seed: u64,
+    prob: f64,
+    mask: OnceCell<Tensor<2>>,
+}
+
+impl Dropout {
+    /// The mask of [`dropout_mask`] with `seed` and `prob`.
+    pub fn new(seed: u64, prob: f64) -> Self {
+        Self {
+            seed,
+            prob,
+            mask: OnceCell::new(),
+        }
+    }
+
+    /// `x ⊙ mask`.
+    pub fn apply(&self, x: Tensor<2>) -> Tensor<2> {
+        let device = x.device();
+        if is_host(&device) {
+            let mut x = HostTensor::of(x);
+            apply_mask(x.values_mut(), self.seed, self.prob);
+            return x.into_tensor();
+        }
+        let mask = self
+            .mask
+            .get_or_init(|| dropout_mask(self.seed, x.dims(), self.prob, &device));
+        x * mask.clone()
+    }
+}
+
+/// In place: `values ⊙ mask` for the mask with `seed` and `prob` over `values.len()` elements.
+fn apply_mask(values: &mut [f32], seed: u64, prob: f64) {
     let keep = (1.0 / (1.0 - prob)) as f32;
     // An element is dropped when the top 24 bits of its hash, as a fraction, fall below `prob`.
     let threshold = (prob * (1u64 << 24) as f64).round() as u64;
-    let mut values = vec![0.0f32; rows * cols];
     values
-        .par_chunks_mut(1 << 14)
+        .par_chunks_mut(CHUNK)
         .enumerate()
-        .for_each(|(chunk, out)| {
-            let start = (chunk << 14) as u64;
-            for (i, v) in out.iter_mut().enumerate() {
-                let bits =
-                    splitmix64(seed ^ (start + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                *v = if bits >> 40 >= threshold { keep } else { 0.0 };
-            }
+        .for_each(|(chunk, values)| {
+            apply_mask_chunk(values, seed, (chunk * CHUNK) as u64, threshold, keep)
         });
-    Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+}
+
+#[multiversion(targets(
+    "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn apply_mask_chunk(values: &mut [f32], seed: u64, first: u64, threshold: u64, keep: f32) {
+    for (i, v) in values.iter_mut().enumerate() {
+        let bits = splitmix64(seed ^ (first + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        *v *= if bits >> 40 >= threshold { keep } else { 0.0 };
+    }
 }
 
 /// Derives the seed of one mask from a parent seed and a position (layer, projection, ...).
@@ -34,6 +86,7 @@ pub fn child_seed(parent: u64, index: u64) -> u64 {
 }
 
 /// SplitMix64's finaliser: a bijective 64-bit mix with good avalanche.
+#[inline(always)]
 fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -73,5 +126,18 @@ mod tests {
             .unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn applying_a_dropout_multiplies_by_its_mask() {
+        let device = Device::flex();
+        let x = Tensor::<2>::random([70, 300], burn::tensor::Distribution::Default, &device);
+        let mask = dropout_mask(3, [70, 300], 0.1, &device);
+        let expected: Vec<f32> = (x.clone() * mask).try_into_vec_as::<f32>().unwrap();
+        let dropped: Vec<f32> = Dropout::new(3, 0.1)
+            .apply(x)
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        assert_eq!(dropped, expected);
     }
 }

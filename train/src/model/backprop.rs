@@ -22,7 +22,7 @@ use feinschliff_data::batch::{Batch, IGNORE_INDEX};
 use super::llama::{Attention, DecoderLayer, Linear, Llama, RmsNorm};
 use super::rope::Rope;
 use crate::cpu_kernels::{self, ScoreBlock};
-use crate::dropout_mask::{child_seed, dropout_mask};
+use crate::dropout_mask::{Dropout, child_seed};
 use crate::host_matmul::{self, Read};
 use crate::host_tensor::{HostTensor, is_host};
 
@@ -109,7 +109,7 @@ pub fn forward_backward(
     let mut tapes = Vec::with_capacity(model.model.layers.len());
     for (index, layer) in model.model.layers.iter().enumerate() {
         let masks = LayerMasks::new(child_seed(dropout_seed, index as u64));
-        let (out, tape) = layer_forward(layer, x, &shape, &rope, &mask, &masks, device);
+        let (out, tape) = layer_forward(layer, x, &shape, &rope, &mask, &masks);
         tapes.push(tape);
         x = out;
     }
@@ -129,7 +129,7 @@ pub fn forward_backward(
     for (index, layer) in model.model.layers.iter().enumerate().rev() {
         let masks = LayerMasks::new(child_seed(dropout_seed, index as u64));
         let tape = tapes.pop().expect("one tape per layer");
-        dx = layer_backward(layer, tape, dx, &shape, &rope, &mask, &masks, device, grads);
+        dx = layer_backward(layer, tape, dx, &shape, &rope, &mask, &masks, grads);
     }
     MicroBatchResult {
         loss,
@@ -169,18 +169,12 @@ impl LayerMasks {
         Self { seed }
     }
 
-    /// The mask for projection `which` (0 = q … 6 = down) of `linear` on input `[rows, cols]`;
-    /// `None` without an adapter or without dropout.
-    fn get(
-        &self,
-        linear: &Linear,
-        which: u64,
-        shape: [usize; 2],
-        device: &Device,
-    ) -> Option<Tensor<2>> {
+    /// The dropout for projection `which` (0 = q … 6 = down) of `linear`; `None` without an
+    /// adapter or without dropout.
+    fn get(&self, linear: &Linear, which: u64) -> Option<Dropout> {
         let adapter = linear.lora.as_ref()?;
         let prob = adapter.dropout.prob;
-        (prob > 0.0).then(|| dropout_mask(child_seed(self.seed, which), shape, prob, device))
+        (prob > 0.0).then(|| Dropout::new(child_seed(self.seed, which), prob))
     }
 }
 
@@ -205,17 +199,12 @@ fn layer_forward(
     rope: &RopeTables,
     key_mask: &KeyMask,
     masks: &LayerMasks,
-    device: &Device,
 ) -> (Tensor<2>, LayerTape) {
     let attn = &layer.self_attn;
-    let n = x.dims()[0];
     let normed = norm_forward(&layer.input_layernorm, x.clone());
-    let width = normed.dims()[1];
-    let mask =
-        |linear: &Linear, which: u64, cols: usize| masks.get(linear, which, [n, cols], device);
-    let (q, lq) = linear_forward(&attn.q_proj, &normed, mask(&attn.q_proj, 0, width));
-    let (k, lk) = linear_forward(&attn.k_proj, &normed, mask(&attn.k_proj, 1, width));
-    let (v, lv) = linear_forward(&attn.v_proj, &normed, mask(&attn.v_proj, 2, width));
+    let (q, lq) = linear_forward(&attn.q_proj, &normed, masks.get(&attn.q_proj, 0));
+    let (k, lk) = linear_forward(&attn.k_proj, &normed, masks.get(&attn.k_proj, 1));
+    let (v, lv) = linear_forward(&attn.v_proj, &normed, masks.get(&attn.v_proj, 2));
     let queries = Rope::apply(
         to_heads(q, shape, attn.num_heads, attn.head_dim),
         &rope.cos,
@@ -228,21 +217,15 @@ fn layer_forward(
     );
     let values = to_heads(v, shape, attn.num_kv_heads, attn.head_dim);
     let attended = from_heads(attention_forward(attn, &queries, &keys, &values, key_mask));
-    let attended_width = attended.dims()[1];
-    let (o, lo) = linear_forward(
-        &attn.o_proj,
-        &attended,
-        mask(&attn.o_proj, 3, attended_width),
-    );
+    let (o, lo) = linear_forward(&attn.o_proj, &attended, masks.get(&attn.o_proj, 3));
     let mid = x.clone() + o;
 
     let mlp = &layer.mlp;
     let normed = norm_forward(&layer.post_attention_layernorm, mid.clone());
-    let (gate, lg) = linear_forward(&mlp.gate_proj, &normed, mask(&mlp.gate_proj, 4, width));
-    let (up, lu) = linear_forward(&mlp.up_proj, &normed, mask(&mlp.up_proj, 5, width));
+    let (gate, lg) = linear_forward(&mlp.gate_proj, &normed, masks.get(&mlp.gate_proj, 4));
+    let (up, lu) = linear_forward(&mlp.up_proj, &normed, masks.get(&mlp.up_proj, 5));
     let act = silu_mul(&gate, &up);
-    let ffn = act.dims()[1];
-    let (down, ld) = linear_forward(&mlp.down_proj, &act, mask(&mlp.down_proj, 6, ffn));
+    let (down, ld) = linear_forward(&mlp.down_proj, &act, masks.get(&mlp.down_proj, 6));
     let out = mid.clone() + down;
     let tape = LayerTape {
         input: x,
@@ -267,7 +250,6 @@ fn layer_backward(
     rope: &RopeTables,
     key_mask: &KeyMask,
     masks: &LayerMasks,
-    device: &Device,
     grads: &mut AdapterGrads,
 ) -> Tensor<2> {
     let LayerTape {
@@ -283,35 +265,30 @@ fn layer_backward(
     } = tape;
     let attn = &layer.self_attn;
     let mlp = &layer.mlp;
-    let n = input.dims()[0];
-    let mask =
-        |linear: &Linear, which: u64, cols: usize| masks.get(linear, which, [n, cols], device);
 
     // MLP: out = mid + down(silu(gate) · up).
     let act = silu_mul(&gate, &up);
-    let ffn = act.dims()[1];
     let d_act = linear_backward(
         &mlp.down_proj,
         act,
-        mask(&mlp.down_proj, 6, ffn),
+        masks.get(&mlp.down_proj, 6),
         ld,
         d_out.clone(),
         grads,
     );
     let (d_gate, d_up) = silu_mul_backward(gate, up, d_act);
     let normed = norm_forward(&layer.post_attention_layernorm, mid.clone());
-    let width = normed.dims()[1];
     let d_normed = linear_backward(
         &mlp.gate_proj,
         normed.clone(),
-        mask(&mlp.gate_proj, 4, width),
+        masks.get(&mlp.gate_proj, 4),
         lg,
         d_gate,
         grads,
     ) + linear_backward(
         &mlp.up_proj,
         normed,
-        mask(&mlp.up_proj, 5, width),
+        masks.get(&mlp.up_proj, 5),
         lu,
         d_up,
         grads,
@@ -319,11 +296,10 @@ fn layer_backward(
     let d_mid = d_out + norm_backward(&layer.post_attention_layernorm, mid, d_normed);
 
     // Attention: mid = input + o(attention(rope(q(x)), rope(k(x)), v(x))).
-    let attended_width = attended.dims()[1];
     let d_attended = linear_backward(
         &attn.o_proj,
         attended,
-        mask(&attn.o_proj, 3, attended_width),
+        masks.get(&attn.o_proj, 3),
         lo,
         d_mid.clone(),
         grads,
@@ -338,21 +314,21 @@ fn layer_backward(
     let d_normed = linear_backward(
         &attn.q_proj,
         normed.clone(),
-        mask(&attn.q_proj, 0, width),
+        masks.get(&attn.q_proj, 0),
         lq,
         d_q,
         grads,
     ) + linear_backward(
         &attn.k_proj,
         normed.clone(),
-        mask(&attn.k_proj, 1, width),
+        masks.get(&attn.k_proj, 1),
         lk,
         d_k,
         grads,
     ) + linear_backward(
         &attn.v_proj,
         normed,
-        mask(&attn.v_proj, 2, width),
+        masks.get(&attn.v_proj, 2),
         lv,
         d_v,
         grads,
@@ -364,7 +340,7 @@ fn layer_backward(
 fn linear_forward(
     linear: &Linear,
     x: &Tensor<2>,
-    mask: Option<Tensor<2>>,
+    dropout: Option<Dropout>,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
     use Read::{AsIs, Transposed};
     let mut y = matmul(x.clone(), AsIs, linear.weight.val().inner(), Transposed);
@@ -374,8 +350,8 @@ fn linear_forward(
     let Some(adapter) = &linear.lora else {
         return (y, None);
     };
-    let dropped = match mask {
-        Some(mask) => x.clone() * mask,
+    let dropped = match dropout {
+        Some(dropout) => dropout.apply(x.clone()),
         None => x.clone(),
     };
     let low_rank = matmul(dropped, AsIs, adapter.lora_a.val().inner(), Transposed);
@@ -395,7 +371,7 @@ fn linear_forward(
 fn linear_backward(
     linear: &Linear,
     x: Tensor<2>,
-    mask: Option<Tensor<2>>,
+    dropout: Option<Dropout>,
     low_rank: Option<Tensor<2>>,
     d_y: Tensor<2>,
     grads: &mut AdapterGrads,
@@ -408,15 +384,17 @@ fn linear_backward(
     let scaling = adapter.scaling;
     let d_b = scaled_matmul(d_y.clone(), Transposed, low_rank, AsIs, scaling);
     let d_low = scaled_matmul(d_y, AsIs, adapter.lora_b.val().inner(), AsIs, scaling);
-    let dropped = match &mask {
-        Some(mask) => x * mask.clone(),
+    let dropped = match &dropout {
+        Some(dropout) => dropout.apply(x),
         None => x,
     };
     let d_a = matmul(d_low.clone(), Transposed, dropped, AsIs);
     grads.add(adapter.lora_a.id, d_a);
     grads.add(adapter.lora_b.id, d_b);
-    match mask {
-        Some(mask) => d_x + matmul(d_low, AsIs, adapter.lora_a.val().inner(), AsIs) * mask,
+    match dropout {
+        Some(dropout) => {
+            d_x + dropout.apply(matmul(d_low, AsIs, adapter.lora_a.val().inner(), AsIs))
+        }
         None => add_matmul(d_x, d_low, AsIs, adapter.lora_a.val().inner(), AsIs, 1.0),
     }
 }
