@@ -96,45 +96,14 @@ fn max(values: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, &v| m.max(v))
 }
 
-/// Where attention rows are in a block of scores `[rows, heads, queries, keys]`: query block
-/// `start..start + queries` of sequences of `len` tokens whose segment ids are `segments`
-/// (`rows · len`).
-pub struct ScoreBlock<'a> {
-    /// Segment id per token, `rows · len` (tokens attend within their segment only).
-    pub segments: &'a [i64],
-    /// Tokens per sequence.
-    pub len: usize,
-    /// Heads per sequence.
-    pub heads: usize,
-    /// First query of the block.
-    pub start: usize,
-    /// Queries in the block.
-    pub queries: usize,
-    /// Keys per row (`start + queries`: the block's causal horizon).
-    pub keys: usize,
-}
-
-/// In place: causal, segment-masked softmax of `scale · scores` over each row of keys (key `j`
-/// visible to query `i` when `j ≤ i` and both are in one segment; the rest becomes `0`).
-pub fn masked_softmax(scores: &mut [f32], block: &ScoreBlock, scale: f32) {
-    let per_row = block.heads * block.queries;
-    scores
-        .par_chunks_mut(block.keys)
-        .enumerate()
-        .with_min_len(min_rows(block.keys))
-        .for_each(|(index, row)| {
-            let sequence = index / per_row;
-            let query = block.start + index % block.queries;
-            let segments = &block.segments[sequence * block.len..][..block.keys];
-            masked_softmax_row(row, segments, query, scale);
-        });
-}
-
+/// In place: the causal, segment-masked softmax of `scale · row` for query `query` over keys
+/// `0..row.len()` whose segment ids are `segments` (key `j` is visible when `j ≤ query` and
+/// it is in the query's segment; the rest becomes `0`).
 #[multiversion(targets(
     "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn masked_softmax_row(row: &mut [f32], segments: &[i64], query: usize, scale: f32) {
+pub fn masked_softmax_row(row: &mut [f32], segments: &[i64], query: usize, scale: f32) {
     let own = segments[query];
     let (visible, hidden) = row.split_at_mut(query + 1);
     for (value, &segment) in visible.iter_mut().zip(&segments[..=query]) {
@@ -155,21 +124,12 @@ fn masked_softmax_row(row: &mut [f32], segments: &[i64], query: usize, scale: f3
     hidden.fill(0.0);
 }
 
-/// In place: the softmax's backward pass, `probs ← scale · P ⊙ (dP − rowsum(P ⊙ dP))`, rows
-/// of `keys` values.
-pub fn softmax_backward(probs: &mut [f32], d_probs: &[f32], keys: usize, scale: f32) {
-    probs
-        .par_chunks_mut(keys)
-        .zip(d_probs.par_chunks(keys))
-        .with_min_len(min_rows(keys))
-        .for_each(|(p, dp)| softmax_backward_row(p, dp, scale));
-}
-
+/// In place: the softmax's backward pass over one row, `p ← scale · p ⊙ (dp − Σ p ⊙ dp)`.
 #[multiversion(targets(
     "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn softmax_backward_row(p: &mut [f32], dp: &[f32], scale: f32) {
+pub fn softmax_backward_row(p: &mut [f32], dp: &[f32], scale: f32) {
     let row_dot = dot(p, dp);
     for (p, &dp) in p.iter_mut().zip(dp) {
         *p = scale * *p * (dp - row_dot);
@@ -333,22 +293,16 @@ mod tests {
 
     #[test]
     fn masked_softmax_hides_future_keys_and_other_segments() {
-        // One sequence of 4 tokens in segments [0, 0, 1, 1], 1 head, queries 2..4 of keys 0..4.
+        // Tokens in segments [0, 0, 1, 1]; queries 2 and 3 against keys 0..4.
         let segments = [0i64, 0, 1, 1];
-        let block = ScoreBlock {
-            segments: &segments,
-            len: 4,
-            heads: 1,
-            start: 2,
-            queries: 2,
-            keys: 4,
-        };
-        let mut scores = vec![1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0];
-        masked_softmax(&mut scores, &block, 0.5);
-        assert_eq!(&scores[..4], &[0.0, 0.0, 1.0, 0.0]);
+        let mut first = vec![1.0, 2.0, 3.0, 4.0];
+        masked_softmax_row(&mut first, &segments, 2, 0.5);
+        assert_eq!(first, [0.0, 0.0, 1.0, 0.0]);
+        let mut second = vec![1.0, 2.0, 3.0, 4.0];
+        masked_softmax_row(&mut second, &segments, 3, 0.5);
         let (a, b) = ((1.5f32).exp(), (2.0f32).exp());
-        assert_eq!(&scores[4..6], &[0.0, 0.0]);
-        assert!(close(scores[6], a / (a + b), 1e-6) && close(scores[7], b / (a + b), 1e-6));
+        assert_eq!(&second[..2], &[0.0, 0.0]);
+        assert!(close(second[2], a / (a + b), 1e-6) && close(second[3], b / (a + b), 1e-6));
     }
 
     #[test]

@@ -18,12 +18,44 @@ pub enum Read {
 /// Multiply-adds above which a product is split over all cores.
 const PARALLEL_WORK: usize = 256 * 1024;
 
-/// A row-major `[rows, cols]` matrix read as `read`: its shape and `(column, row)` strides.
-fn operand(matrix: &HostTensor<2>, read: Read) -> ([usize; 2], [isize; 2]) {
-    let [rows, cols] = matrix.dims();
-    match read {
-        Read::AsIs => ([rows, cols], [1, cols as isize]),
-        Read::Transposed => ([cols, rows], [cols as isize, 1]),
+/// A matrix inside a slice: `[rows, cols]`, element `(i, j)` at `i · row_stride + j · col_stride`.
+#[derive(Clone, Copy)]
+pub struct Operand<'a> {
+    /// The slice holding the matrix.
+    pub values: &'a [f32],
+    /// Rows and columns.
+    pub dims: [usize; 2],
+    /// Distance between rows.
+    pub row_stride: usize,
+    /// Distance between columns.
+    pub col_stride: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// A row-major `[rows, cols]` matrix starting at `values[0]`, read as `read`.
+    pub fn dense(values: &'a [f32], [rows, cols]: [usize; 2], read: Read) -> Self {
+        match read {
+            Read::AsIs => Self {
+                values,
+                dims: [rows, cols],
+                row_stride: cols,
+                col_stride: 1,
+            },
+            Read::Transposed => Self {
+                values,
+                dims: [cols, rows],
+                row_stride: 1,
+                col_stride: cols,
+            },
+        }
+    }
+
+    /// Whether every element lies inside the slice.
+    fn in_bounds(&self) -> bool {
+        let [rows, cols] = self.dims;
+        rows == 0
+            || cols == 0
+            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.values.len()
     }
 }
 
@@ -35,15 +67,11 @@ pub fn matmul(
     read_b: Read,
     scale: f32,
 ) -> HostTensor<2> {
-    let ([m, _], _) = operand(a, read_a);
-    let ([_, n], _) = operand(b, read_b);
-    let mut out = Vec::with_capacity(m * n);
-    // SAFETY: `gemm` without `read_dst` writes every one of the `m · n` outputs before
-    // `set_len` exposes them (`product` handles `k = 0`, where it would not).
-    unsafe {
-        product(out.as_mut_ptr(), false, a, read_a, b, read_b, scale);
-        out.set_len(m * n);
-    }
+    let a = Operand::dense(a.values(), a.dims(), read_a);
+    let b = Operand::dense(b.values(), b.dims(), read_b);
+    let [m, n] = [a.dims[0], b.dims[1]];
+    let mut out = vec![0.0; m * n];
+    gemm_into(&mut out, n, false, a, b, scale, true);
     HostTensor::new(out, [m, n])
 }
 
@@ -56,67 +84,69 @@ pub fn matmul_add(
     read_b: Read,
     scale: f32,
 ) {
-    let ([m, _], _) = operand(a, read_a);
-    let ([_, n], _) = operand(b, read_b);
-    assert_eq!(acc.dims(), [m, n], "matmul_add: accumulator shape");
-    // SAFETY: `acc` holds `m · n` initialised values, row-major.
-    unsafe {
-        product(
-            acc.values_mut().as_mut_ptr(),
-            true,
-            a,
-            read_a,
-            b,
-            read_b,
-            scale,
-        )
-    }
+    let a = Operand::dense(a.values(), a.dims(), read_a);
+    let b = Operand::dense(b.values(), b.dims(), read_b);
+    let n = acc.dims()[1];
+    assert_eq!(
+        acc.dims(),
+        [a.dims[0], b.dims[1]],
+        "matmul_add: accumulator shape"
+    );
+    gemm_into(acc.values_mut(), n, true, a, b, scale, true);
 }
 
-/// `out (+)= scale · op(a) · op(b)` into the row-major `[m, n]` buffer at `out`.
-///
-/// # Safety
-/// `out` must be valid for `m · n` writes, and for reads when `accumulate`.
-unsafe fn product(
-    out: *mut f32,
+/// `out = scale · a · b` (or `out += …` when `accumulate`) for `out` row-major with rows
+/// `out_row_stride` apart; split over all cores when `parallel` and the product is large.
+pub fn gemm_into(
+    out: &mut [f32],
+    out_row_stride: usize,
     accumulate: bool,
-    a: &HostTensor<2>,
-    read_a: Read,
-    b: &HostTensor<2>,
-    read_b: Read,
+    a: Operand,
+    b: Operand,
     scale: f32,
+    parallel: bool,
 ) {
-    let ([m, k], [a_cs, a_rs]) = operand(a, read_a);
-    let ([k_b, n], [b_cs, b_rs]) = operand(b, read_b);
+    let ([m, k], [k_b, n]) = (a.dims, b.dims);
     assert_eq!(k, k_b, "matmul: inner dimensions {k} and {k_b} differ");
+    assert!(
+        a.in_bounds() && b.in_bounds(),
+        "matmul: operand outside its slice"
+    );
+    assert!(
+        m == 0 || n == 0 || (m - 1) * out_row_stride + n <= out.len(),
+        "matmul: output outside its slice"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
     if k == 0 {
         if !accumulate {
-            // SAFETY: the caller guarantees `m · n` writable values at `out`.
-            unsafe { std::ptr::write_bytes(out, 0, m * n) };
+            for row in out.chunks_mut(out_row_stride).take(m) {
+                row[..n].fill(0.0);
+            }
         }
         return;
     }
-    let parallelism = match m * n * k >= PARALLEL_WORK {
+    let parallelism = match parallel && m * n * k >= PARALLEL_WORK {
         true => gemm::Parallelism::Rayon(0),
         false => gemm::Parallelism::None,
     };
-    // SAFETY: the strides describe `a` and `b` within their buffers (checked shapes above);
-    // `out` is as the caller guarantees.
+    // SAFETY: the asserts above keep every element of `a`, `b` and `out` inside its slice.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out,
+            out.as_mut_ptr(),
             1,
-            n as isize,
+            out_row_stride as isize,
             accumulate,
-            a.values().as_ptr(),
-            a_cs,
-            a_rs,
-            b.values().as_ptr(),
-            b_cs,
-            b_rs,
+            a.values.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.values.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
             1.0,
             scale,
             false,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod host_attention;
 pub mod host_matmul;
 pub mod host_tensor;
 pub mod io;

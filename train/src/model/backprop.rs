@@ -21,8 +21,9 @@ use feinschliff_data::batch::{Batch, IGNORE_INDEX};
 
 use super::llama::{Attention, DecoderLayer, Linear, Llama, RmsNorm};
 use super::rope::Rope;
-use crate::cpu_kernels::{self, ScoreBlock};
+use crate::cpu_kernels;
 use crate::dropout_mask::{Dropout, child_seed};
+use crate::host_attention::{self, AttentionShape};
 use crate::host_matmul::{self, Read};
 use crate::host_tensor::{HostTensor, is_host};
 
@@ -555,13 +556,13 @@ fn query_blocks(len: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |start| (start, (start + QUERY_BLOCK).min(len)))
 }
 
-/// Softmax of the scaled scores of queries `start..end` against keys `0..end` under the key
-/// mask, `[rows, heads, end − start, end]`; `keys` already repeated per query head.
+/// Softmax of the scaled scores of queries `start..end` against keys `0..end` plus the mask
+/// (`0` or `-∞`), `[rows, heads, end − start, end]`; `keys` already repeated per query head.
 fn block_probs(
     attn: &Attention,
     queries: &Tensor<4>,
     keys: &Tensor<4>,
-    key_mask: &KeyMask,
+    bias: &Tensor<4>,
     (start, end): (usize, usize),
 ) -> Tensor<4> {
     let scale = (attn.head_dim as f64).sqrt().recip();
@@ -569,37 +570,13 @@ fn block_probs(
         .clone()
         .narrow(2, start, end - start)
         .matmul(keys.clone().narrow(2, 0, end).swap_dims(2, 3));
-    match key_mask {
-        KeyMask::Segments(segments) => {
-            let mut scores = HostTensor::of(scores);
-            let [_, heads, queries_in_block, _] = scores.dims();
-            let block = ScoreBlock {
-                segments,
-                len: queries.dims()[2],
-                heads,
-                start,
-                queries: queries_in_block,
-                keys: end,
-            };
-            cpu_kernels::masked_softmax(scores.values_mut(), &block, scale as f32);
-            scores.into_tensor()
-        }
-        KeyMask::Bias(bias) => {
-            let bias = bias.clone().narrow(2, start, end - start).narrow(3, 0, end);
-            softmax(scores.mul_scalar(scale) + bias, 3)
-        }
-    }
+    let bias = bias.clone().narrow(2, start, end - start).narrow(3, 0, end);
+    softmax(scores.mul_scalar(scale) + bias, 3)
 }
 
 /// The softmax's backward pass: `scale · P ⊙ (dP − rowsum(P ⊙ dP))` (`scale` folds in the
 /// scores' scaling).
 fn softmax_backward(probs: Tensor<4>, d_probs: Tensor<4>, scale: f64) -> Tensor<4> {
-    if is_host(&probs.device()) {
-        let [.., keys] = probs.dims();
-        let (mut probs, d_probs) = (HostTensor::of(probs), HostTensor::of(d_probs));
-        cpu_kernels::softmax_backward(probs.values_mut(), d_probs.values(), keys, scale as f32);
-        return probs.into_tensor();
-    }
     let row_dot = (probs.clone() * d_probs.clone()).sum_dim(3);
     (probs * (d_probs - row_dot)).mul_scalar(scale)
 }
@@ -612,16 +589,89 @@ fn attention_forward(
     values: &Tensor<4>,
     key_mask: &KeyMask,
 ) -> Tensor<4> {
+    let bias = match key_mask {
+        KeyMask::Bias(bias) => bias,
+        KeyMask::Segments(segments) => {
+            let shape = host_attention_shape(attn, queries);
+            let (q, k, v) = host_qkv(queries, keys, values);
+            let scale = (attn.head_dim as f32).sqrt().recip();
+            let out = host_attention::forward(
+                q.values(),
+                k.values(),
+                v.values(),
+                segments,
+                &shape,
+                scale,
+            );
+            return HostTensor::new(out, q.dims()).into_tensor();
+        }
+    };
     let len = queries.dims()[2];
     let keys = repeat_kv(attn, keys.clone());
     let values = repeat_kv(attn, values.clone());
     let blocks = query_blocks(len)
         .map(|block| {
-            block_probs(attn, queries, &keys, key_mask, block)
+            block_probs(attn, queries, &keys, bias, block)
                 .matmul(values.clone().narrow(2, 0, block.1))
         })
         .collect();
     Tensor::cat(blocks, 2)
+}
+
+/// [`attention_backward`] on host tensors.
+fn host_attention_backward(
+    attn: &Attention,
+    queries: &Tensor<4>,
+    keys: &Tensor<4>,
+    values: &Tensor<4>,
+    segments: &[i64],
+    d_out: Tensor<4>,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let shape = host_attention_shape(attn, queries);
+    let (q, k, v) = host_qkv(queries, keys, values);
+    let d_out = HostTensor::of(d_out);
+    let scale = (attn.head_dim as f32).sqrt().recip();
+    let (d_q, d_k, d_v) = host_attention::backward(
+        q.values(),
+        k.values(),
+        v.values(),
+        segments,
+        d_out.values(),
+        &shape,
+        scale,
+    );
+    (
+        HostTensor::new(d_q, q.dims()).into_tensor(),
+        HostTensor::new(d_k, k.dims()).into_tensor(),
+        HostTensor::new(d_v, v.dims()).into_tensor(),
+    )
+}
+
+/// The shape of `attn` over `queries` `[rows, heads, len, head_dim]`, in blocks of
+/// [`QUERY_BLOCK`] like the Burn version.
+fn host_attention_shape(attn: &Attention, queries: &Tensor<4>) -> AttentionShape {
+    let [rows, heads, len, head_dim] = queries.dims();
+    AttentionShape {
+        rows,
+        heads,
+        kv_heads: attn.num_kv_heads,
+        len,
+        head_dim,
+        block: QUERY_BLOCK,
+    }
+}
+
+/// Host views of queries, keys and values (contiguous; copied only where they are not).
+fn host_qkv(
+    queries: &Tensor<4>,
+    keys: &Tensor<4>,
+    values: &Tensor<4>,
+) -> (HostTensor<4>, HostTensor<4>, HostTensor<4>) {
+    (
+        HostTensor::of(queries.clone()),
+        HostTensor::of(keys.clone()),
+        HostTensor::of(values.clone()),
+    )
 }
 
 /// `x` `[rows, heads, n, head_dim]` padded with zero rows to length `len` (dimension 2).
@@ -645,6 +695,12 @@ fn attention_backward(
     key_mask: &KeyMask,
     d_out: Tensor<4>,
 ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let bias = match key_mask {
+        KeyMask::Bias(bias) => bias,
+        KeyMask::Segments(segments) => {
+            return host_attention_backward(attn, queries, keys, values, segments, d_out);
+        }
+    };
     let scale = (attn.head_dim as f64).sqrt().recip();
     let len = queries.dims()[2];
     let keys = repeat_kv(attn, keys.clone());
@@ -658,7 +714,7 @@ fn attention_backward(
     };
     for block in query_blocks(len) {
         let (start, end) = block;
-        let probs = block_probs(attn, queries, &keys, key_mask, block);
+        let probs = block_probs(attn, queries, &keys, bias, block);
         let d_block = d_out.clone().narrow(2, start, end - start);
         let d_probs = d_block
             .clone()
