@@ -99,7 +99,7 @@ pub fn forward_backward(
     };
     let mask = match is_host(device) {
         true => KeyMask::Segments(batch.segments.clone()),
-        false => KeyMask::Bias(attention_bias(batch, device)),
+        false => KeyMask::Bias(Box::new(attention_bias(batch, device))),
     };
     let shape = Shape { rows, len };
 
@@ -157,7 +157,7 @@ enum KeyMask {
     /// Segment ids per token, `rows · len`, for the fused softmax on host tensors (flex).
     Segments(Vec<i64>),
     /// `0`/`-∞` bias `[rows, 1, len, len]` for Burn's softmax (other backends).
-    Bias(Tensor<4>),
+    Bias(Box<Tensor<4>>),
 }
 
 /// Seeds of the seven adapters' dropout masks in one layer.
