@@ -10,7 +10,9 @@
 //! adapters (the base is frozen), with the same formulas autodiff would use; the tests compare
 //! both (`train/tests/backprop.rs`).
 //!
-//! All tensors here live on the device without autodiff.
+//! All tensors here live on the device without autodiff. On the flex backend the element-wise
+//! work, the attention and the matrix products run through our own kernels on the host
+//! buffers (`cpu_kernels`, `host_attention`, `host_matmul`); elsewhere through Burn operations.
 
 use std::collections::HashMap;
 
@@ -406,7 +408,7 @@ fn matmul(a: Tensor<2>, read_a: Read, b: Tensor<2>, read_b: Read) -> Tensor<2> {
 }
 
 /// `scale · op(a) · op(b)` with `a` in f32, computed in `b`'s dtype (bf16 for a frozen base
-/// on LibTorch) and returned in f32.
+/// on LibTorch; always f32 on host tensors) and returned in f32.
 fn scaled_matmul(a: Tensor<2>, read_a: Read, b: Tensor<2>, read_b: Read, scale: f64) -> Tensor<2> {
     if is_host(&a.device()) {
         let (a, b) = (HostTensor::of(a), HostTensor::of(b));
