@@ -176,6 +176,76 @@ fn silu_mul_backward_chunk(gate: &mut [f32], up: &mut [f32], d_act: &[f32]) {
     }
 }
 
+/// The layout of rotary embedding over `rows` sequences of `len` tokens with `heads` heads of
+/// `head_dim` values; the tables `cos`, `sin` are `[rows, len, head_dim]`.
+pub struct RopeShape {
+    /// Sequences.
+    pub rows: usize,
+    /// Tokens per sequence.
+    pub len: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Values per head (even).
+    pub head_dim: usize,
+}
+
+/// `out` `[rows, heads, len, head_dim]` = the rotation `x·cos + rotate_half(x)·sin` of `x`
+/// `[rows·len, heads·head_dim]` (a projection's output, token-major) per head.
+pub fn rope_to_heads(x: &[f32], cos: &[f32], sin: &[f32], shape: &RopeShape, out: &mut [f32]) {
+    let RopeShape {
+        len,
+        heads,
+        head_dim: d,
+        ..
+    } = *shape;
+    out.par_chunks_mut(len * d)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let (row, head) = (task / heads, task % heads);
+            for (t, out) in out.chunks_mut(d).enumerate() {
+                let token = row * len + t;
+                let x = &x[(token * heads + head) * d..][..d];
+                let table = token * d..(token + 1) * d;
+                rotate(x, &cos[table.clone()], &sin[table], out);
+            }
+        });
+}
+
+/// `out` `[rows·len, heads·head_dim]` = the rotation of `x` `[rows, heads, len, head_dim]` per
+/// head, back in token-major order (with `-sin` for `sin`, the backward pass of
+/// [`rope_to_heads`]).
+pub fn rope_from_heads(x: &[f32], cos: &[f32], sin: &[f32], shape: &RopeShape, out: &mut [f32]) {
+    let RopeShape {
+        len,
+        heads,
+        head_dim: d,
+        ..
+    } = *shape;
+    out.par_chunks_mut(heads * d)
+        .enumerate()
+        .with_min_len(min_rows(heads * d))
+        .for_each(|(token, out)| {
+            let (row, t) = (token / len, token % len);
+            let table = token * d..(token + 1) * d;
+            for (head, out) in out.chunks_mut(d).enumerate() {
+                let x = &x[((row * heads + head) * len + t) * d..][..d];
+                rotate(x, &cos[table.clone()], &sin[table.clone()], out);
+            }
+        });
+}
+
+/// `out = x·cos + rotate_half(x)·sin` with `rotate_half(x) = [-x₂, x₁]` for halves `x₁, x₂`.
+#[inline(always)]
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    let half = x.len() / 2;
+    let (x1, x2) = x.split_at(half);
+    let (out1, out2) = out.split_at_mut(half);
+    for i in 0..half {
+        out1[i] = x1[i] * cos[i] - x2[i] * sin[i];
+        out2[i] = x2[i] * cos[half + i] + x1[i] * sin[half + i];
+    }
+}
+
 /// `out = x / rms(x) ⊙ weight` per row of `weight.len()` values, `rms(x) = √(mean(x²) + eps)`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let width = weight.len();
@@ -340,6 +410,35 @@ mod tests {
                 d_gate[k]
             );
             assert!(close(d_up[k], f(gate[k], 1.0), 1e-6));
+        }
+    }
+
+    #[test]
+    fn rope_round_trips_through_heads() {
+        // 2 rows × 3 tokens, 2 heads of 4: rotating with sin and back with -sin is the identity.
+        let shape = RopeShape {
+            rows: 2,
+            len: 3,
+            heads: 2,
+            head_dim: 4,
+        };
+        let x: Vec<f32> = (0..48).map(|k| (k as f32 * 0.37).sin()).collect();
+        // Each token's angles repeat over the two halves, as `Rope::cos_sin` builds them.
+        let angles: Vec<f32> = (0..24).map(|k| (k / 4 * 2 + k % 2) as f32 * 0.11).collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let neg_sin: Vec<f32> = sin.iter().map(|s| -s).collect();
+        let mut heads = vec![0.0; 48];
+        rope_to_heads(&x, &cos, &sin, &shape, &mut heads);
+        // Token 1 of row 1, head 1, value 0: x·cos − x₂·sin.
+        let (token, head) = (3 + 1, 1);
+        let at = |k: usize| x[(token * 2 + head) * 4 + k];
+        let expected = at(0) * cos[token * 4] - at(2) * sin[token * 4];
+        assert!(close(heads[((2 + head) * 3 + 1) * 4], expected, 1e-6));
+        let mut back = vec![0.0; 48];
+        rope_from_heads(&heads, &cos, &neg_sin, &shape, &mut back);
+        for (a, b) in back.iter().zip(&x) {
+            assert!(close(*a, *b, 1e-5), "{a} vs {b}");
         }
     }
 }

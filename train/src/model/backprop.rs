@@ -23,7 +23,7 @@ use feinschliff_data::batch::{Batch, IGNORE_INDEX};
 
 use super::llama::{Attention, DecoderLayer, Linear, Llama, RmsNorm};
 use super::rope::Rope;
-use crate::cpu_kernels;
+use crate::cpu_kernels::{self, RopeShape};
 use crate::dropout_mask::{Dropout, child_seed};
 use crate::host_attention::{self, AttentionShape};
 use crate::host_matmul::{self, Read};
@@ -208,16 +208,8 @@ fn layer_forward(
     let (q, lq) = linear_forward(&attn.q_proj, &normed, masks.get(&attn.q_proj, 0));
     let (k, lk) = linear_forward(&attn.k_proj, &normed, masks.get(&attn.k_proj, 1));
     let (v, lv) = linear_forward(&attn.v_proj, &normed, masks.get(&attn.v_proj, 2));
-    let queries = Rope::apply(
-        to_heads(q, shape, attn.num_heads, attn.head_dim),
-        &rope.cos,
-        &rope.sin,
-    );
-    let keys = Rope::apply(
-        to_heads(k, shape, attn.num_kv_heads, attn.head_dim),
-        &rope.cos,
-        &rope.sin,
-    );
+    let queries = rotate_to_heads(q, shape, attn.num_heads, attn.head_dim, rope);
+    let keys = rotate_to_heads(k, shape, attn.num_kv_heads, attn.head_dim, rope);
     let values = to_heads(v, shape, attn.num_kv_heads, attn.head_dim);
     let attended = from_heads(attention_forward(attn, &queries, &keys, &values, key_mask));
     let (o, lo) = linear_forward(&attn.o_proj, &attended, masks.get(&attn.o_proj, 3));
@@ -310,8 +302,8 @@ fn layer_backward(
     let d_heads = to_heads(d_attended, shape, attn.num_heads, attn.head_dim);
     let (d_queries, d_keys, d_values) =
         attention_backward(attn, &queries, &keys, &values, key_mask, d_heads);
-    let d_q = from_heads(Rope::apply(d_queries, &rope.cos, &rope.neg_sin));
-    let d_k = from_heads(Rope::apply(d_keys, &rope.cos, &rope.neg_sin));
+    let d_q = unrotate_from_heads(d_queries, rope);
+    let d_k = unrotate_from_heads(d_keys, rope);
     let d_v = from_heads(d_values);
     let normed = norm_forward(&layer.input_layernorm, input.clone());
     let d_normed = linear_backward(
@@ -511,6 +503,69 @@ fn silu_mul_backward(gate: Tensor<2>, up: Tensor<2>, d_act: Tensor<2>) -> (Tenso
     let d_up = d_act.clone() * silu(gate.clone());
     let d_gate = d_act * up * sig.clone() * (gate * (sig.neg() + 1.0) + 1.0);
     (d_gate, d_up)
+}
+
+/// `x` `[rows·len, heads·head_dim]` split into heads `[rows, heads, len, head_dim]` and
+/// rotated by RoPE.
+fn rotate_to_heads(
+    x: Tensor<2>,
+    shape: &Shape,
+    heads: usize,
+    head_dim: usize,
+    rope: &RopeTables,
+) -> Tensor<4> {
+    if !is_host(&x.device()) {
+        return Rope::apply(to_heads(x, shape, heads, head_dim), &rope.cos, &rope.sin);
+    }
+    let rope_shape = RopeShape {
+        rows: shape.rows,
+        len: shape.len,
+        heads,
+        head_dim,
+    };
+    let x = HostTensor::of(x);
+    let (cos, sin) = (
+        HostTensor::of(rope.cos.clone()),
+        HostTensor::of(rope.sin.clone()),
+    );
+    let mut out = vec![0.0; x.values().len()];
+    cpu_kernels::rope_to_heads(
+        x.values(),
+        cos.values(),
+        sin.values(),
+        &rope_shape,
+        &mut out,
+    );
+    HostTensor::new(out, [shape.rows, heads, shape.len, head_dim]).into_tensor()
+}
+
+/// The gradient of [`rotate_to_heads`]: `d` `[rows, heads, len, head_dim]` rotated back and
+/// merged to `[rows·len, heads·head_dim]`.
+fn unrotate_from_heads(d: Tensor<4>, rope: &RopeTables) -> Tensor<2> {
+    if !is_host(&d.device()) {
+        return from_heads(Rope::apply(d, &rope.cos, &rope.neg_sin));
+    }
+    let [rows, heads, len, head_dim] = d.dims();
+    let rope_shape = RopeShape {
+        rows,
+        len,
+        heads,
+        head_dim,
+    };
+    let d = HostTensor::of(d);
+    let (cos, neg_sin) = (
+        HostTensor::of(rope.cos.clone()),
+        HostTensor::of(rope.neg_sin.clone()),
+    );
+    let mut out = vec![0.0; d.values().len()];
+    cpu_kernels::rope_from_heads(
+        d.values(),
+        cos.values(),
+        neg_sin.values(),
+        &rope_shape,
+        &mut out,
+    );
+    HostTensor::new(out, [rows * len, heads * head_dim]).into_tensor()
 }
 
 /// `[rows·len, heads·head_dim]` → `[rows, heads, len, head_dim]`.
