@@ -17,6 +17,23 @@ fn min_rows(row_len: usize) -> usize {
     (MIN_TASK_ELEMENTS / row_len.max(1)).max(1)
 }
 
+/// `len` zeros, written by all cores (a buffer the size of an activation takes a while to
+/// clear on one).
+pub fn zeros(len: usize) -> Vec<f32> {
+    let mut values = Vec::with_capacity(len);
+    values
+        .spare_capacity_mut()
+        .par_chunks_mut(MIN_TASK_ELEMENTS)
+        .for_each(|chunk| {
+            for value in chunk {
+                value.write(0.0);
+            }
+        });
+    // SAFETY: every element of the capacity was written above.
+    unsafe { values.set_len(len) };
+    values
+}
+
 /// `e^x` to a few ulp (Cephes' `expf`: `2^k · e^r` with `|r| ≤ ln 2 / 2` and `e^r` a
 /// polynomial); `0` below `-87` (so `e^-∞ = 0`), NaN stays NaN. Branch-free, so loops over it
 /// vectorise.

@@ -60,12 +60,15 @@ impl Dropout {
 fn apply_mask(values: &mut [f32], seed: u64, prob: f64) {
     let keep = (1.0 / (1.0 - prob)) as f32;
     // An element is dropped when the top 24 bits of its hash, as a fraction, fall below `prob`.
-    let threshold = (prob * (1u64 << 24) as f64).round() as u64;
+    let threshold = (prob * (1u64 << 24) as f64).round() as u32;
+    // The per-element hash is 32-bit (vectorises twice as wide as a 64-bit one): the seed is
+    // folded to 32 bits and element indices wrap past 2³².
+    let seed = (seed ^ (seed >> 32)) as u32;
     values
         .par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(chunk, values)| {
-            apply_mask_chunk(values, seed, (chunk * CHUNK) as u64, threshold, keep)
+            apply_mask_chunk(values, seed, (chunk * CHUNK) as u32, threshold, keep)
         });
 }
 
@@ -73,10 +76,10 @@ fn apply_mask(values: &mut [f32], seed: u64, prob: f64) {
     "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn apply_mask_chunk(values: &mut [f32], seed: u64, first: u64, threshold: u64, keep: f32) {
+fn apply_mask_chunk(values: &mut [f32], seed: u32, first: u32, threshold: u32, keep: f32) {
     for (i, v) in values.iter_mut().enumerate() {
-        let bits = splitmix64(seed ^ (first + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        *v *= if bits >> 40 >= threshold { keep } else { 0.0 };
+        let bits = lowbias32(seed ^ first.wrapping_add(i as u32).wrapping_mul(0x9E37_79B9));
+        *v *= if bits >> 8 >= threshold { keep } else { 0.0 };
     }
 }
 
@@ -85,8 +88,17 @@ pub fn child_seed(parent: u64, index: u64) -> u64 {
     splitmix64(parent ^ splitmix64(index.wrapping_add(0x632B_E59B_D9B4_E019)))
 }
 
-/// SplitMix64's finaliser: a bijective 64-bit mix with good avalanche.
+/// Chris Wellons' `lowbias32`: a bijective 32-bit mix with low bias.
 #[inline(always)]
+fn lowbias32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7FEB_352D);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846C_A68B);
+    x ^ (x >> 16)
+}
+
+/// SplitMix64's finaliser: a bijective 64-bit mix with good avalanche.
 fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{masked_softmax_row, softmax_backward_row};
+use crate::cpu_kernels::{masked_softmax_row, softmax_backward_row, zeros};
 use crate::host_matmul::{Operand, Read, gemm_into};
 
 /// The shape of one attention: tensors are `[rows, heads, len, head_dim]` (queries and the
@@ -56,7 +56,7 @@ pub fn forward(
     scale: f32,
 ) -> Vec<f32> {
     let head_len = shape.head_len();
-    let mut out = vec![0.0; shape.rows * shape.heads * head_len];
+    let mut out = zeros(shape.rows * shape.heads * head_len);
     out.par_chunks_mut(shape.groups() * head_len)
         .enumerate()
         .for_each(|(task, out)| {
@@ -95,9 +95,9 @@ pub fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let head_len = shape.head_len();
     let d = shape.head_dim;
-    let mut d_queries = vec![0.0; shape.rows * shape.heads * head_len];
-    let mut d_keys = vec![0.0; shape.rows * shape.kv_heads * head_len];
-    let mut d_values = vec![0.0; shape.rows * shape.kv_heads * head_len];
+    let mut d_queries = zeros(shape.rows * shape.heads * head_len);
+    let mut d_keys = zeros(shape.rows * shape.kv_heads * head_len);
+    let mut d_values = zeros(shape.rows * shape.kv_heads * head_len);
     d_queries
         .par_chunks_mut(shape.groups() * head_len)
         .zip(d_keys.par_chunks_mut(head_len))

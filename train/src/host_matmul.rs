@@ -4,6 +4,7 @@
 //! burn-flex zeroes every product's output and then copies it to realign it, which was a tenth
 //! of a training step.
 
+use crate::cpu_kernels::zeros;
 use crate::host_tensor::HostTensor;
 
 /// How a matrix enters a product.
@@ -70,7 +71,7 @@ pub fn matmul(
     let a = Operand::dense(a.values(), a.dims(), read_a);
     let b = Operand::dense(b.values(), b.dims(), read_b);
     let [m, n] = [a.dims[0], b.dims[1]];
-    let mut out = vec![0.0; m * n];
+    let mut out = zeros(m * n);
     gemm_into(&mut out, n, false, a, b, scale, true);
     HostTensor::new(out, [m, n])
 }

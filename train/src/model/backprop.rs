@@ -452,7 +452,7 @@ fn norm_forward(norm: &RmsNorm, x: Tensor<2>) -> Tensor<2> {
     let weight = norm.weight.val().inner();
     if is_host(&x.device()) {
         let (x, weight) = (HostTensor::of(x), HostTensor::of(weight));
-        let mut out = vec![0.0; x.values().len()];
+        let mut out = cpu_kernels::zeros(x.values().len());
         cpu_kernels::rms_norm(x.values(), weight.values(), norm.eps as f32, &mut out);
         return HostTensor::new(out, x.dims()).into_tensor();
     }
@@ -484,7 +484,7 @@ fn norm_backward(norm: &RmsNorm, x: Tensor<2>, d_y: Tensor<2>) -> Tensor<2> {
 fn silu_mul(gate: &Tensor<2>, up: &Tensor<2>) -> Tensor<2> {
     if is_host(&gate.device()) {
         let (gate, up) = (HostTensor::of(gate.clone()), HostTensor::of(up.clone()));
-        let mut out = vec![0.0; gate.values().len()];
+        let mut out = cpu_kernels::zeros(gate.values().len());
         cpu_kernels::silu_mul(gate.values(), up.values(), &mut out);
         return HostTensor::new(out, gate.dims()).into_tensor();
     }
@@ -528,7 +528,7 @@ fn rotate_to_heads(
         HostTensor::of(rope.cos.clone()),
         HostTensor::of(rope.sin.clone()),
     );
-    let mut out = vec![0.0; x.values().len()];
+    let mut out = cpu_kernels::zeros(x.values().len());
     cpu_kernels::rope_to_heads(
         x.values(),
         cos.values(),
@@ -557,7 +557,7 @@ fn unrotate_from_heads(d: Tensor<4>, rope: &RopeTables) -> Tensor<2> {
         HostTensor::of(rope.cos.clone()),
         HostTensor::of(rope.neg_sin.clone()),
     );
-    let mut out = vec![0.0; d.values().len()];
+    let mut out = cpu_kernels::zeros(d.values().len());
     cpu_kernels::rope_from_heads(
         d.values(),
         cos.values(),
