@@ -13,7 +13,8 @@ pub enum DeviceChoice {
     /// The pure-Rust CPU backend (burn-flex), f32 compute.
     #[cfg(feature = "flex")]
     Flex,
-    /// LibTorch on the CPU; training computes the frozen base in bf16.
+    /// LibTorch on the CPU; training computes the frozen base in bf16 where the CPU has AMX,
+    /// in f32 otherwise (see [`DeviceChoice::base_compute_dtype`]).
     #[cfg(feature = "tch")]
     TchCpu,
     /// LibTorch on CUDA GPU `N`; training computes the frozen base in bf16.
@@ -44,17 +45,35 @@ impl DeviceChoice {
         }
     }
 
-    /// The dtype training computes the frozen base's matrix products in: bf16 where the
-    /// backend has bf16 kernels (LibTorch), f32 on flex (whose bf16 goes through f32 anyway).
-    /// Adapters, their gradients and the optimizer state stay f32 everywhere.
+    /// The dtype training computes the frozen base's matrix products in unless the run
+    /// configuration says otherwise: bf16 on CUDA and on CPUs with AMX bf16 units (LibTorch's
+    /// bf16 kernels pay there), f32 elsewhere — LibTorch's f32 path was 1.4–1.5× faster than
+    /// its bf16 one on an AVX-512 CPU without AMX (BENCHMARKS.md), and flex's bf16 goes through
+    /// f32 anyway. Adapters, their gradients and the optimizer state stay f32 everywhere.
     pub fn base_compute_dtype(self) -> DType {
         match self {
             #[cfg(feature = "flex")]
             DeviceChoice::Flex => DType::F32,
             #[cfg(feature = "tch")]
-            DeviceChoice::TchCpu | DeviceChoice::TchCuda(_) => DType::BF16,
+            DeviceChoice::TchCpu => match cpu_has_amx_bf16() {
+                true => DType::BF16,
+                false => DType::F32,
+            },
+            #[cfg(feature = "tch")]
+            DeviceChoice::TchCuda(_) => DType::BF16,
         }
     }
+}
+
+/// Whether this CPU has AMX bf16 tile units, as Linux reports them in `/proc/cpuinfo` (Rust's
+/// own detection of AMX is not stable yet); `false` where that file does not exist.
+#[cfg(feature = "tch")]
+fn cpu_has_amx_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+        info.lines()
+            .filter(|line| line.starts_with("flags"))
+            .any(|line| line.split_whitespace().any(|flag| flag == "amx_bf16"))
+    })
 }
 
 impl FromStr for DeviceChoice {

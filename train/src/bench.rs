@@ -3,7 +3,7 @@
 //! evaluating or checkpointing. Reports the median over the measured steps after warm-up, the
 //! split of a step into forward, backward and optimizer, and the process's peak RSS.
 
-use burn::tensor::Device;
+use burn::tensor::{DType, Device};
 use feinschliff_data::dataset::load_dataset;
 use feinschliff_data::tokenize::TextTokenizer;
 use serde::Serialize;
@@ -23,6 +23,8 @@ pub struct BenchReport {
     pub device: String,
     /// Threads of the CPU backends (rayon's pool).
     pub threads: usize,
+    /// The dtype the frozen base computed in (`f32` or `bf16`).
+    pub base_dtype: String,
     /// Rows per micro-batch.
     pub micro_batch: usize,
     /// Micro-batches per optimizer step.
@@ -69,7 +71,8 @@ pub fn bench(
     let plain: Device = device.clone().inner();
     let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
     let mut model = HfModel::load(&config.model.path, &device)?.model;
-    model.set_base_dtype(config.model.base_compute_dtype(choice));
+    let base_dtype = config.model.base_compute_dtype(choice);
+    model.set_base_dtype(base_dtype);
     let data = load_dataset(&config.data, &config.model.path)?;
     let examples = &data.data.train;
     let rows = training_rows(examples, config, progress);
@@ -130,6 +133,10 @@ pub fn bench(
     Ok(BenchReport {
         device: choice.to_string(),
         threads: rayon::current_num_threads(),
+        base_dtype: match base_dtype {
+            DType::BF16 => "bf16".into(),
+            _ => "f32".into(),
+        },
         micro_batch: config.train.micro_batch,
         grad_accum: config.train.grad_accum,
         seq_len: config.data.max_len,
