@@ -65,11 +65,12 @@ for pair in "${PAIRS[@]}"; do
   ours_side=${pair%%:*} mode=${pair#*:}
   device=${ours_side%%/*} base_dtype=auto
   [[ $ours_side == */* ]] && base_dtype=${ours_side#*/}
+  tag=$device-$base_dtype
   ratios=()
   for round in $(seq 1 "$ROUNDS"); do
-    ours "$device" "$base_dtype" "$OUT/ours-$device-$round.json"
-    theirs "$mode" "$OUT/peft-$mode-$round.jsonl"
-    read -r a b ra rb < <(summary "$OUT/ours-$device-$round.json" "$OUT/peft-$mode-$round.jsonl")
+    ours "$device" "$base_dtype" "$OUT/ours-$tag-$round.json"
+    theirs "$mode" "$OUT/peft-$mode-$tag-$round.jsonl"
+    read -r a b ra rb < <(summary "$OUT/ours-$tag-$round.json" "$OUT/peft-$mode-$tag-$round.jsonl")
     ratio=$(python3 -c "print(f'{$a / $b:.2f}')")
     ratios+=("$ratio")
     printf '%-8s vs PEFT %-14s round %d: %7.1f vs %7.1f tok/s = %sx; peak RSS %.2f vs %.2f GB\n' \
