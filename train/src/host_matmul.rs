@@ -1,8 +1,8 @@
 //! Matrix products of host tensors straight through `gemm`, the kernel burn-flex calls itself.
 //! Either operand is read transposed through its strides (no copy), a scale and an addition to
-//! an existing result ride along in the kernel, and the output buffer is written once:
-//! burn-flex zeroes every product's output and then copies it to realign it, which was a tenth
-//! of a training step.
+//! an existing result ride along in the kernel, and the output buffer is used as allocated:
+//! burn-flex zeroes every product's output on one core and then copies it to realign it,
+//! which was a tenth of a training step.
 
 use crate::cpu_kernels::zeros;
 use crate::host_tensor::HostTensor;
