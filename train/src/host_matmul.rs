@@ -68,12 +68,12 @@ pub fn matmul(
     read_b: Read,
     scale: f32,
 ) -> HostTensor<2> {
-    let a = Operand::dense(a.values(), a.dims(), read_a);
-    let b = Operand::dense(b.values(), b.dims(), read_b);
-    let [m, n] = [a.dims[0], b.dims[1]];
+    let left = Operand::dense(a.values(), a.dims(), read_a);
+    let right = Operand::dense(b.values(), b.dims(), read_b);
+    let [m, n] = [left.dims[0], right.dims[1]];
     let mut out = zeros(m * n);
-    gemm_into(&mut out, n, false, a, b, scale, true);
-    HostTensor::new(out, [m, n])
+    gemm_into(&mut out, n, false, left, right, scale, true);
+    HostTensor::new_like(a, out, [m, n])
 }
 
 /// `acc += scale · op(a) · op(b)`.
@@ -160,13 +160,22 @@ pub fn gemm_into(
 
 #[cfg(test)]
 mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+
     use super::*;
+
+    fn host(values: Vec<f32>, dims: [usize; 2]) -> HostTensor<2> {
+        HostTensor::of(Tensor::from_data(
+            TensorData::new(values, dims),
+            &Device::flex(),
+        ))
+    }
 
     #[test]
     fn products_read_either_operand_transposed_and_accumulate() {
         // a = [[1, 2, 3], [4, 5, 6]], b = [[1, 0], [0, 1], [1, 1]].
-        let a = HostTensor::new(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3]);
-        let b = HostTensor::new(vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0], [3, 2]);
+        let a = host(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3]);
+        let b = host(vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0], [3, 2]);
         let ab = matmul(&a, Read::AsIs, &b, Read::AsIs, 1.0);
         assert_eq!(ab.values(), &[4.0, 5.0, 10.0, 11.0]);
         // bᵀ · aᵀ = (a · b)ᵀ, at twice the scale.
@@ -175,8 +184,8 @@ mod tests {
         let mut acc = ab;
         matmul_add(&mut acc, &a, Read::AsIs, &b, Read::AsIs, -1.0);
         assert_eq!(acc.values(), &[0.0; 4]);
-        let empty = HostTensor::new(vec![], [2, 0]);
-        let none = HostTensor::new(vec![], [0, 2]);
+        let empty = host(vec![], [2, 0]);
+        let none = host(vec![], [0, 2]);
         assert_eq!(
             matmul(&empty, Read::AsIs, &none, Read::AsIs, 1.0).values(),
             &[0.0; 4]

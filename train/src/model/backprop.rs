@@ -27,7 +27,7 @@ use crate::cpu_kernels::{self, RopeShape};
 use crate::dropout_mask::{Dropout, child_seed};
 use crate::host_attention::{self, AttentionShape};
 use crate::host_matmul::{self, Read};
-use crate::host_tensor::{HostTensor, is_host};
+use crate::host_tensor::{HostTensor, is_flex, is_host};
 
 /// Queries per block of causal attention (see [`query_blocks`]).
 const QUERY_BLOCK: usize = 128;
@@ -402,7 +402,7 @@ fn matmul(a: Tensor<2>, read_a: Read, b: Tensor<2>, read_b: Read) -> Tensor<2> {
 /// `scale · op(a) · op(b)` with `a` in f32, computed in `b`'s dtype (bf16 for a frozen base
 /// on LibTorch; always f32 on host tensors) and returned in f32.
 fn scaled_matmul(a: Tensor<2>, read_a: Read, b: Tensor<2>, read_b: Read, scale: f64) -> Tensor<2> {
-    if is_host(&a.device()) {
+    if is_flex(&a.device()) {
         let (a, b) = (HostTensor::of(a), HostTensor::of(b));
         return host_matmul::matmul(&a, read_a, &b, read_b, scale as f32).into_tensor();
     }
@@ -425,7 +425,7 @@ fn add_matmul(
     read_b: Read,
     scale: f64,
 ) -> Tensor<2> {
-    if is_host(&acc.device()) {
+    if is_flex(&acc.device()) {
         let mut acc = HostTensor::of(acc);
         let (a, b) = (HostTensor::of(a), HostTensor::of(b));
         host_matmul::matmul_add(&mut acc, &a, read_a, &b, read_b, scale as f32);
@@ -454,7 +454,7 @@ fn norm_forward(norm: &RmsNorm, x: Tensor<2>) -> Tensor<2> {
         let (x, weight) = (HostTensor::of(x), HostTensor::of(weight));
         let mut out = cpu_kernels::zeros(x.values().len());
         cpu_kernels::rms_norm(x.values(), weight.values(), norm.eps as f32, &mut out);
-        return HostTensor::new(out, x.dims()).into_tensor();
+        return HostTensor::new_like(&x, out, x.dims()).into_tensor();
     }
     let inv_rms = (x.clone().square().mean_dim(1) + norm.eps).sqrt().recip();
     x * inv_rms * weight.unsqueeze::<2>()
@@ -486,7 +486,7 @@ fn silu_mul(gate: &Tensor<2>, up: &Tensor<2>) -> Tensor<2> {
         let (gate, up) = (HostTensor::of(gate.clone()), HostTensor::of(up.clone()));
         let mut out = cpu_kernels::zeros(gate.values().len());
         cpu_kernels::silu_mul(gate.values(), up.values(), &mut out);
-        return HostTensor::new(out, gate.dims()).into_tensor();
+        return HostTensor::new_like(&gate, out, gate.dims()).into_tensor();
     }
     silu(gate.clone()) * up.clone()
 }
@@ -536,7 +536,7 @@ fn rotate_to_heads(
         &rope_shape,
         &mut out,
     );
-    HostTensor::new(out, [shape.rows, heads, shape.len, head_dim]).into_tensor()
+    HostTensor::new_like(&x, out, [shape.rows, heads, shape.len, head_dim]).into_tensor()
 }
 
 /// The gradient of [`rotate_to_heads`]: `d` `[rows, heads, len, head_dim]` rotated back and
@@ -565,7 +565,7 @@ fn unrotate_from_heads(d: Tensor<4>, rope: &RopeTables) -> Tensor<2> {
         &rope_shape,
         &mut out,
     );
-    HostTensor::new(out, [rows * len, heads * head_dim]).into_tensor()
+    HostTensor::new_like(&d, out, [rows * len, heads * head_dim]).into_tensor()
 }
 
 /// `[rows·len, heads·head_dim]` → `[rows, heads, len, head_dim]`.
@@ -660,7 +660,7 @@ fn attention_forward(
                 &shape,
                 scale,
             );
-            return HostTensor::new(out, q.dims()).into_tensor();
+            return HostTensor::new_like(&q, out, q.dims()).into_tensor();
         }
     };
     let len = queries.dims()[2];
@@ -698,9 +698,9 @@ fn host_attention_backward(
         scale,
     );
     (
-        HostTensor::new(d_q, q.dims()).into_tensor(),
-        HostTensor::new(d_k, k.dims()).into_tensor(),
-        HostTensor::new(d_v, v.dims()).into_tensor(),
+        HostTensor::new_like(&q, d_q, q.dims()).into_tensor(),
+        HostTensor::new_like(&q, d_k, k.dims()).into_tensor(),
+        HostTensor::new_like(&q, d_v, v.dims()).into_tensor(),
     )
 }
 
