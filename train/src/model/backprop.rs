@@ -10,9 +10,10 @@
 //! adapters (the base is frozen), with the same formulas autodiff would use; the tests compare
 //! both (`train/tests/backprop.rs`).
 //!
-//! All tensors here live on the device without autodiff. On the flex backend the element-wise
-//! work, the attention and the matrix products run through our own kernels on the host
-//! buffers (`cpu_kernels`, `host_attention`, `host_matmul`); elsewhere through Burn operations.
+//! All tensors here live on the device without autodiff. In host memory (flex, LibTorch's CPU)
+//! the element-wise work and the attention run through our own kernels on the tensors' buffers
+//! (`cpu_kernels`, `host_attention`), on flex the matrix products too (`host_matmul`; LibTorch
+//! keeps its own, bf16 ones among them); on other devices everything is Burn operations.
 
 use std::collections::HashMap;
 
