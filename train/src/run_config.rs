@@ -51,7 +51,8 @@ pub struct ModelSection {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum BaseDtype {
-    /// The backend's choice: bf16 on LibTorch, f32 on flex.
+    /// The backend's choice (`DeviceChoice::base_compute_dtype`): bf16 on CUDA and on CPUs
+    /// with AMX under LibTorch, f32 elsewhere.
     #[default]
     Auto,
     /// f32.
