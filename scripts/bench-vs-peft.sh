@@ -6,8 +6,9 @@
 # so both see the same machine load; prints each pair's ratio and the median ratio.
 #
 # Usage: scripts/bench-vs-peft.sh [PAIR ...]   (default: flex:fp32)
-#   PAIR = OUR_DEVICE[/BASE_DTYPE]:PEFT_MODE, e.g. flex:fp32, tch-cpu/bf16:autocast_bf16
-#   (BASE_DTYPE sets model.base_dtype: auto, the default, f32 or bf16)
+#   PAIR = OUR_DEVICE[/BASE_DTYPE[/MATMUL_DTYPE]]:PEFT_MODE, e.g. flex:fp32,
+#   tch-cpu/bf16/bf16:autocast_bf16 (BASE_DTYPE sets model.base_dtype, MATMUL_DTYPE
+#   model.matmul_dtype: auto, the default, f32 or bf16)
 # Environment: ROUNDS (2), STEPS (measured steps per run, 4), WARMUP (1 for us; PEFT's own 2),
 #   FEINSCHLIFF (flex build, target/release/feinschliff), FEINSCHLIFF_TCH (the --features tch
 #   build, for tch-* devices), PEFT_VENV (~/.cache/peft-bench/venv),
@@ -29,7 +30,7 @@ PAIRS=("$@")
 [ ${#PAIRS[@]} -gt 0 ] || PAIRS=(flex:fp32)
 mkdir -p "$OUT"
 
-ours() { # DEVICE BASE_DTYPE LOG
+ours() { # DEVICE BASE_DTYPE MATMUL_DTYPE LOG
   local binary=$FEINSCHLIFF env=()
   if [[ $1 == tch-* ]]; then
     [ -n "$FEINSCHLIFF_TCH" ] || { echo "FEINSCHLIFF_TCH must name a --features tch build" >&2; exit 2; }
@@ -37,10 +38,11 @@ ours() { # DEVICE BASE_DTYPE LOG
     env=(env $(bash scripts/setup-libtorch.sh 2>/dev/null | sed -n 's/^export LD_LIBRARY_PATH="\(.*\)\${LD_LIBRARY_PATH.*$/LD_LIBRARY_PATH=\1/p'))
   fi
   "${env[@]}" "$binary" bench --config configs/de-admin-laws.toml \
-    --set "model.device=\"$1\"" --set "model.base_dtype=\"$2\"" --set train.micro_batch=4 --set train.grad_accum=1 \
+    --set "model.device=\"$1\"" --set "model.base_dtype=\"$2\"" --set "model.matmul_dtype=\"$3\"" \
+    --set train.micro_batch=4 --set train.grad_accum=1 \
     --set data.max_len=512 --set lora.r=16 --set lora.alpha=32.0 --set lora.dropout=0.05 \
     --set 'lora.target_modules=["all-linear"]' --set train.lr=2e-4 \
-    --steps "$STEPS" --warmup "$WARMUP" --json 2>"$3.log" >"$3"
+    --steps "$STEPS" --warmup "$WARMUP" --json 2>"$4.log" >"$4"
 }
 
 theirs() { # MODE LOG
@@ -63,12 +65,12 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "logs: $OUT"
 for pair in "${PAIRS[@]}"; do
   ours_side=${pair%%:*} mode=${pair#*:}
-  device=${ours_side%%/*} base_dtype=auto
-  [[ $ours_side == */* ]] && base_dtype=${ours_side#*/}
-  tag=$device-$base_dtype
+  IFS=/ read -r device base_dtype matmul_dtype <<<"$ours_side"
+  base_dtype=${base_dtype:-auto} matmul_dtype=${matmul_dtype:-auto}
+  tag=$device-$base_dtype-$matmul_dtype
   ratios=()
   for round in $(seq 1 "$ROUNDS"); do
-    ours "$device" "$base_dtype" "$OUT/ours-$tag-$round.json"
+    ours "$device" "$base_dtype" "$matmul_dtype" "$OUT/ours-$tag-$round.json"
     theirs "$mode" "$OUT/peft-$mode-$tag-$round.jsonl"
     read -r a b ra rb < <(summary "$OUT/ours-$tag-$round.json" "$OUT/peft-$mode-$tag-$round.jsonl")
     ratio=$(python3 -c "print(f'{$a / $b:.2f}')")

@@ -444,10 +444,11 @@ fn run_bench(args: BenchArgs) -> Result<()> {
     }
     let [slowest, fastest] = report.tokens_per_second_range;
     println!(
-        "device {} ({} threads, base in {}), micro-batch {} x {} tokens, grad_accum {}; {} steps after {} warm-up",
+        "device {} ({} threads, base in {}, products in {}), micro-batch {} x {} tokens, grad_accum {}; {} steps after {} warm-up",
         report.device,
         report.threads,
         report.base_dtype,
+        report.matmul_dtype,
         report.micro_batch,
         report.seq_len,
         report.grad_accum,

@@ -13,11 +13,11 @@ pub enum DeviceChoice {
     /// The pure-Rust CPU backend (burn-flex), f32 compute.
     #[cfg(feature = "flex")]
     Flex,
-    /// LibTorch on the CPU; training computes the frozen base in bf16 where the CPU has AMX,
-    /// in f32 otherwise (see [`DeviceChoice::base_compute_dtype`]).
+    /// LibTorch on the CPU; training stores and computes the frozen base in bf16 where the CPU
+    /// has AMX, in f32 otherwise (see [`DeviceChoice::preferred_base_dtype`]).
     #[cfg(feature = "tch")]
     TchCpu,
-    /// LibTorch on CUDA GPU `N`; training computes the frozen base in bf16.
+    /// LibTorch on CUDA GPU `N`; training stores and computes the frozen base in bf16.
     #[cfg(feature = "tch")]
     TchCuda(usize),
 }
@@ -45,12 +45,12 @@ impl DeviceChoice {
         }
     }
 
-    /// The dtype training computes the frozen base's matrix products in unless the run
-    /// configuration says otherwise: bf16 on CUDA and on CPUs with AMX bf16 units (LibTorch's
-    /// bf16 kernels pay there), f32 elsewhere — LibTorch's f32 path was 1.4–1.5× faster than
-    /// its bf16 one on an AVX-512 CPU without AMX (BENCHMARKS.md), and flex's bf16 goes through
+    /// The dtype of the frozen base (storage and products) unless the run configuration says
+    /// otherwise: bf16 on CUDA and on CPUs with AMX bf16 units (LibTorch's bf16 kernels pay
+    /// there), f32 elsewhere — on an AVX-512 CPU without AMX LibTorch's bf16 products ran at
+    /// 120–150 GFLOP/s against 190–260 for its f32 ones (BENCHMARKS.md), and flex multiplies in
     /// f32 anyway. Adapters, their gradients and the optimizer state stay f32 everywhere.
-    pub fn base_compute_dtype(self) -> DType {
+    pub fn preferred_base_dtype(self) -> DType {
         match self {
             #[cfg(feature = "flex")]
             DeviceChoice::Flex => DType::F32,
@@ -61,6 +61,17 @@ impl DeviceChoice {
             },
             #[cfg(feature = "tch")]
             DeviceChoice::TchCuda(_) => DType::BF16,
+        }
+    }
+
+    /// Whether the backend multiplies bf16 matrices in bf16 (LibTorch); flex converts them to
+    /// f32 first.
+    pub fn has_bf16_matmul(self) -> bool {
+        match self {
+            #[cfg(feature = "flex")]
+            DeviceChoice::Flex => false,
+            #[cfg(feature = "tch")]
+            DeviceChoice::TchCpu | DeviceChoice::TchCuda(_) => true,
         }
     }
 }

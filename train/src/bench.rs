@@ -23,8 +23,10 @@ pub struct BenchReport {
     pub device: String,
     /// Threads of the CPU backends (rayon's pool).
     pub threads: usize,
-    /// The dtype the frozen base computed in (`f32` or `bf16`).
+    /// The dtype the frozen base was stored in (`f32` or `bf16`).
     pub base_dtype: String,
+    /// The dtype the frozen base's matrix products were computed in (`f32` or `bf16`).
+    pub matmul_dtype: String,
     /// Rows per micro-batch.
     pub micro_batch: usize,
     /// Micro-batches per optimizer step.
@@ -71,7 +73,11 @@ pub fn bench(
     let plain: Device = device.clone().inner();
     let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
     let mut model = HfModel::load(&config.model.path, &device)?.model;
-    let base_dtype = config.model.base_compute_dtype(choice);
+    let base_dtype = config.model.base_storage_dtype(choice);
+    let matmul_dtype = config
+        .model
+        .base_matmul_dtype(choice)
+        .map_err(ModelError::Usage)?;
     model.set_base_dtype(base_dtype);
     let data = load_dataset(&config.data, &config.model.path)?;
     let examples = &data.data.train;
@@ -96,6 +102,7 @@ pub fn bench(
             ),
             max_grad_norm: train_cfg.max_grad_norm,
             dropout_seed: dropout_seed(train_cfg.seed, step),
+            matmul_dtype,
         };
         let started = std::time::Instant::now();
         let (updated, report) = train_step(model, &mut optim, &batches, settings, &plain);
@@ -133,10 +140,8 @@ pub fn bench(
     Ok(BenchReport {
         device: choice.to_string(),
         threads: rayon::current_num_threads(),
-        base_dtype: match base_dtype {
-            DType::BF16 => "bf16".into(),
-            _ => "f32".into(),
-        },
+        base_dtype: dtype_name(base_dtype).into(),
+        matmul_dtype: dtype_name(matmul_dtype).into(),
         micro_batch: config.train.micro_batch,
         grad_accum: config.train.grad_accum,
         seq_len: config.data.max_len,
@@ -155,6 +160,14 @@ pub fn bench(
         peak_rss_bytes: peak_rss_bytes(),
         losses,
     })
+}
+
+/// `f32` or `bf16`, the dtypes a frozen base can have.
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
 }
 
 /// The process's peak resident set size (`getrusage`), in bytes.

@@ -41,18 +41,22 @@ pub struct ModelSection {
     /// Compute backend: `flex`, or with `--features tch` `tch-cpu` / `tch-cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
-    /// Dtype of the frozen base's matrix products in training. Adapters and the optimizer
-    /// state are f32 whatever this says.
+    /// Dtype the frozen base's matrices (projections, embedding, output head) are stored in.
+    /// Adapters and the optimizer state are f32 whatever this says.
     #[serde(default)]
-    pub base_dtype: BaseDtype,
+    pub base_dtype: DtypeChoice,
+    /// Dtype the training pass computes the frozen base's matrix products in; weights stored
+    /// in another dtype are cast to it one matrix at a time.
+    #[serde(default)]
+    pub matmul_dtype: DtypeChoice,
 }
 
-/// `model.base_dtype`.
+/// `model.base_dtype` and `model.matmul_dtype`.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum BaseDtype {
-    /// The backend's choice (`DeviceChoice::base_compute_dtype`): bf16 on CUDA and on CPUs
-    /// with AMX under LibTorch, f32 elsewhere.
+pub enum DtypeChoice {
+    /// The backend's choice ([`DeviceChoice::preferred_base_dtype`]): bf16 on CUDA and on
+    /// CPUs with AMX under LibTorch, f32 elsewhere.
     #[default]
     Auto,
     /// f32.
@@ -61,13 +65,32 @@ pub enum BaseDtype {
     Bf16,
 }
 
+impl DtypeChoice {
+    fn resolve(self, device: DeviceChoice) -> DType {
+        match self {
+            DtypeChoice::Auto => device.preferred_base_dtype(),
+            DtypeChoice::F32 => DType::F32,
+            DtypeChoice::Bf16 => DType::BF16,
+        }
+    }
+}
+
 impl ModelSection {
-    /// The dtype the frozen base computes in when training on `device`.
-    pub fn base_compute_dtype(&self, device: DeviceChoice) -> DType {
-        match self.base_dtype {
-            BaseDtype::Auto => device.base_compute_dtype(),
-            BaseDtype::F32 => DType::F32,
-            BaseDtype::Bf16 => DType::BF16,
+    /// The dtype the frozen base is stored in when training on `device`.
+    pub fn base_storage_dtype(&self, device: DeviceChoice) -> DType {
+        self.base_dtype.resolve(device)
+    }
+
+    /// The dtype the training pass multiplies by the frozen base in on `device`; an error when
+    /// the device cannot (bf16 products need LibTorch).
+    pub fn base_matmul_dtype(&self, device: DeviceChoice) -> Result<DType, String> {
+        let dtype = self.matmul_dtype.resolve(device);
+        match dtype == DType::BF16 && !device.has_bf16_matmul() {
+            true => Err(format!(
+                "model.matmul_dtype = \"bf16\" needs a LibTorch device (tch-cpu, tch-cuda:N); \
+                 {device} multiplies in f32"
+            )),
+            false => Ok(dtype),
         }
     }
 }
@@ -406,6 +429,7 @@ mod tests {
             ("lora.target_modules=[\"qkv_proj\"]", "qkv_proj"),
             ("data.max_len=0", "data.max_len"),
             ("model.base_dtype=\"f16\"", "model.base_dtype"),
+            ("model.matmul_dtype=\"fp8\"", "model.matmul_dtype"),
             ("train.learning_rate=1", "learning_rate"),
             ("lora", "section.key=value"),
         ];

@@ -130,6 +130,10 @@ pub fn train(
     };
 
     let choice: DeviceChoice = config.model.device.parse().map_err(ModelError::Usage)?;
+    let matmul_dtype = config
+        .model
+        .base_matmul_dtype(choice)
+        .map_err(ModelError::Usage)?;
     let device = choice.device().autodiff();
     let train_cfg = &config.train;
     let spec = config.lora_spec();
@@ -179,7 +183,7 @@ pub fn train(
     };
 
     let mut model = loaded.model;
-    model.set_base_dtype(config.model.base_compute_dtype(choice));
+    model.set_base_dtype(config.model.base_storage_dtype(choice));
     let optim_config = adamw(config);
     let (mut optim, start_step) = match &resume_from {
         Some((dir, state)) => {
@@ -273,6 +277,7 @@ pub fn train(
             lr,
             max_grad_norm: train_cfg.max_grad_norm,
             dropout_seed: dropout_seed(train_cfg.seed, step),
+            matmul_dtype,
         };
         let (updated, report) = train_step(model, &mut optim, &batches, settings, &inner_device);
         model = updated;

@@ -11,6 +11,7 @@ use std::path::Path;
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use feinschliff_data::batch::{Batch, IGNORE_INDEX};
+use feinschliff_train::host_tensor::is_flex;
 use feinschliff_train::io::hf::HfModel;
 use feinschliff_train::loss::causal_lm_loss_sum;
 use feinschliff_train::model::backprop::{AdapterGrads, forward_backward};
@@ -138,6 +139,7 @@ fn check_batch_against_autodiff(name: &str, batch: Batch) {
         &batch,
         scale,
         0,
+        DType::F32,
         &device.clone().inner(),
         &mut grads,
     );
@@ -190,7 +192,16 @@ fn dropout_gradients_agree_with_finite_differences() {
     let model = model_with_adapters("tied_gqa", 0.3, &device);
     let batch = batch();
     let loss_of = |model: &Llama, grads: &mut AdapterGrads| {
-        forward_backward(model, &batch, 1.0, 11, &device.clone().inner(), grads).loss
+        forward_backward(
+            model,
+            &batch,
+            1.0,
+            11,
+            DType::F32,
+            &device.clone().inner(),
+            grads,
+        )
+        .loss
     };
     let mut grads = AdapterGrads::default();
     let base_loss = loss_of(&model, &mut grads);
@@ -264,41 +275,55 @@ fn dropout_gradients_agree_with_finite_differences() {
     }
 }
 
-#[test]
-fn bf16_base_stays_close_to_f32() {
+/// Adapter gradients and loss of one pass over `batch` with the base stored in `storage` and
+/// multiplied in `products`.
+fn pass_with_base(storage: DType, products: DType) -> (f64, Vec<f32>) {
     let device = test_device();
-    let batch = batch();
-    let run = |dtype: DType| {
-        let mut model = model_with_adapters("tied_gqa", 0.0, &device);
-        model.set_base_dtype(dtype);
-        let mut grads = AdapterGrads::default();
-        let loss = forward_backward(&model, &batch, 1.0, 0, &device, &mut grads).loss;
-        let flat: Vec<f32> = grads
-            .into_inner()
-            .into_iter()
-            .flat_map(|(_, g)| values(g))
-            .collect();
-        (loss, flat)
-    };
-    let (loss32, grads32) = run(DType::F32);
-    let (loss16, grads16) = run(DType::BF16);
+    let mut model = model_with_adapters("tied_gqa", 0.0, &device);
+    model.set_base_dtype(storage);
+    let mut grads = AdapterGrads::default();
+    let loss = forward_backward(&model, &batch(), 1.0, 0, products, &device, &mut grads).loss;
+    let flat = grads
+        .into_inner()
+        .into_iter()
+        .flat_map(|(_, g)| values(g))
+        .collect();
+    (loss, flat)
+}
+
+/// Asserts that `(loss, grads)` is a bf16-sized perturbation of the f32 result `reference`.
+fn assert_close_not_equal(
+    what: &str,
+    (loss, grads): &(f64, Vec<f32>),
+    reference: &(f64, Vec<f32>),
+) {
+    let (loss32, grads32) = reference;
     assert!(
-        (loss16 - loss32).abs() <= 1e-2 * loss32.abs(),
-        "bf16 loss {loss16} vs f32 {loss32}"
+        (loss - loss32).abs() <= 1e-2 * loss32.abs(),
+        "{what}: loss {loss} vs f32 {loss32}"
     );
-    assert_ne!(
-        grads16, grads32,
-        "the bf16 path must really compute in bf16"
-    );
-    let dot: f64 = grads16
-        .iter()
-        .zip(&grads32)
-        .map(|(a, b)| (a * b) as f64)
-        .sum();
+    assert_ne!(grads, grads32, "{what}: bf16 must change the result");
+    let dot: f64 = grads.iter().zip(grads32).map(|(a, b)| (a * b) as f64).sum();
     let norm = |g: &[f32]| g.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt();
-    let cosine = dot / (norm(&grads16) * norm(&grads32));
+    let cosine = dot / (norm(grads) * norm(grads32));
     assert!(
         cosine > 0.999,
-        "bf16 gradients point elsewhere: cosine {cosine}"
+        "{what}: gradients point elsewhere: cosine {cosine}"
     );
+}
+
+#[test]
+fn bf16_base_stays_close_to_f32() {
+    let reference = pass_with_base(DType::F32, DType::F32);
+    let bf16_products = pass_with_base(DType::BF16, DType::BF16);
+    let f32_products = pass_with_base(DType::BF16, DType::F32);
+    assert_close_not_equal("bf16 base, bf16 products", &bf16_products, &reference);
+    assert_close_not_equal("bf16 base, f32 products", &f32_products, &reference);
+    if !is_flex(&test_device()) {
+        // LibTorch multiplies bf16 by bf16; flex converts to f32 first, so there the two agree.
+        assert_ne!(
+            bf16_products.1, f32_products.1,
+            "f32 products of a bf16 base must not round like bf16 ones"
+        );
+    }
 }

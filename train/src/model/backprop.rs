@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use burn::module::ParamId;
+use burn::module::{Param, ParamId};
 use burn::tensor::activation::{sigmoid, silu, softmax};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use feinschliff_data::batch::{Batch, IGNORE_INDEX};
@@ -78,12 +78,15 @@ pub struct MicroBatchResult {
 
 /// Runs `batch` through `model`, scores it (labels shifted by one, `-100` ignored), and adds the
 /// gradient of `loss_scale · Σ nll` with respect to every adapter parameter to `grads`.
-/// Dropout masks derive from `dropout_seed`; `device` is the device without autodiff.
+/// Dropout masks derive from `dropout_seed`; the frozen base's matrix products are computed in
+/// `matmul_dtype` (its weights are cast to it where they are stored in another dtype, one
+/// matrix at a time); `device` is the device without autodiff.
 pub fn forward_backward(
     model: &Llama,
     batch: &Batch,
     loss_scale: f64,
     dropout_seed: u64,
+    matmul_dtype: DType,
     device: &Device,
     grads: &mut AdapterGrads,
 ) -> MicroBatchResult {
@@ -100,11 +103,16 @@ pub fn forward_backward(
         neg_sin: sin.clone().inner().neg(),
         sin: sin.inner(),
     };
-    let mask = match is_host(device) {
+    let key_mask = match is_host(device) {
         true => KeyMask::Segments(batch.segments.clone()),
         false => KeyMask::Bias(Box::new(attention_bias(batch, device))),
     };
-    let shape = Shape { rows, len };
+    let pass = Pass {
+        shape: Shape { rows, len },
+        rope,
+        key_mask,
+        matmul_dtype,
+    };
 
     let mut x = embedding_rows(
         model.model.embed_tokens.val().inner(),
@@ -113,16 +121,14 @@ pub fn forward_backward(
     let mut tapes = Vec::with_capacity(model.model.layers.len());
     for (index, layer) in model.model.layers.iter().enumerate() {
         let masks = LayerMasks::new(child_seed(dropout_seed, index as u64));
-        let (out, tape) = layer_forward(layer, x, &shape, &rope, &mask, &masks);
+        let (out, tape) = layer_forward(layer, x, &pass, &masks);
         tapes.push(tape);
         x = out;
     }
-    let head = model
-        .lm_head
-        .as_ref()
-        .unwrap_or(&model.model.embed_tokens)
-        .val()
-        .inner();
+    let head = base_weight(
+        model.lm_head.as_ref().unwrap_or(&model.model.embed_tokens),
+        matmul_dtype,
+    );
     let normed = norm_forward(&model.model.norm, x.clone());
     let targets = shifted_targets(batch);
     let (loss, d_normed) = head_loss_backward(normed, head, &targets, loss_scale, device);
@@ -133,13 +139,22 @@ pub fn forward_backward(
     for (index, layer) in model.model.layers.iter().enumerate().rev() {
         let masks = LayerMasks::new(child_seed(dropout_seed, index as u64));
         let tape = tapes.pop().expect("one tape per layer");
-        dx = layer_backward(layer, tape, dx, &shape, &rope, &mask, &masks, grads);
+        dx = layer_backward(layer, tape, dx, &pass, &masks, grads);
     }
     MicroBatchResult {
         loss,
         forward_seconds,
         backward_seconds: started.elapsed().as_secs_f64(),
     }
+}
+
+/// What every layer of one micro-batch's pass shares.
+struct Pass {
+    shape: Shape,
+    rope: RopeTables,
+    key_mask: KeyMask,
+    /// The dtype of the frozen base's matrix products.
+    matmul_dtype: DType,
 }
 
 /// Rows and length of the batch (tokens are handled as `rows · len` flat rows).
@@ -199,29 +214,37 @@ struct LayerTape {
 fn layer_forward(
     layer: &DecoderLayer,
     x: Tensor<2>,
-    shape: &Shape,
-    rope: &RopeTables,
-    key_mask: &KeyMask,
+    pass: &Pass,
     masks: &LayerMasks,
 ) -> (Tensor<2>, LayerTape) {
+    let (shape, rope) = (&pass.shape, &pass.rope);
+    let linear = |linear: &Linear, x: &Tensor<2>, which: u64| {
+        linear_forward(linear, x, masks.get(linear, which), pass.matmul_dtype)
+    };
     let attn = &layer.self_attn;
     let normed = norm_forward(&layer.input_layernorm, x.clone());
-    let (q, lq) = linear_forward(&attn.q_proj, &normed, masks.get(&attn.q_proj, 0));
-    let (k, lk) = linear_forward(&attn.k_proj, &normed, masks.get(&attn.k_proj, 1));
-    let (v, lv) = linear_forward(&attn.v_proj, &normed, masks.get(&attn.v_proj, 2));
+    let (q, lq) = linear(&attn.q_proj, &normed, 0);
+    let (k, lk) = linear(&attn.k_proj, &normed, 1);
+    let (v, lv) = linear(&attn.v_proj, &normed, 2);
     let queries = rotate_to_heads(q, shape, attn.num_heads, attn.head_dim, rope);
     let keys = rotate_to_heads(k, shape, attn.num_kv_heads, attn.head_dim, rope);
     let values = to_heads(v, shape, attn.num_kv_heads, attn.head_dim);
-    let attended = from_heads(attention_forward(attn, &queries, &keys, &values, key_mask));
-    let (o, lo) = linear_forward(&attn.o_proj, &attended, masks.get(&attn.o_proj, 3));
+    let attended = from_heads(attention_forward(
+        attn,
+        &queries,
+        &keys,
+        &values,
+        &pass.key_mask,
+    ));
+    let (o, lo) = linear(&attn.o_proj, &attended, 3);
     let mid = x.clone() + o;
 
     let mlp = &layer.mlp;
     let normed = norm_forward(&layer.post_attention_layernorm, mid.clone());
-    let (gate, lg) = linear_forward(&mlp.gate_proj, &normed, masks.get(&mlp.gate_proj, 4));
-    let (up, lu) = linear_forward(&mlp.up_proj, &normed, masks.get(&mlp.up_proj, 5));
+    let (gate, lg) = linear(&mlp.gate_proj, &normed, 4);
+    let (up, lu) = linear(&mlp.up_proj, &normed, 5);
     let act = silu_mul(&gate, &up);
-    let (down, ld) = linear_forward(&mlp.down_proj, &act, masks.get(&mlp.down_proj, 6));
+    let (down, ld) = linear(&mlp.down_proj, &act, 6);
     let out = mid.clone() + down;
     let tape = LayerTape {
         input: x,
@@ -237,14 +260,11 @@ fn layer_forward(
     (out, tape)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn layer_backward(
     layer: &DecoderLayer,
     tape: LayerTape,
     d_out: Tensor<2>,
-    shape: &Shape,
-    rope: &RopeTables,
-    key_mask: &KeyMask,
+    pass: &Pass,
     masks: &LayerMasks,
     grads: &mut AdapterGrads,
 ) -> Tensor<2> {
@@ -259,76 +279,34 @@ fn layer_backward(
         up,
         low_rank: [lq, lk, lv, lo, lg, lu, ld],
     } = tape;
+    let mut linear = |linear: &Linear, x, which: u64, low_rank, d_y| {
+        let dropout = masks.get(linear, which);
+        linear_backward(linear, x, dropout, low_rank, d_y, pass.matmul_dtype, grads)
+    };
     let attn = &layer.self_attn;
     let mlp = &layer.mlp;
 
     // MLP: out = mid + down(silu(gate) · up).
     let act = silu_mul(&gate, &up);
-    let d_act = linear_backward(
-        &mlp.down_proj,
-        act,
-        masks.get(&mlp.down_proj, 6),
-        ld,
-        d_out.clone(),
-        grads,
-    );
+    let d_act = linear(&mlp.down_proj, act, 6, ld, d_out.clone());
     let (d_gate, d_up) = silu_mul_backward(gate, up, d_act);
     let normed = norm_forward(&layer.post_attention_layernorm, mid.clone());
-    let d_normed = linear_backward(
-        &mlp.gate_proj,
-        normed.clone(),
-        masks.get(&mlp.gate_proj, 4),
-        lg,
-        d_gate,
-        grads,
-    ) + linear_backward(
-        &mlp.up_proj,
-        normed,
-        masks.get(&mlp.up_proj, 5),
-        lu,
-        d_up,
-        grads,
-    );
+    let d_normed = linear(&mlp.gate_proj, normed.clone(), 4, lg, d_gate)
+        + linear(&mlp.up_proj, normed, 5, lu, d_up);
     let d_mid = d_out + norm_backward(&layer.post_attention_layernorm, mid, d_normed);
 
     // Attention: mid = input + o(attention(rope(q(x)), rope(k(x)), v(x))).
-    let d_attended = linear_backward(
-        &attn.o_proj,
-        attended,
-        masks.get(&attn.o_proj, 3),
-        lo,
-        d_mid.clone(),
-        grads,
-    );
-    let d_heads = to_heads(d_attended, shape, attn.num_heads, attn.head_dim);
+    let d_attended = linear(&attn.o_proj, attended, 3, lo, d_mid.clone());
+    let d_heads = to_heads(d_attended, &pass.shape, attn.num_heads, attn.head_dim);
     let (d_queries, d_keys, d_values) =
-        attention_backward(attn, &queries, &keys, &values, key_mask, d_heads);
-    let d_q = unrotate_from_heads(d_queries, rope);
-    let d_k = unrotate_from_heads(d_keys, rope);
+        attention_backward(attn, &queries, &keys, &values, &pass.key_mask, d_heads);
+    let d_q = unrotate_from_heads(d_queries, &pass.rope);
+    let d_k = unrotate_from_heads(d_keys, &pass.rope);
     let d_v = from_heads(d_values);
     let normed = norm_forward(&layer.input_layernorm, input.clone());
-    let d_normed = linear_backward(
-        &attn.q_proj,
-        normed.clone(),
-        masks.get(&attn.q_proj, 0),
-        lq,
-        d_q,
-        grads,
-    ) + linear_backward(
-        &attn.k_proj,
-        normed.clone(),
-        masks.get(&attn.k_proj, 1),
-        lk,
-        d_k,
-        grads,
-    ) + linear_backward(
-        &attn.v_proj,
-        normed,
-        masks.get(&attn.v_proj, 2),
-        lv,
-        d_v,
-        grads,
-    );
+    let d_normed = linear(&attn.q_proj, normed.clone(), 0, lq, d_q)
+        + linear(&attn.k_proj, normed.clone(), 1, lk, d_k)
+        + linear(&attn.v_proj, normed, 2, lv, d_v);
     d_mid + norm_backward(&layer.input_layernorm, input, d_normed)
 }
 
@@ -337,9 +315,11 @@ fn linear_forward(
     linear: &Linear,
     x: &Tensor<2>,
     dropout: Option<Dropout>,
+    matmul_dtype: DType,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
     use Read::{AsIs, Transposed};
-    let mut y = matmul(x.clone(), AsIs, linear.weight.val().inner(), Transposed);
+    let weight = base_weight(&linear.weight, matmul_dtype);
+    let mut y = matmul(x.clone(), AsIs, weight, Transposed);
     if let Some(bias) = &linear.bias {
         y = y + bias.val().inner().unsqueeze::<2>();
     }
@@ -370,10 +350,12 @@ fn linear_backward(
     dropout: Option<Dropout>,
     low_rank: Option<Tensor<2>>,
     d_y: Tensor<2>,
+    matmul_dtype: DType,
     grads: &mut AdapterGrads,
 ) -> Tensor<2> {
     use Read::{AsIs, Transposed};
-    let d_x = matmul(d_y.clone(), AsIs, linear.weight.val().inner(), AsIs);
+    let weight = base_weight(&linear.weight, matmul_dtype);
+    let d_x = matmul(d_y.clone(), AsIs, weight, AsIs);
     let (Some(adapter), Some(low_rank)) = (&linear.lora, low_rank) else {
         return d_x;
     };
@@ -392,6 +374,15 @@ fn linear_backward(
             d_x + dropout.apply(matmul(d_low, AsIs, adapter.lora_a.val().inner(), AsIs))
         }
         None => add_matmul(d_x, d_low, AsIs, adapter.lora_a.val().inner(), AsIs, 1.0),
+    }
+}
+
+/// The frozen matrix `param` in `dtype`: as stored, or cast (a temporary copy).
+fn base_weight(param: &Param<Tensor<2>>, dtype: DType) -> Tensor<2> {
+    let weight = param.val().inner();
+    match weight.dtype() == dtype {
+        true => weight,
+        false => weight.cast(dtype),
     }
 }
 
