@@ -1,5 +1,7 @@
 //! The one place where a compute backend is chosen: `--device` names it at run time, cargo
 //! features decide which names exist in a build.
+// burn-tch is deprecated upstream; feinschliff uses it on purpose (LibTorch's bf16 kernels).
+#![cfg_attr(feature = "tch", allow(deprecated))]
 
 use std::fmt;
 use std::str::FromStr;
