@@ -78,7 +78,7 @@ pub fn bench(
         .model
         .base_matmul_dtype(choice)
         .map_err(ModelError::Usage)?;
-    model.set_base_dtype(base_dtype);
+    model.set_base_dtypes(base_dtype, matmul_dtype);
     let data = load_dataset(&config.data, &config.model.path)?;
     let examples = &data.data.train;
     let rows = training_rows(examples, config, progress);
@@ -102,7 +102,6 @@ pub fn bench(
             ),
             max_grad_norm: train_cfg.max_grad_norm,
             dropout_seed: dropout_seed(train_cfg.seed, step),
-            matmul_dtype,
         };
         let started = std::time::Instant::now();
         let (updated, report) = train_step(model, &mut optim, &batches, settings, &plain);

@@ -45,8 +45,8 @@ pub struct ModelSection {
     /// Adapters and the optimizer state are f32 whatever this says.
     #[serde(default)]
     pub base_dtype: DtypeChoice,
-    /// Dtype the training pass computes the frozen base's matrix products in; weights stored
-    /// in another dtype are cast to it one matrix at a time.
+    /// Dtype training (the training pass, validation, samples) computes the frozen base's
+    /// matrix products in; weights stored in another dtype are cast to it one matrix at a time.
     #[serde(default)]
     pub matmul_dtype: DtypeChoice,
 }

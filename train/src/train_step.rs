@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::module::ParamId;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{DType, Device};
+use burn::tensor::Device;
 use feinschliff_data::batch::Batch;
 
 use crate::dropout_mask::child_seed;
@@ -37,8 +37,6 @@ pub struct StepSettings {
     pub max_grad_norm: f64,
     /// Seed of this step's dropout masks.
     pub dropout_seed: u64,
-    /// Dtype of the frozen base's matrix products.
-    pub matmul_dtype: DType,
 }
 
 /// Trains `model` on the micro-batches `batches` (one accumulation window) and returns the
@@ -59,15 +57,7 @@ pub fn train_step(
     let (mut loss, mut forward_seconds, mut backward_seconds) = (0.0, 0.0, 0.0);
     for (index, batch) in batches.iter().enumerate() {
         let seed = child_seed(settings.dropout_seed, index as u64);
-        let result = forward_backward(
-            &model,
-            batch,
-            1.0 / window_tokens,
-            seed,
-            settings.matmul_dtype,
-            device,
-            &mut grads,
-        );
+        let result = forward_backward(&model, batch, 1.0 / window_tokens, seed, device, &mut grads);
         loss += result.loss;
         forward_seconds += result.forward_seconds;
         backward_seconds += result.backward_seconds;

@@ -183,7 +183,7 @@ pub fn train(
     };
 
     let mut model = loaded.model;
-    model.set_base_dtype(config.model.base_storage_dtype(choice));
+    model.set_base_dtypes(config.model.base_storage_dtype(choice), matmul_dtype);
     let optim_config = adamw(config);
     let (mut optim, start_step) = match &resume_from {
         Some((dir, state)) => {
@@ -277,7 +277,6 @@ pub fn train(
             lr,
             max_grad_norm: train_cfg.max_grad_norm,
             dropout_seed: dropout_seed(train_cfg.seed, step),
-            matmul_dtype,
         };
         let (updated, report) = train_step(model, &mut optim, &batches, settings, &inner_device);
         model = updated;

@@ -139,7 +139,6 @@ fn check_batch_against_autodiff(name: &str, batch: Batch) {
         &batch,
         scale,
         0,
-        DType::F32,
         &device.clone().inner(),
         &mut grads,
     );
@@ -192,16 +191,7 @@ fn dropout_gradients_agree_with_finite_differences() {
     let model = model_with_adapters("tied_gqa", 0.3, &device);
     let batch = batch();
     let loss_of = |model: &Llama, grads: &mut AdapterGrads| {
-        forward_backward(
-            model,
-            &batch,
-            1.0,
-            11,
-            DType::F32,
-            &device.clone().inner(),
-            grads,
-        )
-        .loss
+        forward_backward(model, &batch, 1.0, 11, &device.clone().inner(), grads).loss
     };
     let mut grads = AdapterGrads::default();
     let base_loss = loss_of(&model, &mut grads);
@@ -275,33 +265,51 @@ fn dropout_gradients_agree_with_finite_differences() {
     }
 }
 
-/// Adapter gradients and loss of one pass over `batch` with the base stored in `storage` and
-/// multiplied in `products`.
-fn pass_with_base(storage: DType, products: DType) -> (f64, Vec<f32>) {
+/// One pass over `batch()` with the base stored in one dtype and multiplied in another.
+struct BasePass {
+    /// Loss of the training pass.
+    loss: f64,
+    /// Its adapter gradients, flattened.
+    grads: Vec<f32>,
+    /// Loss of the model's own forward (what validation runs) on the same model.
+    forward_loss: f64,
+}
+
+fn pass_with_base(storage: DType, products: DType) -> BasePass {
     let device = test_device();
     let mut model = model_with_adapters("tied_gqa", 0.0, &device);
-    model.set_base_dtype(storage);
+    model.set_base_dtypes(storage, products);
+    let batch = batch();
     let mut grads = AdapterGrads::default();
-    let loss = forward_backward(&model, &batch(), 1.0, 0, products, &device, &mut grads).loss;
-    let flat = grads
+    let loss = forward_backward(&model, &batch, 1.0, 0, &device, &mut grads).loss;
+    let int = |v: &Vec<i64>| {
+        Tensor::<2, Int>::from_data(TensorData::new(v.clone(), [batch.rows, batch.len]), &device)
+    };
+    let logits =
+        model.forward_segments(int(&batch.ids), int(&batch.positions), int(&batch.segments));
+    let forward_loss = causal_lm_loss_sum(logits, int(&batch.labels))
+        .nll
+        .into_scalar::<f64>();
+    let grads = grads
         .into_inner()
         .into_iter()
         .flat_map(|(_, g)| values(g))
         .collect();
-    (loss, flat)
+    BasePass {
+        loss,
+        grads,
+        forward_loss,
+    }
 }
 
-/// Asserts that `(loss, grads)` is a bf16-sized perturbation of the f32 result `reference`.
-fn assert_close_not_equal(
-    what: &str,
-    (loss, grads): &(f64, Vec<f32>),
-    reference: &(f64, Vec<f32>),
-) {
-    let (loss32, grads32) = reference;
+/// Asserts that `pass` is a bf16-sized perturbation of the f32 result `reference`.
+fn assert_close_not_equal(what: &str, pass: &BasePass, reference: &BasePass) {
+    let (loss, loss32) = (pass.loss, reference.loss);
     assert!(
         (loss - loss32).abs() <= 1e-2 * loss32.abs(),
         "{what}: loss {loss} vs f32 {loss32}"
     );
+    let (grads, grads32) = (&pass.grads, &reference.grads);
     assert_ne!(grads, grads32, "{what}: bf16 must change the result");
     let dot: f64 = grads.iter().zip(grads32).map(|(a, b)| (a * b) as f64).sum();
     let norm = |g: &[f32]| g.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt();
@@ -319,10 +327,17 @@ fn bf16_base_stays_close_to_f32() {
     let f32_products = pass_with_base(DType::BF16, DType::F32);
     assert_close_not_equal("bf16 base, bf16 products", &bf16_products, &reference);
     assert_close_not_equal("bf16 base, f32 products", &f32_products, &reference);
+    // Validation runs the model's own forward: with f32 products of a bf16 base it must multiply
+    // as the training pass does, not round its inputs to bf16.
+    let (forward, training) = (f32_products.forward_loss, f32_products.loss);
+    assert!(
+        (forward - training).abs() <= 1e-5 * training.abs(),
+        "bf16 base, f32 products: the model's forward gives loss {forward}, the training pass {training}"
+    );
     if !is_flex(&test_device()) {
         // LibTorch multiplies bf16 by bf16; flex converts to f32 first, so there the two agree.
         assert_ne!(
-            bf16_products.1, f32_products.1,
+            bf16_products.grads, f32_products.grads,
             "f32 products of a bf16 base must not round like bf16 ones"
         );
     }

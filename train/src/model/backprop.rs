@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Param, ParamId};
+use burn::module::ParamId;
 use burn::tensor::activation::{sigmoid, silu, softmax};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use feinschliff_data::batch::{Batch, IGNORE_INDEX};
@@ -78,15 +78,13 @@ pub struct MicroBatchResult {
 
 /// Runs `batch` through `model`, scores it (labels shifted by one, `-100` ignored), and adds the
 /// gradient of `loss_scale · Σ nll` with respect to every adapter parameter to `grads`.
-/// Dropout masks derive from `dropout_seed`; the frozen base's matrix products are computed in
-/// `matmul_dtype` (its weights are cast to it where they are stored in another dtype, one
-/// matrix at a time); `device` is the device without autodiff.
+/// Dropout masks derive from `dropout_seed`; the frozen base multiplies in the dtypes the model
+/// was given ([`Llama::set_base_dtypes`]); `device` is the device without autodiff.
 pub fn forward_backward(
     model: &Llama,
     batch: &Batch,
     loss_scale: f64,
     dropout_seed: u64,
-    matmul_dtype: DType,
     device: &Device,
     grads: &mut AdapterGrads,
 ) -> MicroBatchResult {
@@ -111,7 +109,6 @@ pub fn forward_backward(
         shape: Shape { rows, len },
         rope,
         key_mask,
-        matmul_dtype,
     };
 
     let mut x = embedding_rows(
@@ -125,10 +122,7 @@ pub fn forward_backward(
         tapes.push(tape);
         x = out;
     }
-    let head = base_weight(
-        model.lm_head.as_ref().unwrap_or(&model.model.embed_tokens),
-        matmul_dtype,
-    );
+    let head = model.head_weight().inner();
     let normed = norm_forward(&model.model.norm, x.clone());
     let targets = shifted_targets(batch);
     let (loss, d_normed) = head_loss_backward(normed, head, &targets, loss_scale, device);
@@ -153,8 +147,6 @@ struct Pass {
     shape: Shape,
     rope: RopeTables,
     key_mask: KeyMask,
-    /// The dtype of the frozen base's matrix products.
-    matmul_dtype: DType,
 }
 
 /// Rows and length of the batch (tokens are handled as `rows · len` flat rows).
@@ -219,7 +211,7 @@ fn layer_forward(
 ) -> (Tensor<2>, LayerTape) {
     let (shape, rope) = (&pass.shape, &pass.rope);
     let linear = |linear: &Linear, x: &Tensor<2>, which: u64| {
-        linear_forward(linear, x, masks.get(linear, which), pass.matmul_dtype)
+        linear_forward(linear, x, masks.get(linear, which))
     };
     let attn = &layer.self_attn;
     let normed = norm_forward(&layer.input_layernorm, x.clone());
@@ -281,7 +273,7 @@ fn layer_backward(
     } = tape;
     let mut linear = |linear: &Linear, x, which: u64, low_rank, d_y| {
         let dropout = masks.get(linear, which);
-        linear_backward(linear, x, dropout, low_rank, d_y, pass.matmul_dtype, grads)
+        linear_backward(linear, x, dropout, low_rank, d_y, grads)
     };
     let attn = &layer.self_attn;
     let mlp = &layer.mlp;
@@ -315,10 +307,9 @@ fn linear_forward(
     linear: &Linear,
     x: &Tensor<2>,
     dropout: Option<Dropout>,
-    matmul_dtype: DType,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
     use Read::{AsIs, Transposed};
-    let weight = base_weight(&linear.weight, matmul_dtype);
+    let weight = linear.product_weight().inner();
     let mut y = matmul(x.clone(), AsIs, weight, Transposed);
     if let Some(bias) = &linear.bias {
         y = y + bias.val().inner().unsqueeze::<2>();
@@ -350,12 +341,10 @@ fn linear_backward(
     dropout: Option<Dropout>,
     low_rank: Option<Tensor<2>>,
     d_y: Tensor<2>,
-    matmul_dtype: DType,
     grads: &mut AdapterGrads,
 ) -> Tensor<2> {
     use Read::{AsIs, Transposed};
-    let weight = base_weight(&linear.weight, matmul_dtype);
-    let d_x = matmul(d_y.clone(), AsIs, weight, AsIs);
+    let d_x = matmul(d_y.clone(), AsIs, linear.product_weight().inner(), AsIs);
     let (Some(adapter), Some(low_rank)) = (&linear.lora, low_rank) else {
         return d_x;
     };
@@ -374,15 +363,6 @@ fn linear_backward(
             d_x + dropout.apply(matmul(d_low, AsIs, adapter.lora_a.val().inner(), AsIs))
         }
         None => add_matmul(d_x, d_low, AsIs, adapter.lora_a.val().inner(), AsIs, 1.0),
-    }
-}
-
-/// The frozen matrix `param` in `dtype`: as stored, or cast (a temporary copy).
-fn base_weight(param: &Param<Tensor<2>>, dtype: DType) -> Tensor<2> {
-    let weight = param.val().inner();
-    match weight.dtype() == dtype {
-        true => weight,
-        false => weight.cast(dtype),
     }
 }
 

@@ -44,6 +44,9 @@ pub struct Linear {
     pub bias: Option<Param<Tensor<1>>>,
     /// The LoRA adapter, when one is attached.
     pub lora: Option<LoraAdapter>,
+    /// The dtype `weight`'s products are computed in ([`Llama::set_base_dtypes`]).
+    #[module(skip)]
+    pub matmul_dtype: DType,
 }
 
 impl Linear {
@@ -71,20 +74,35 @@ impl Linear {
             weight,
             bias,
             lora: None,
+            matmul_dtype: DType::F32,
         })
+    }
+
+    /// The frozen weight in the dtype of its products (a temporary copy when stored in
+    /// another).
+    pub fn product_weight(&self) -> Tensor<2> {
+        in_dtype(self.weight.val(), self.matmul_dtype)
     }
 
     /// Applies the layer (and its adapter) to the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let base = linear_hf(
             x.clone(),
-            self.weight.val(),
+            self.product_weight(),
             self.bias.as_ref().map(Param::val),
         );
         match &self.lora {
             Some(adapter) => base + adapter.forward(x),
             None => base,
         }
+    }
+}
+
+/// `tensor` in `dtype`: itself, or a cast copy.
+fn in_dtype<const D: usize>(tensor: Tensor<D>, dtype: DType) -> Tensor<D> {
+    match tensor.dtype() == dtype {
+        true => tensor,
+        false => tensor.cast(dtype),
     }
 }
 
@@ -289,6 +307,9 @@ pub struct Llama {
     pub model: LlamaModel,
     /// `[vocab_size, hidden_size]` output head; `None` when tied to the embedding.
     pub lm_head: Option<Param<Tensor<2>>>,
+    /// The dtype the output head's products are computed in ([`Llama::set_base_dtypes`]).
+    #[module(skip)]
+    pub head_matmul_dtype: DType,
 }
 
 /// Cached keys and values of every layer, for incremental decoding.
@@ -430,7 +451,11 @@ impl Llama {
                 device,
             )?)),
         };
-        Ok(Self { model, lm_head })
+        Ok(Self {
+            model,
+            lm_head,
+            head_matmul_dtype: DType::F32,
+        })
     }
 
     /// The seven projections of every layer with their HF module paths
@@ -476,13 +501,16 @@ impl Llama {
         out
     }
 
-    /// Stores the frozen matrices (projections, embedding, output head) in `dtype`, which is
-    /// then the dtype their products are computed in; norms, biases and adapters stay f32.
-    pub fn set_base_dtype(&mut self, dtype: DType) {
-        let cast = |param: &Param<Tensor<2>>| frozen(param.val().cast(dtype));
+    /// Stores the frozen matrices (projections, embedding, output head) in `storage` and has
+    /// their products computed in `products`; a matrix stored in another dtype is cast for each
+    /// product, one at a time. Norms, biases and adapters stay f32.
+    pub fn set_base_dtypes(&mut self, storage: DType, products: DType) {
+        let cast = |param: &Param<Tensor<2>>| frozen(param.val().cast(storage));
         for (_, proj) in self.projections_mut() {
             proj.weight = cast(&proj.weight);
+            proj.matmul_dtype = products;
         }
+        self.head_matmul_dtype = products;
         self.model.embed_tokens = cast(&self.model.embed_tokens);
         if let Some(head) = &self.lm_head {
             self.lm_head = Some(cast(head));
@@ -575,8 +603,13 @@ impl Llama {
         self.model.norm.forward(x)
     }
 
-    fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+    /// The output head (the embedding when tied) in the dtype of its products.
+    pub fn head_weight(&self) -> Tensor<2> {
         let head = self.lm_head.as_ref().unwrap_or(&self.model.embed_tokens);
-        linear_hf(hidden, head.val(), None)
+        in_dtype(head.val(), self.head_matmul_dtype)
+    }
+
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        linear_hf(hidden, self.head_weight(), None)
     }
 }
