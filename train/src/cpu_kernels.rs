@@ -1,9 +1,9 @@
 //! Fused element-wise kernels of the training pass for tensors in host memory (flex, and
-//! LibTorch's CPU; see `host_tensor`). Each kernel is one pass over its rows where the Burn formulation is several
-//! operations with a buffer each; rows are spread over all cores (burn-flex runs element-wise
-//! operations on one), and `exp` is a polynomial the compiler vectorises instead of one libm
-//! call per element. The formulas are those of the Burn versions in `model/backprop.rs`; the
-//! backprop tests compare both with autodiff.
+//! LibTorch's CPU; see `host_tensor`). Each kernel is one pass over its rows where the Burn
+//! formulation is several operations with a buffer each; rows are spread over all cores
+//! (burn-flex runs element-wise operations on one), and `exp` is a polynomial the compiler
+//! vectorises instead of one libm call per element. The formulas are those of the Burn
+//! versions in `model/backprop.rs`; the backprop tests compare both with autodiff.
 
 use multiversion::multiversion;
 use rayon::prelude::*;

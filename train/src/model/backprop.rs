@@ -164,9 +164,9 @@ struct RopeTables {
 
 /// Which keys each query may attend to.
 enum KeyMask {
-    /// Segment ids per token, `rows · len`, for the fused softmax on host tensors (flex).
+    /// Segment ids per token, `rows · len`, for the host attention (flex, LibTorch's CPU).
     Segments(Vec<i64>),
-    /// `0`/`-∞` bias `[rows, 1, len, len]` for Burn's softmax (other backends).
+    /// `0`/`-∞` bias `[rows, 1, len, len]` for Burn's softmax (other devices).
     Bias(Box<Tensor<4>>),
 }
 
