@@ -489,26 +489,22 @@ fn rotate_to_heads(
     if !is_host(&x.device()) {
         return Rope::apply(to_heads(x, shape, heads, head_dim), &rope.cos, &rope.sin);
     }
+    let (rows, len) = (shape.rows, shape.len);
     let rope_shape = RopeShape {
-        rows: shape.rows,
-        len: shape.len,
+        rows,
+        len,
         heads,
         head_dim,
     };
-    let x = HostTensor::of(x);
-    let (cos, sin) = (
-        HostTensor::of(rope.cos.clone()),
-        HostTensor::of(rope.sin.clone()),
-    );
-    let mut out = cpu_kernels::zeros(x.values().len());
-    cpu_kernels::rope_to_heads(
-        x.values(),
-        cos.values(),
-        sin.values(),
-        &rope_shape,
-        &mut out,
-    );
-    HostTensor::new_like(&x, out, [shape.rows, heads, shape.len, head_dim]).into_tensor()
+    let dims = [rows, heads, len, head_dim];
+    host_rope(
+        cpu_kernels::rope_to_heads,
+        x,
+        &rope.cos,
+        &rope.sin,
+        rope_shape,
+        dims,
+    )
 }
 
 /// The gradient of [`rotate_to_heads`]: `d` `[rows, heads, len, head_dim]` rotated back and
@@ -524,20 +520,35 @@ fn unrotate_from_heads(d: Tensor<4>, rope: &RopeTables) -> Tensor<2> {
         heads,
         head_dim,
     };
-    let d = HostTensor::of(d);
-    let (cos, neg_sin) = (
-        HostTensor::of(rope.cos.clone()),
-        HostTensor::of(rope.neg_sin.clone()),
-    );
-    let mut out = cpu_kernels::zeros(d.values().len());
-    cpu_kernels::rope_from_heads(
-        d.values(),
-        cos.values(),
-        neg_sin.values(),
-        &rope_shape,
-        &mut out,
-    );
-    HostTensor::new_like(&d, out, [rows * len, heads * head_dim]).into_tensor()
+    let dims = [rows * len, heads * head_dim];
+    host_rope(
+        cpu_kernels::rope_from_heads,
+        d,
+        &rope.cos,
+        &rope.neg_sin,
+        rope_shape,
+        dims,
+    )
+}
+
+/// [`cpu_kernels::rope_to_heads`] or [`cpu_kernels::rope_from_heads`].
+type RopeKernel = fn(&[f32], &[f32], &[f32], &RopeShape, &mut [f32]);
+
+/// A RoPE kernel of [`cpu_kernels`] run on host tensor `x` with the tables `cos` and `sin`;
+/// the result has `dims`.
+fn host_rope<const D: usize, const E: usize>(
+    kernel: RopeKernel,
+    x: Tensor<D>,
+    cos: &Tensor<4>,
+    sin: &Tensor<4>,
+    shape: RopeShape,
+    dims: [usize; E],
+) -> Tensor<E> {
+    let x = HostTensor::of(x);
+    let (cos, sin) = (HostTensor::of(cos.clone()), HostTensor::of(sin.clone()));
+    let mut out = cpu_kernels::zeros(x.values().len());
+    kernel(x.values(), cos.values(), sin.values(), &shape, &mut out);
+    HostTensor::new_like(&x, out, dims).into_tensor()
 }
 
 /// `[rows·len, heads·head_dim]` → `[rows, heads, len, head_dim]`.
