@@ -73,10 +73,9 @@ pub fn bench(
     let plain: Device = device.clone().inner();
     let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
     let mut model = HfModel::load(&config.model.path, &device)?.model;
-    let base_dtype = config.model.base_storage_dtype(choice);
-    let matmul_dtype = config
+    let (base_dtype, matmul_dtype) = config
         .model
-        .base_matmul_dtype(choice)
+        .base_dtypes(choice)
         .map_err(ModelError::Usage)?;
     model.set_base_dtypes(base_dtype, matmul_dtype);
     let data = load_dataset(&config.data, &config.model.path)?;

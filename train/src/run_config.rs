@@ -76,22 +76,20 @@ impl DtypeChoice {
 }
 
 impl ModelSection {
-    /// The dtype the frozen base is stored in when training on `device`.
-    pub fn base_storage_dtype(&self, device: DeviceChoice) -> DType {
-        self.base_dtype.resolve(device)
-    }
-
-    /// The dtype the training pass multiplies by the frozen base in on `device`; an error when
-    /// the device cannot (bf16 products need LibTorch).
-    pub fn base_matmul_dtype(&self, device: DeviceChoice) -> Result<DType, String> {
-        let dtype = self.matmul_dtype.resolve(device);
-        match dtype == DType::BF16 && !device.has_bf16_matmul() {
-            true => Err(format!(
+    /// The dtypes the frozen base is stored in and multiplied in when training on `device`
+    /// (see [`Llama::set_base_dtypes`]); an error when the device cannot multiply in the
+    /// second (bf16 products need LibTorch).
+    ///
+    /// [`Llama::set_base_dtypes`]: crate::model::llama::Llama::set_base_dtypes
+    pub fn base_dtypes(&self, device: DeviceChoice) -> Result<(DType, DType), String> {
+        let products = self.matmul_dtype.resolve(device);
+        if products == DType::BF16 && !device.has_bf16_matmul() {
+            return Err(format!(
                 "model.matmul_dtype = \"bf16\" needs a LibTorch device (tch-cpu, tch-cuda:N); \
                  {device} multiplies in f32"
-            )),
-            false => Ok(dtype),
+            ));
         }
+        Ok((self.base_dtype.resolve(device), products))
     }
 }
 
@@ -440,5 +438,23 @@ mod tests {
         }
         let message = RunConfig::parse("[model]\npath = \"m\"\n", &[]).unwrap_err();
         assert!(message.contains("data"), "{message}");
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn base_dtypes_resolve_and_refuse_bf16_products_on_flex() {
+        let parse = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            RunConfig::parse(MINIMAL, &sets).unwrap().model
+        };
+        let flex = DeviceChoice::Flex;
+        assert_eq!(parse(&[]).base_dtypes(flex), Ok((DType::F32, DType::F32)));
+        let bf16_base = parse(&["model.base_dtype=\"bf16\""]);
+        assert_eq!(bf16_base.base_dtypes(flex), Ok((DType::BF16, DType::F32)));
+        let message = parse(&["model.matmul_dtype=\"bf16\""])
+            .base_dtypes(flex)
+            .unwrap_err();
+        assert!(message.contains("model.matmul_dtype"), "{message}");
+        assert!(!message.contains('\n'));
     }
 }

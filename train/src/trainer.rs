@@ -130,9 +130,9 @@ pub fn train(
     };
 
     let choice: DeviceChoice = config.model.device.parse().map_err(ModelError::Usage)?;
-    let matmul_dtype = config
+    let (storage_dtype, matmul_dtype) = config
         .model
-        .base_matmul_dtype(choice)
+        .base_dtypes(choice)
         .map_err(ModelError::Usage)?;
     let device = choice.device().autodiff();
     let train_cfg = &config.train;
@@ -183,7 +183,7 @@ pub fn train(
     };
 
     let mut model = loaded.model;
-    model.set_base_dtypes(config.model.base_storage_dtype(choice), matmul_dtype);
+    model.set_base_dtypes(storage_dtype, matmul_dtype);
     let optim_config = adamw(config);
     let (mut optim, start_step) = match &resume_from {
         Some((dir, state)) => {
