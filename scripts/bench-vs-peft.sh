@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Side-by-side training speed and memory: feinschliff against PyTorch + PEFT
-# (../shared/bench/peft/train_lora.py) on the same machine, model, data and setup
+# (scripts/peft_reference.py) on the same machine, model, data and setup
 # (SmolLM2-135M-Instruct, LoRA r16 alpha 32 dropout 0.05 on all 7 projections, AdamW lr 2e-4,
 # micro-batch 4 x 512 tokens of de-admin law text). Runs alternate (ours, theirs, ours, ...),
 # so both see the same machine load; prints each pair's ratio and the median ratio.
 #
-# Usage: scripts/bench-vs-peft.sh [PAIR ...]   (default: flex:fp32)
+# Usage: scripts/bench-vs-peft.sh [--model-bf16 DIR] [PAIR ...]   (default: flex:fp32)
 #   PAIR = OUR_DEVICE[/BASE_DTYPE[/MATMUL_DTYPE]]:PEFT_MODE, e.g. flex:fp32,
 #   tch-cpu/bf16/bf16:autocast_bf16 (BASE_DTYPE sets model.base_dtype, MATMUL_DTYPE
 #   model.matmul_dtype: auto, the default, f32 or bf16)
+#   --model-bf16 DIR: the bf16 copy PEFT's bf16 mode loads (default $PEFT_MODEL_BF16, else
+#   checkpoints/base/smollm2-135m-instruct-bf16; `scripts/fetch-smollm2.sh DIR --dtype bf16`
+#   makes it when a pair asks for PEFT's bf16 mode and it is missing)
 # Environment: ROUNDS (2), STEPS (measured steps per run, 4), WARMUP (1 for us; PEFT's own 2),
 #   FEINSCHLIFF (flex build, target/release/feinschliff), FEINSCHLIFF_TCH (the --features tch
 #   build, for tch-* devices), PEFT_VENV (~/.cache/peft-bench/venv),
-#   PEFT_MODEL (~/.cache/peft-bench/smollm2-135m-instruct), OUT (a directory for the logs).
-# Needs: scripts/fetch-smollm2.sh done (our model), ../shared/bench/peft/setup_venv.sh and
-# convert_smollm2.sh done (theirs), and for tch pairs scripts/setup-libtorch.sh.
+#   PEFT_MODEL (the f32 model PEFT trains, checkpoints/base/smollm2-135m-instruct: the same
+#   directory as ours), OUT (a directory for the logs).
+# Needs: scripts/fetch-smollm2.sh done (the model of both sides), scripts/setup-venv.sh done
+# (PyTorch + PEFT), and for tch pairs scripts/setup-libtorch.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}
@@ -24,11 +28,32 @@ TARGET=${CARGO_TARGET_DIR:-target}
 FEINSCHLIFF=${FEINSCHLIFF:-$TARGET/release/feinschliff}
 FEINSCHLIFF_TCH=${FEINSCHLIFF_TCH:-}
 PEFT_VENV=${PEFT_VENV:-$HOME/.cache/peft-bench/venv}
-PEFT_MODEL=${PEFT_MODEL:-$HOME/.cache/peft-bench/smollm2-135m-instruct}
+PEFT_MODEL=${PEFT_MODEL:-checkpoints/base/smollm2-135m-instruct}
+PEFT_MODEL_BF16=${PEFT_MODEL_BF16:-checkpoints/base/smollm2-135m-instruct-bf16}
 OUT=${OUT:-$(mktemp -d)}
-PAIRS=("$@")
+PAIRS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --model-bf16) PEFT_MODEL_BF16=${2:?--model-bf16 needs a directory}; shift 2 ;;
+    --model-bf16=*) PEFT_MODEL_BF16=${1#*=}; shift ;;
+    *) PAIRS+=("$1"); shift ;;
+  esac
+done
 [ ${#PAIRS[@]} -gt 0 ] || PAIRS=(flex:fp32)
 mkdir -p "$OUT"
+
+complete_model() { [ -f "$1/config.json" ] && [ -f "$1/model.safetensors" ] && [ -f "$1/tokenizer.json" ]; }
+for pair in "${PAIRS[@]}"; do
+  if [ "${pair#*:}" = bf16 ] && ! complete_model "$PEFT_MODEL_BF16"; then
+    echo "making the bf16 copy for PEFT's bf16 mode: $PEFT_MODEL_BF16" >&2
+    if [ -x "$FEINSCHLIFF" ]; then
+      FEINSCHLIFF=$FEINSCHLIFF scripts/fetch-smollm2.sh "$PEFT_MODEL_BF16" --dtype bf16 >&2
+    else
+      scripts/fetch-smollm2.sh "$PEFT_MODEL_BF16" --dtype bf16 >&2
+    fi
+    break
+  fi
+done
 
 ours() { # DEVICE BASE_DTYPE MATMUL_DTYPE LOG
   local binary=$FEINSCHLIFF env=()
@@ -46,8 +71,8 @@ ours() { # DEVICE BASE_DTYPE MATMUL_DTYPE LOG
 }
 
 theirs() { # MODE LOG
-  "$PEFT_VENV/bin/python" ../shared/bench/peft/train_lora.py --model "$PEFT_MODEL" \
-    --mode "$1" --batch 4 --seq 512 --steps $((STEPS + 2)) --warmup 2 --threads 2 \
+  "$PEFT_VENV/bin/python" scripts/peft_reference.py --model "$PEFT_MODEL" \
+    --model-bf16 "$PEFT_MODEL_BF16" --mode "$1" --batch 4 --seq 512 --steps $((STEPS + 2)) --warmup 2 --threads 2 \
     --log "$2" >"$2.out" 2>&1
 }
 

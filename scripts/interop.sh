@@ -6,8 +6,9 @@
 #
 # Steps:
 #   1. a Python venv with torch==2.9.0, transformers==5.23.0, peft==0.21.2, safetensors:
-#      reused when $INTEROP_VENV/bin/python imports them (torch 2.9.0), otherwise created with
-#      `python3 -m venv` and filled from PyPI (the torch wheel there is the CUDA build, ~7 GB);
+#      reused when $INTEROP_VENV/bin/python imports them (torch 2.9.0), otherwise made by
+#      scripts/setup-venv.sh (the project's reference venv, filled from PyPI; the torch wheel
+#      there is the CUDA build, ~7 GB);
 #   2. in a temporary directory: a 20-step LoRA run on the tiny fixture (configs/tiny.toml,
 #      no intermediate saves or evals), `export adapter` and `export merged --dtype f32`;
 #   3. scripts/interop_check.py with those paths: one JSON line per check, then
@@ -51,11 +52,8 @@ assert torch.__version__.split("+")[0] == "2.9.0", torch.__version__
 EOF
 }
 if ! venv_ok; then
-    echo "interop: creating the venv $VENV (torch is a ~7 GB download)" >&2
-    python3 -m venv "$VENV" || summary_fail "python3 -m venv"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip || summary_fail "pip upgrade"
-    "$VENV/bin/python" -m pip install --quiet \
-        torch==2.9.0 transformers==5.23.0 peft==0.21.2 safetensors || summary_fail "pip install"
+    echo "interop: setting up the venv $VENV with scripts/setup-venv.sh (torch is a ~7 GB download)" >&2
+    bash scripts/setup-venv.sh "$VENV" || summary_fail "scripts/setup-venv.sh"
     venv_ok || summary_fail "the new venv does not import torch 2.9.0/transformers/peft"
 fi
 

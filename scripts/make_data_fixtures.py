@@ -196,7 +196,8 @@ ALPACA_CASES = [
 
 SHORT_TEXT = "Der Bescheid wird mit der Zustellung wirksam."
 
-# § 15 Abs. 1 und 2 VwVfG (amtliches Werk, § 5 Abs. 1 UrhG), as in ../shared/data/de-admin/valid.jsonl
+# § 15 Abs. 1 und 2 SGB X (amtliches Werk, § 5 Abs. 1 UrhG), as in data/corpora/de-admin/valid.jsonl
+# (record "SGB X § 15")
 LAW_TEXT = (
     "§ 15 Bestellung eines Vertreters von Amts wegen\n"
     "(1) Ist ein Vertreter nicht vorhanden, hat das Gericht auf Ersuchen der Behörde einen geeigneten "

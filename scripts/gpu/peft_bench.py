@@ -1,5 +1,5 @@
 """PyTorch + PEFT LoRA training speed on any device (CPU or CUDA), the GPU counterpart of
-../shared/bench/peft/train_lora.py (which is CPU-only): the same LoRA setup as feinschliff's
+scripts/peft_reference.py (which is CPU-only): the same LoRA setup as feinschliff's
 `bench` (r 16, alpha 32, dropout 0.05, all seven projections, AdamW lr 2e-4, gradient clipping
 at 1.0), micro-batches of packed de-admin text, median step time after warm-up.
 
@@ -8,7 +8,8 @@ Prints one JSON line: tokens_per_second (median), step_seconds, peak_gpu_mb
 process's reserved memory too), peak_rss_mb.
 
 Usage: python peft_bench.py --model DIR [--device cuda:0] [--mode bf16|autocast_bf16|fp32]
-       [--batch 4 --seq 512 --steps 10 --warmup 3] [--data ../shared/data/de-admin/train.jsonl]
+       [--batch 4 --seq 512 --steps 10 --warmup 3] [--data data/corpora/de-admin/train.jsonl]
+       (--data defaults to the bundled corpus of this repository, found from the script's place)
 """
 
 import argparse
@@ -16,12 +17,16 @@ import json
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# data/corpora/de-admin/train.jsonl of the repository; a copy of scripts/gpu next to a
+# train.jsonl (see BENCHMARKS.md, "GPU benchmark") passes --data train.jsonl instead
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "corpora" / "de-admin" / "train.jsonl"
 
 
 def batches(tokenizer, path, batch, seq):
@@ -46,7 +51,7 @@ def main():
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--data", default="../shared/data/de-admin/train.jsonl")
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
     args = ap.parse_args()
 
     device = torch.device(args.device)
