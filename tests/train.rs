@@ -537,6 +537,53 @@ fn a_run_directory_in_use_is_refused() {
     drop(lock);
 }
 
+/// Two fresh runs on one run directory, the first slow to load (the whole law corpus to
+/// tokenize with a cold cache) and the second quick, started while the first still loads.
+/// The run directory is locked before anything in it is read or decided, so the second is
+/// refused at once and the directory holds the first run's files only. (Before the lock came
+/// first, both "succeeded": the slow run trimmed the quick run's metrics and wrote its
+/// checkpoints over the quick run's.)
+#[test]
+fn two_fresh_runs_on_one_directory_never_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_set = format!("output.run_dir={:?}", run.display().to_string());
+    let cache_set = format!(
+        "data.cache_dir={:?}",
+        dir.path().join("cache").display().to_string()
+    );
+    let slow = Command::new(env!("CARGO_BIN_EXE_feinschliff"))
+        .current_dir(root())
+        .args(["train", "--config", "configs/tiny.toml", "--set", &run_set])
+        .args(["--set", "data.train=\"data/corpora/de-admin/train.jsonl\""])
+        .args(["--set", &cache_set, "--set", "train.max_steps=1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let quick = feinschliff(&["train", "--config", "configs/tiny.toml", "--set", &run_set]);
+    let slow = slow.wait_with_output().unwrap();
+    let quick_err = String::from_utf8_lossy(&quick.stderr);
+    assert!(
+        slow.status.success(),
+        "{}",
+        String::from_utf8_lossy(&slow.stderr)
+    );
+    assert!(
+        !quick.status.success(),
+        "both runs succeeded in one run directory"
+    );
+    assert!(
+        quick_err.contains("is in use by another training run"),
+        "{quick_err}"
+    );
+    let steps: Vec<u64> = step_losses(&run).iter().map(|(step, _)| *step).collect();
+    assert_eq!(steps, [1], "metrics.jsonl mixes runs");
+    let checkpoints = std::fs::read_dir(run.join("checkpoints")).unwrap().count();
+    assert_eq!(checkpoints, 1, "checkpoints of another run");
+}
+
 /// `kill -9` at pseudo-random moments, resume each time: the final adapter and every step's
 /// loss equal those of a run that was never interrupted. `FEINSCHLIFF_KILLS` sets how many
 /// kills (default 3; 10 for the full version).

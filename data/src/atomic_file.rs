@@ -8,13 +8,13 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::DataError;
+use crate::Error;
 
 /// Writes `bytes` to `path` through a fsynced temporary file and a rename.
-pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let name = path
         .file_name()
-        .ok_or_else(|| DataError::invalid(path, "not a file name"))?;
+        .ok_or_else(|| Error::invalid(path, "not a file name"))?;
     // Unique per process and call, so concurrent writers never share a temporary file.
     static CALLS: AtomicUsize = AtomicUsize::new(0);
     let temp = path.with_file_name(format!(
@@ -31,7 +31,7 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&temp);
-        DataError::io(path, e)
+        Error::io(path, e)
     })?;
     let parent = path
         .parent()
@@ -41,21 +41,21 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
 }
 
 /// Flushes every file directly in `dir`, then the directory itself, to disk.
-pub fn sync_dir_files(dir: &Path) -> Result<(), DataError> {
-    for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
-        let path = entry.map_err(|e| DataError::io(dir, e))?.path();
+pub fn sync_dir_files(dir: &Path) -> Result<(), Error> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
         if path.is_file() {
             std::fs::File::open(&path)
                 .and_then(|f| f.sync_all())
-                .map_err(|e| DataError::io(&path, e))?;
+                .map_err(|e| Error::io(&path, e))?;
         }
     }
     sync_dir(dir)
 }
 
 /// Flushes a directory's entries (new names, renames) to disk.
-pub fn sync_dir(dir: &Path) -> Result<(), DataError> {
+pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| DataError::io(dir, e))
+        .map_err(|e| Error::io(dir, e))
 }

@@ -15,10 +15,10 @@ use polars_io::SerWriter;
 use polars_io::ipc::{IpcReader, IpcWriter};
 use sha2::{Digest, Sha256};
 
-use crate::DataError;
+use crate::Error;
 use crate::atomic_file::write_file_atomic;
-use crate::dataset::{Prepared, SplitStats};
 use crate::format::Example;
+use crate::prepared::{Prepared, SplitStats};
 
 /// Bump when the meaning of cached examples changes.
 const CACHE_VERSION: &str = "feinschliff-token-cache-1";
@@ -81,9 +81,9 @@ impl CacheEntry {
     }
 
     /// Writes `prepared` as this entry (examples first, statistics last).
-    pub fn store(&self, prepared: &Prepared) -> Result<(), DataError> {
+    pub fn store(&self, prepared: &Prepared) -> Result<(), Error> {
         if let Some(dir) = self.examples.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         let all: Vec<(u32, &Example)> = prepared
             .train
@@ -106,11 +106,11 @@ impl CacheEntry {
             Column::from(ids.with_name("ids".into()).into_series()),
             Column::from(trained.with_name("trained".into()).into_series()),
         ])
-        .map_err(|e| DataError::invalid(&self.examples, format!("cannot build cache: {e}")))?;
+        .map_err(|e| Error::invalid(&self.examples, format!("cannot build cache: {e}")))?;
         let mut bytes = Vec::new();
         IpcWriter::new(&mut bytes)
             .finish(&mut frame)
-            .map_err(|e| DataError::invalid(&self.examples, format!("cannot write cache: {e}")))?;
+            .map_err(|e| Error::invalid(&self.examples, format!("cannot write cache: {e}")))?;
         write_file_atomic(&self.examples, &bytes)?;
         let stats = serde_json::to_vec_pretty(&(&prepared.train_stats, &prepared.valid_stats))
             .expect("JSON");
@@ -124,7 +124,7 @@ pub fn cache_key(
     valid_files: &[PathBuf],
     tokenizer_dir: &Path,
     options: &serde_json::Value,
-) -> Result<String, DataError> {
+) -> Result<String, Error> {
     let mut hash = Sha256::new();
     let mut add = |label: &str, bytes: &[u8]| {
         hash.update((label.len() as u64).to_le_bytes());
@@ -136,7 +136,7 @@ pub fn cache_key(
     add("options", options.to_string().as_bytes());
     for (split, files) in [("train", train_files), ("valid", valid_files)] {
         for path in files {
-            let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             add(split, &bytes);
         }
     }
@@ -149,7 +149,7 @@ pub fn cache_key(
         match std::fs::read(&path) {
             Ok(bytes) => add(name, &bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => add(name, b"<none>"),
-            Err(e) => return Err(DataError::io(&path, e)),
+            Err(e) => return Err(Error::io(&path, e)),
         }
     }
     let digest = hash.finalize();

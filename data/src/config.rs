@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
+
 /// `[data]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -211,8 +213,8 @@ impl DataConfig {
     }
 
     /// Rejects values that cannot work, naming the key (`data.…`).
-    pub fn validate(&self) -> Result<(), String> {
-        let fail = |key: &str, why: String| Err(format!("key `data.{key}`: {why}"));
+    pub fn validate(&self) -> Result<(), Error> {
+        let fail = |key: &str, why: String| Err(Error::config(format!("data.{key}"), why));
         if self.train.0.is_empty() || self.train.0.iter().any(String::is_empty) {
             return fail("train", "must name at least one data file".into());
         }
@@ -282,7 +284,8 @@ mod tests {
 
     fn parse(text: &str) -> Result<DataConfig, String> {
         let config: DataConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.validate().map(|()| config)
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
     }
 
     #[test]

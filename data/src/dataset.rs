@@ -6,45 +6,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::DataError;
+use crate::Error;
 use crate::cache::{CacheEntry, cache_key};
 use crate::config::DataConfig;
 use crate::format::{Built, Example, ExampleBuilder};
+use crate::prepared::{Prepared, SplitStats};
 use crate::source::{Record, expand_patterns, read_records};
 use crate::tokenize::TextTokenizer;
-
-/// Counts of one split.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SplitStats {
-    /// Records read.
-    pub records: usize,
-    /// Examples made (a long text can give several windows).
-    pub examples: usize,
-    /// Tokens in all examples.
-    pub tokens: usize,
-    /// Tokens that are trained (scored).
-    pub trained_tokens: usize,
-    /// Records longer than `max_len` that were cut or windowed.
-    pub truncated: usize,
-    /// Records left out (too long with `overlong = "drop"`, or nothing left to train).
-    pub dropped: usize,
-}
-
-/// Tokenized examples of both splits with their counts.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    /// Training examples, in record order.
-    pub train: Vec<Example>,
-    /// Validation examples, in record order.
-    pub valid: Vec<Example>,
-    /// Counts of the training split.
-    pub train_stats: SplitStats,
-    /// Counts of the validation split.
-    pub valid_stats: SplitStats,
-}
 
 /// Prepared examples and how they were obtained.
 #[derive(Debug, Clone)]
@@ -61,7 +31,7 @@ pub struct Loaded {
 
 /// Prepares the examples of `config` with the tokenizer (and chat template) of the model in
 /// `model_dir`, through the token cache when `config.cache_dir` is set.
-pub fn load_dataset(config: &DataConfig, model_dir: &Path) -> Result<Loaded, DataError> {
+pub fn load_dataset(config: &DataConfig, model_dir: &Path) -> Result<Loaded, Error> {
     let started = Instant::now();
     let train_files = expand_patterns(&config.train.0)?;
     let valid_files = expand_patterns(&config.valid.0)?;
@@ -139,7 +109,7 @@ fn shaping_options(config: &DataConfig) -> serde_json::Value {
 /// Whether a record belongs to the validation share: the first 48 bits of
 /// SHA-256(`split:` + key) below `fraction` of their range. The key is the `split_key` column
 /// (as text), or the whole record.
-fn is_held_out(record: &Record, split_key: &str, fraction: f64) -> Result<bool, DataError> {
+fn is_held_out(record: &Record, split_key: &str, fraction: f64) -> Result<bool, Error> {
     let key = match (split_key.is_empty(), record.fields.get(split_key)) {
         (true, _) => serde_json::Value::Object(record.fields.clone()).to_string(),
         (false, Some(serde_json::Value::String(s))) => s.clone(),
@@ -159,7 +129,7 @@ fn is_held_out(record: &Record, split_key: &str, fraction: f64) -> Result<bool, 
 fn build_split(
     builder: &ExampleBuilder<'_>,
     records: &[Record],
-) -> Result<(Vec<Example>, SplitStats), DataError> {
+) -> Result<(Vec<Example>, SplitStats), Error> {
     let built: Vec<Built> = records
         .par_iter()
         .map(|record| builder.build(record))
@@ -182,12 +152,12 @@ fn build_split(
     Ok((examples, stats))
 }
 
-fn empty_split(split: &str, files: &[String], stats: &SplitStats) -> DataError {
+fn empty_split(split: &str, files: &[String], stats: &SplitStats) -> Error {
     let files = match files.is_empty() {
         true => "[data]".to_owned(),
         false => files.join(", "),
     };
-    DataError::invalid(
+    Error::invalid(
         files,
         format!(
             "key `data.{split}`: no examples ({} records read, {} dropped as too long or with nothing to train)",

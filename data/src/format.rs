@@ -15,7 +15,7 @@
 //! Examples longer than `max_len` are windowed (text), truncated or dropped as `overlong`
 //! says; an example left with nothing to train is dropped.
 
-use crate::DataError;
+use crate::Error;
 use crate::config::{DataConfig, Format, KNOWN_ROLES, Overlong, TrainOn};
 use crate::source::{Record, json_kind};
 use crate::template::{ChatTemplate, Message};
@@ -66,9 +66,9 @@ pub struct ExampleBuilder<'a> {
 
 impl<'a> ExampleBuilder<'a> {
     /// A builder for `config` with the model's tokenizer (and chat template for `chat`).
-    pub fn new(config: &'a DataConfig, tokenizer: &'a TextTokenizer) -> Result<Self, DataError> {
+    pub fn new(config: &'a DataConfig, tokenizer: &'a TextTokenizer) -> Result<Self, Error> {
         let eos = tokenizer.eos_id().ok_or_else(|| {
-            DataError::invalid(
+            Error::invalid(
                 &tokenizer.config().chat_template_path,
                 "the tokenizer names no EOS token (`eos_token`) in its vocabulary; examples must end with one",
             )
@@ -86,7 +86,7 @@ impl<'a> ExampleBuilder<'a> {
     }
 
     /// The examples of one record.
-    pub fn build(&self, record: &Record) -> Result<Built, DataError> {
+    pub fn build(&self, record: &Record) -> Result<Built, Error> {
         let example = match self.config.format {
             Format::Text => self.text(record)?,
             Format::Alpaca => self.alpaca(record)?,
@@ -120,7 +120,7 @@ impl<'a> ExampleBuilder<'a> {
         Ok(built)
     }
 
-    fn text(&self, record: &Record) -> Result<Example, DataError> {
+    fn text(&self, record: &Record) -> Result<Example, Error> {
         let text = record.string(&self.config.columns.text)?;
         let mut ids = self.encode(record, text, true)?;
         ids.push(self.eos);
@@ -128,7 +128,7 @@ impl<'a> ExampleBuilder<'a> {
         Ok(Example::new(ids, trained))
     }
 
-    fn alpaca(&self, record: &Record) -> Result<Example, DataError> {
+    fn alpaca(&self, record: &Record) -> Result<Example, Error> {
         let columns = &self.config.columns;
         let instruction = record.string(&columns.instruction)?;
         let input = match record.fields.get(&columns.input) {
@@ -156,7 +156,7 @@ impl<'a> ExampleBuilder<'a> {
         Ok(Example::new(ids, trained))
     }
 
-    fn chat(&self, record: &Record) -> Result<Example, DataError> {
+    fn chat(&self, record: &Record) -> Result<Example, Error> {
         let messages = self.messages(record)?;
         let template = self.template.as_ref().expect("chat has a template");
         let (text, answers) = template
@@ -200,7 +200,7 @@ impl<'a> ExampleBuilder<'a> {
     }
 
     /// The record's messages, roles mapped; a role outside system/user/assistant is an error.
-    fn messages(&self, record: &Record) -> Result<Vec<Message>, DataError> {
+    fn messages(&self, record: &Record) -> Result<Vec<Message>, Error> {
         let columns = &self.config.columns;
         let key = &columns.messages;
         let list = match record.fields.get(key) {
@@ -240,7 +240,7 @@ impl<'a> ExampleBuilder<'a> {
         Ok(messages)
     }
 
-    fn encode(&self, record: &Record, text: &str, special: bool) -> Result<Vec<u32>, DataError> {
+    fn encode(&self, record: &Record, text: &str, special: bool) -> Result<Vec<u32>, Error> {
         self.tokenizer
             .encode(text, special)
             .map_err(|e| record.error(e.to_string()))

@@ -1,6 +1,6 @@
 //! Showing an example as text with its trained tokens marked, for `feinschliff data inspect`.
 
-use crate::DataError;
+use crate::Error;
 use crate::format::Example;
 use crate::tokenize::TextTokenizer;
 
@@ -18,7 +18,7 @@ pub fn highlight(
     example: &Example,
     tokenizer: &TextTokenizer,
     marking: Marking,
-) -> Result<String, DataError> {
+) -> Result<String, Error> {
     let (open, close) = match marking {
         Marking::Brackets => ("[[", "]]"),
         Marking::Colour => ("\x1b[1;32m", "\x1b[0m"),

@@ -6,6 +6,7 @@
 //! - [`template`]: the model's own chat template, rendered with transformers' semantics,
 //! - [`format`]: records to tokenized examples with their trained tokens (text, alpaca, chat),
 //! - [`dataset`]: a configuration to the examples of both splits,
+//! - [`prepared`]: the examples of both splits with their counts,
 //! - [`cache`]: the token cache on disk,
 //! - [`inspect`]: an example as text with its trained tokens marked,
 //! - [`pack`]: whole examples packed into rows,
@@ -21,8 +22,9 @@ pub mod error;
 pub mod format;
 pub mod inspect;
 pub mod pack;
+pub mod prepared;
 pub mod source;
 pub mod template;
 pub mod tokenize;
 
-pub use error::DataError;
+pub use error::Error;

@@ -16,7 +16,7 @@ use polars_io::csv::read::CsvReadOptions;
 use polars_io::parquet::read::ParquetReader;
 use serde_json::{Map, Value};
 
-use crate::DataError;
+use crate::Error;
 
 /// One record and where it came from.
 #[derive(Debug, Clone)]
@@ -56,15 +56,15 @@ impl fmt::Display for Origin {
 
 impl Record {
     /// An error about this record, naming its file and line or record number.
-    pub fn error(&self, message: impl Into<String>) -> DataError {
-        DataError::Record {
+    pub fn error(&self, message: impl Into<String>) -> Error {
+        Error::Record {
             origin: self.origin.to_string(),
             message: message.into(),
         }
     }
 
     /// The string column `key`; a missing or non-string column is an error naming it.
-    pub fn string(&self, key: &str) -> Result<&str, DataError> {
+    pub fn string(&self, key: &str) -> Result<&str, Error> {
         match self.fields.get(key) {
             Some(Value::String(s)) => Ok(s),
             Some(other) => Err(self.error(format!(
@@ -78,25 +78,25 @@ impl Record {
 
 /// The files that `patterns` name: each pattern is a path or a glob (`*`, `?`, `[…]`); a glob's
 /// matches are sorted. A pattern that names nothing is an error.
-pub fn expand_patterns(patterns: &[String]) -> Result<Vec<PathBuf>, DataError> {
+pub fn expand_patterns(patterns: &[String]) -> Result<Vec<PathBuf>, Error> {
     let mut files = Vec::new();
     for pattern in patterns {
         if !pattern.contains(['*', '?', '[']) {
             let path = PathBuf::from(pattern);
             if !path.is_file() {
-                return Err(DataError::invalid(&path, "no such data file"));
+                return Err(Error::invalid(&path, "no such data file"));
             }
             files.push(path);
             continue;
         }
         let matches = glob::glob(pattern)
-            .map_err(|e| DataError::invalid(pattern, format!("bad glob pattern: {e}")))?;
+            .map_err(|e| Error::invalid(pattern, format!("bad glob pattern: {e}")))?;
         let mut found: Vec<PathBuf> = matches
             .filter_map(Result::ok)
             .filter(|p| p.is_file())
             .collect();
         if found.is_empty() {
-            return Err(DataError::invalid(pattern, "the pattern matches no file"));
+            return Err(Error::invalid(pattern, "the pattern matches no file"));
         }
         found.sort();
         files.append(&mut found);
@@ -105,7 +105,7 @@ pub fn expand_patterns(patterns: &[String]) -> Result<Vec<PathBuf>, DataError> {
 }
 
 /// Reads every record of every file, in order; the file type comes from the extension.
-pub fn read_records(files: &[PathBuf]) -> Result<Vec<Record>, DataError> {
+pub fn read_records(files: &[PathBuf]) -> Result<Vec<Record>, Error> {
     let mut records = Vec::new();
     for path in files {
         let extension = path
@@ -116,10 +116,10 @@ pub fn read_records(files: &[PathBuf]) -> Result<Vec<Record>, DataError> {
             Some("jsonl" | "ndjson") => read_jsonl(path, &mut records)?,
             Some("json") => read_json_array(path, &mut records)?,
             Some("parquet") => {
-                let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+                let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
                 let frame = ParquetReader::new(file)
                     .finish()
-                    .map_err(|e| DataError::invalid(path, format!("cannot read Parquet: {e}")))?;
+                    .map_err(|e| Error::invalid(path, format!("cannot read Parquet: {e}")))?;
                 frame_records(path, &frame, Position::Record, &mut records)?;
             }
             Some("csv") => {
@@ -128,11 +128,11 @@ pub fn read_records(files: &[PathBuf]) -> Result<Vec<Record>, DataError> {
                     .with_infer_schema_length(Some(0))
                     .try_into_reader_with_file_path(Some(path.clone()))
                     .and_then(|reader| reader.finish())
-                    .map_err(|e| DataError::invalid(path, format!("cannot read CSV: {e}")))?;
+                    .map_err(|e| Error::invalid(path, format!("cannot read CSV: {e}")))?;
                 frame_records(path, &frame, Position::Record, &mut records)?;
             }
             _ => {
-                return Err(DataError::invalid(
+                return Err(Error::invalid(
                     path,
                     "unknown data file type: use .jsonl, .json (an array of records), .parquet or .csv",
                 ));
@@ -143,7 +143,7 @@ pub fn read_records(files: &[PathBuf]) -> Result<Vec<Record>, DataError> {
 }
 
 /// The string column `field` of every record of `files`, in order.
-pub fn read_texts(files: &[PathBuf], field: &str) -> Result<Vec<String>, DataError> {
+pub fn read_texts(files: &[PathBuf], field: &str) -> Result<Vec<String>, Error> {
     read_records(files)?
         .iter()
         .map(|record| record.string(field).map(str::to_owned))
@@ -151,16 +151,16 @@ pub fn read_texts(files: &[PathBuf], field: &str) -> Result<Vec<String>, DataErr
 }
 
 /// JSON Lines: one object per line; blank lines are skipped.
-fn read_jsonl(path: &Path, records: &mut Vec<Record>) -> Result<(), DataError> {
-    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+fn read_jsonl(path: &Path, records: &mut Vec<Record>) -> Result<(), Error> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     for (index, line) in BufReader::new(file).split(b'\n').enumerate() {
         let line_no = index + 1;
-        let bad = |message: String| DataError::Line {
+        let bad = |message: String| Error::Line {
             path: path.to_path_buf(),
             line: line_no,
             message,
         };
-        let bytes = line.map_err(|e| DataError::io(path, e))?;
+        let bytes = line.map_err(|e| Error::io(path, e))?;
         let line = std::str::from_utf8(&bytes).map_err(|e| bad(format!("not UTF-8 ({e})")))?;
         if line.trim().is_empty() {
             continue;
@@ -185,24 +185,24 @@ fn read_jsonl(path: &Path, records: &mut Vec<Record>) -> Result<(), DataError> {
 }
 
 /// A JSON file holding an array of objects.
-fn read_json_array(path: &Path, records: &mut Vec<Record>) -> Result<(), DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+fn read_json_array(path: &Path, records: &mut Vec<Record>) -> Result<(), Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let text = std::str::from_utf8(&bytes)
-        .map_err(|e| DataError::invalid(path, format!("not UTF-8 ({e})")))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| DataError::Line {
+        .map_err(|e| Error::invalid(path, format!("not UTF-8 ({e})")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| Error::Line {
         path: path.to_path_buf(),
         line: e.line(),
         message: format!("invalid JSON: {e}"),
     })?;
     let Value::Array(items) = value else {
-        return Err(DataError::invalid(
+        return Err(Error::invalid(
             path,
             format!("expected an array of records, found {}", json_kind(&value)),
         ));
     };
     for (index, item) in items.into_iter().enumerate() {
         let Value::Object(fields) = item else {
-            return Err(DataError::invalid(
+            return Err(Error::invalid(
                 path,
                 format!(
                     "record {}: expected a JSON object, found {}",
@@ -228,7 +228,7 @@ fn frame_records(
     frame: &DataFrame,
     position: fn(usize) -> Position,
     records: &mut Vec<Record>,
-) -> Result<(), DataError> {
+) -> Result<(), Error> {
     let columns = frame.columns();
     let mut rows: Vec<Map<String, Value>> = vec![Map::new(); frame.height()];
     for column in columns {
@@ -236,7 +236,7 @@ fn frame_records(
         let series = column.as_materialized_series();
         for (row, value) in rows.iter_mut().zip(series.iter()) {
             let value = any_to_json(value).map_err(|dtype| {
-                DataError::invalid(
+                Error::invalid(
                     path,
                     format!("column `{name}` has type {dtype}, which cannot be read as text"),
                 )

@@ -12,11 +12,12 @@
 //! `content<|im_end|>` of `content<|im_end|>\n`, as a generation block would mark it).
 
 use std::ops::Range;
+use std::path::PathBuf;
 
-use minijinja::{Environment, Error, ErrorKind};
+use minijinja::{Environment, ErrorKind};
 use serde::Serialize;
 
-use crate::DataError;
+use crate::Error;
 use crate::tokenize::TokenizerConfig;
 
 /// One chat message.
@@ -38,9 +39,19 @@ impl Message {
     }
 }
 
+/// Template instructions one rendering may execute: a conversation of thousands of turns takes
+/// well under a million; a template that loops without end (nested `range`s) stops here, after
+/// a second or two, instead of hanging the process.
+const FUEL: u64 = 50_000_000;
+/// Bytes one rendering may produce: far beyond any conversation a model can take, small enough
+/// that a template multiplying its output cannot exhaust memory.
+const MAX_RENDERED_BYTES: usize = 64 << 20;
+
 /// A compiled chat template with the special tokens it may use.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// Where the template came from (`tokenizer_config.json`, `chat_template.jinja`, a GGUF).
+    path: PathBuf,
     has_generation_blocks: bool,
     bos_token: String,
     eos_token: String,
@@ -54,15 +65,16 @@ const ANSWER_END: char = '\u{FDD1}';
 
 impl ChatTemplate {
     /// Compiles the default chat template of a tokenizer config; a syntax error names the file.
-    pub fn new(config: &TokenizerConfig) -> Result<Self, DataError> {
+    pub fn new(config: &TokenizerConfig) -> Result<Self, Error> {
         let path = &config.chat_template_path;
         let source = config
             .chat_template
             .clone()
-            .ok_or_else(|| DataError::invalid(path, "the model has no chat template"))?;
+            .ok_or_else(|| Error::invalid(path, "the model has no chat template"))?;
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_filter("feinschliff_answer", |body: String| {
@@ -70,9 +82,10 @@ impl ChatTemplate {
         });
         let (source, has_generation_blocks) = generation_blocks_as_filters(&source);
         env.add_template_owned(TEMPLATE_NAME, source)
-            .map_err(|e| DataError::invalid(path, format!("chat template: {}", one_line(&e))))?;
+            .map_err(|e| Error::invalid(path, format!("chat template: {}", one_line(&e))))?;
         Ok(Self {
             env,
+            path: path.clone(),
             has_generation_blocks,
             bos_token: config.bos_token.clone().unwrap_or_default(),
             eos_token: config.eos_token.clone().unwrap_or_default(),
@@ -85,7 +98,7 @@ impl ChatTemplate {
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
-    ) -> Result<String, DataError> {
+    ) -> Result<String, Error> {
         let text = self.render_marked(messages, add_generation_prompt)?;
         Ok(text.replace([ANSWER_START, ANSWER_END], ""))
     }
@@ -95,12 +108,12 @@ impl ChatTemplate {
     pub fn render_answers(
         &self,
         messages: &[Message],
-    ) -> Result<(String, Vec<Range<usize>>), DataError> {
+    ) -> Result<(String, Vec<Range<usize>>), Error> {
         if messages
             .iter()
             .any(|m| m.content.contains([ANSWER_START, ANSWER_END]))
         {
-            return Err(DataError::Template(
+            return Err(Error::Template(
                 "a message contains the Unicode noncharacter U+FDD0 or U+FDD1".into(),
             ));
         }
@@ -118,7 +131,7 @@ impl ChatTemplate {
             let with = self.render(&messages[..=turn], false)?;
             if !text.starts_with(&before) || !with.starts_with(&before) || !text.starts_with(&with)
             {
-                return Err(DataError::Template(format!(
+                return Err(Error::Template(format!(
                     "the template does not render the conversation up to message {} as a prefix of the whole conversation, so the answers cannot be located; add {{% generation %}}…{{% endgeneration %}} around the assistant answers",
                     turn + 1
                 )));
@@ -134,20 +147,53 @@ impl ChatTemplate {
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
-    ) -> Result<String, DataError> {
+    ) -> Result<String, Error> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
-            .map_err(|e| DataError::Template(one_line(&e)))?;
-        template
-            .render(minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
-            })
-            .map_err(|e| DataError::Template(one_line(&e)))
+            .map_err(|e| Error::Template(one_line(&e)))?;
+        let context = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        };
+        let mut out = CappedOutput(Vec::new());
+        match template.render_captured_to(context, &mut out) {
+            Ok(_) => String::from_utf8(out.0).map_err(|e| Error::Template(e.to_string())),
+            Err(e) if is_too_expensive(&e) => Err(Error::invalid(
+                &self.path,
+                format!(
+                    "chat template is too expensive to render (more than {FUEL} instructions or {} MiB of text): {}",
+                    MAX_RENDERED_BYTES >> 20,
+                    one_line(&e)
+                ),
+            )),
+            Err(e) => Err(Error::Template(one_line(&e))),
+        }
     }
+}
+
+/// Rendered output that refuses to grow past [`MAX_RENDERED_BYTES`].
+struct CappedOutput(Vec<u8>);
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + bytes.len() > MAX_RENDERED_BYTES {
+            return Err(std::io::Error::other("rendered text too long"));
+        }
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether rendering stopped at the fuel or output limit.
+fn is_too_expensive(error: &minijinja::Error) -> bool {
+    matches!(error.kind(), ErrorKind::OutOfFuel | ErrorKind::WriteFailure)
 }
 
 /// Rewrites `{% generation %}` / `{% endgeneration %}` (with any `-` whitespace control) into a
@@ -209,13 +255,13 @@ fn split_markers(marked: &str) -> (String, Vec<Range<usize>>) {
 }
 
 /// `raise_exception(msg)` as transformers defines it for templates.
-fn raise_exception(message: String) -> Result<String, Error> {
-    Err(Error::new(ErrorKind::InvalidOperation, message))
+fn raise_exception(message: String) -> Result<String, minijinja::Error> {
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
 }
 
 /// A minijinja error with its cause, on one line, naming the template line rather than
 /// minijinja's internal template name.
-fn one_line(error: &Error) -> String {
+fn one_line(error: &minijinja::Error) -> String {
     let mut text = error.to_string();
     if let Some(line) = error.line() {
         text = text.replace(
@@ -280,6 +326,28 @@ mod tests {
         let spans: Vec<&str> = answers.iter().map(|r| &text[r.clone()]).collect();
         assert_eq!(spans, ["Antwort\n</s>", "Zweite</s>"]);
         assert_eq!(answers, tagged_answers);
+    }
+
+    #[test]
+    fn templates_that_loop_or_grow_without_end_are_stopped_and_named() {
+        let nested =
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
+        let line = "x".repeat(64);
+        let growing = format!(
+            "{{% for a in range(100000) %}}{{% for b in range(1000) %}}{line}{{% endfor %}}{{% endfor %}}"
+        );
+        for source in [nested, growing.as_str()] {
+            let started = std::time::Instant::now();
+            let template = ChatTemplate::new(&config(source)).unwrap();
+            let message = template.render(&[], false).unwrap_err().to_string();
+            assert!(message.starts_with("tokenizer_config.json: "), "{message}");
+            assert!(message.contains("too expensive"), "{message}");
+            assert!(
+                started.elapsed().as_secs() < 10,
+                "took {:?}",
+                started.elapsed()
+            );
+        }
     }
 
     #[test]

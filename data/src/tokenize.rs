@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::DataError;
+use crate::Error;
 
 /// What `tokenizer_config.json` says about special tokens and the chat template.
 #[derive(Debug, Clone, Default)]
@@ -27,16 +27,16 @@ pub struct TokenizerConfig {
 impl TokenizerConfig {
     /// Reads `tokenizer_config.json` (and `chat_template.jinja`, which wins where both exist)
     /// from a model directory; a missing file gives an empty config.
-    pub fn from_model_dir(dir: &Path) -> Result<Self, DataError> {
+    pub fn from_model_dir(dir: &Path) -> Result<Self, Error> {
         let path = dir.join("tokenizer_config.json");
         let mut config = Self {
             chat_template_path: path.clone(),
             ..Self::default()
         };
         if path.exists() {
-            let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
             let json: Value = serde_json::from_str(&text)
-                .map_err(|e| DataError::invalid(&path, format!("invalid JSON: {e}")))?;
+                .map_err(|e| Error::invalid(&path, format!("invalid JSON: {e}")))?;
             let token = |key: &str| token_text(&json, key, &path);
             config.bos_token = token("bos_token")?;
             config.eos_token = token("eos_token")?;
@@ -45,7 +45,7 @@ impl TokenizerConfig {
                 None | Some(Value::Null) => None,
                 Some(Value::Bool(b)) => Some(*b),
                 Some(_) => {
-                    return Err(DataError::invalid(
+                    return Err(Error::invalid(
                         &path,
                         "key `add_bos_token` must be a boolean",
                     ));
@@ -56,7 +56,7 @@ impl TokenizerConfig {
         let jinja = dir.join("chat_template.jinja");
         if jinja.exists() {
             config.chat_template =
-                Some(std::fs::read_to_string(&jinja).map_err(|e| DataError::io(&jinja, e))?);
+                Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?);
             config.chat_template_path = jinja;
         }
         Ok(config)
@@ -64,18 +64,18 @@ impl TokenizerConfig {
 }
 
 /// A special token entry: a string, an `AddedToken` object with `content`, or null.
-fn token_text(json: &Value, key: &str, path: &Path) -> Result<Option<String>, DataError> {
+fn token_text(json: &Value, key: &str, path: &Path) -> Result<Option<String>, Error> {
     match json.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Object(o)) => match o.get("content") {
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            _ => Err(DataError::invalid(
+            _ => Err(Error::invalid(
                 path,
                 format!("key `{key}` has no string `content`"),
             )),
         },
-        Some(_) => Err(DataError::invalid(
+        Some(_) => Err(Error::invalid(
             path,
             format!("key `{key}` must be a string"),
         )),
@@ -84,7 +84,7 @@ fn token_text(json: &Value, key: &str, path: &Path) -> Result<Option<String>, Da
 
 /// `chat_template` is either a string or a list of `{name, template}`; the default is the one
 /// named `default` (transformers' rule).
-fn default_chat_template(json: &Value, path: &Path) -> Result<Option<String>, DataError> {
+fn default_chat_template(json: &Value, path: &Path) -> Result<Option<String>, Error> {
     match json.get("chat_template") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -93,7 +93,7 @@ fn default_chat_template(json: &Value, path: &Path) -> Result<Option<String>, Da
             .find(|item| item.get("name").and_then(Value::as_str) == Some("default"))
             .and_then(|item| item.get("template").and_then(Value::as_str))
             .map(str::to_owned)),
-        Some(_) => Err(DataError::invalid(
+        Some(_) => Err(Error::invalid(
             path,
             "key `chat_template` must be a string or a list",
         )),
@@ -112,25 +112,25 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// Loads `tokenizer.json` and `tokenizer_config.json` from a model directory.
-    pub fn from_model_dir(dir: &Path) -> Result<Self, DataError> {
+    pub fn from_model_dir(dir: &Path) -> Result<Self, Error> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
-            return Err(DataError::invalid(
+            return Err(Error::invalid(
                 &path,
                 "not found: the model directory has no tokenizer",
             ));
         }
         let mut inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| DataError::invalid(&path, format!("cannot load tokenizer: {e}")))?;
+            .map_err(|e| Error::invalid(&path, format!("cannot load tokenizer: {e}")))?;
         // transformers encodes without the truncation or padding a tokenizer.json may carry.
         inner
             .with_truncation(None)
-            .map_err(|e| DataError::invalid(&path, e.to_string()))?;
+            .map_err(|e| Error::invalid(&path, e.to_string()))?;
         inner.with_padding(None);
         let config = TokenizerConfig::from_model_dir(dir)?;
         let bos_id = match &config.bos_token {
             Some(token) => Some(inner.token_to_id(token).ok_or_else(|| {
-                DataError::invalid(
+                Error::invalid(
                     dir.join("tokenizer_config.json"),
                     format!(
                         "bos_token `{token}` is not in the vocabulary of {}",
@@ -149,11 +149,11 @@ impl TextTokenizer {
 
     /// Token ids of `text`. With `add_special_tokens`, the tokenizer's own post-processor runs,
     /// and BOS is put in front where `add_bos_token` asks for it and the post-processor did not.
-    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, DataError> {
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, Error> {
         let encoding = self
             .inner
             .encode(text, add_special_tokens)
-            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let mut ids = encoding.get_ids().to_vec();
         if let (true, Some(true), Some(bos)) =
             (add_special_tokens, self.config.add_bos_token, self.bos_id)
@@ -166,11 +166,11 @@ impl TextTokenizer {
 
     /// Token ids of `text` without special tokens added, with each token's byte range in
     /// `text` (special tokens written in the text are recognised).
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>), DataError> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>), Error> {
         let encoding = self
             .inner
             .encode(text, false)
-            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
     }
 
@@ -194,10 +194,10 @@ impl TextTokenizer {
     }
 
     /// The text of `ids`; special tokens are left out when `skip_special_tokens`.
-    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, DataError> {
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, Error> {
         self.inner
             .decode(ids, skip_special_tokens)
-            .map_err(|e| DataError::Tokenizer(e.to_string()))
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// The id of a token's text, if it is in the vocabulary.

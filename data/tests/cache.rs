@@ -53,12 +53,12 @@ fn second_load_comes_from_the_cache_and_changes_retokenize() {
 }
 
 #[test]
-#[ignore = "needs scripts/fetch-smollm2.sh"]
+#[ignore = "needs scripts/fetch-smollm2.sh and scripts/make_law_forms.py"]
 fn de_admin_chat_from_the_cache_in_under_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = DataConfig::new(
         root()
-            .join("../shared/data/de-admin/chat.jsonl")
+            .join("data/corpora/de-admin/chat.jsonl")
             .display()
             .to_string(),
     );

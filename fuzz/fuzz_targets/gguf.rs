@@ -3,7 +3,7 @@
 
 mod scratch;
 
-use feinschliff_train::io::gguf::GgufFile;
+use feinschliff_model::io::gguf::GgufFile;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {

@@ -3,7 +3,7 @@
 
 mod scratch;
 
-use feinschliff_train::io::weights::WeightFiles;
+use feinschliff_model::weights::WeightFiles;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {

@@ -3,18 +3,16 @@
 //! evaluating or checkpointing. Reports the median over the measured steps after warm-up, the
 //! split of a step into forward, backward and optimizer, and the process's peak RSS.
 
-use burn::tensor::{DType, Device};
-use feinschliff_data::dataset::load_dataset;
-use feinschliff_data::tokenize::TextTokenizer;
+use burn::tensor::DType;
 use serde::Serialize;
 
-use crate::backend::DeviceChoice;
-use crate::error::ModelError;
-use crate::io::hf::HfModel;
+use crate::Error;
+use crate::optim::adamw;
+use crate::progress::Progress;
 use crate::run_config::RunConfig;
 use crate::schedule::learning_rate;
+use crate::session::Session;
 use crate::train_step::{StepReport, StepSettings, dropout_seed, train_step};
-use crate::trainer::{Progress, adamw, step_batches, training_rows};
 
 /// What `bench` measured.
 #[derive(Debug, Clone, Serialize)]
@@ -64,31 +62,20 @@ pub fn bench(
     steps: usize,
     warmup: usize,
     progress: &mut dyn Progress,
-) -> Result<BenchReport, ModelError> {
+) -> Result<BenchReport, Error> {
     if steps == 0 {
-        return Err(ModelError::Usage("--steps must be at least 1".into()));
+        return Err(Error::Usage("--steps must be at least 1".into()));
     }
-    let choice: DeviceChoice = config.model.device.parse().map_err(ModelError::Usage)?;
-    let device = choice.device().autodiff();
-    let plain: Device = device.clone().inner();
-    let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
-    let mut model = HfModel::load(&config.model.path, &device)?.model;
-    let (base_dtype, matmul_dtype) = config
-        .model
-        .base_dtypes(choice)
-        .map_err(ModelError::Usage)?;
-    model.set_base_dtypes(base_dtype, matmul_dtype);
-    let data = load_dataset(&config.data, &config.model.path)?;
-    let examples = &data.data.train;
-    let rows = training_rows(examples, config, progress);
-    device.seed(config.train.seed);
-    model.attach_lora(&config.lora_spec(), &device);
+    let (session, mut model) = Session::prepare(config, progress)?;
+    session.device.seed(config.train.seed);
+    model.attach_lora(&config.lora_spec(), &session.device);
     let mut optim = adamw(config).init();
 
+    let plain = &session.plain_device;
     let mut reports: Vec<(usize, StepReport, f64)> = Vec::new();
     let mut losses = Vec::new();
     for step in 0..warmup + steps {
-        let batches = step_batches(&rows, examples, config, step, tokenizer.pad_id());
+        let batches = session.batches(config, step);
         let tokens: usize = batches.iter().map(|b| b.real_tokens).sum();
         let train_cfg = &config.train;
         let settings = StepSettings {
@@ -103,7 +90,7 @@ pub fn bench(
             dropout_seed: dropout_seed(train_cfg.seed, step),
         };
         let started = std::time::Instant::now();
-        let (updated, report) = train_step(model, &mut optim, &batches, settings, &plain);
+        let (updated, report) = train_step(model, &mut optim, &batches, settings, plain);
         let seconds = started.elapsed().as_secs_f64();
         model = updated;
         losses.push(report.loss);
@@ -136,10 +123,10 @@ pub fn bench(
     let mut tokens: Vec<usize> = reports.iter().map(|r| r.0).collect();
     tokens.sort_unstable();
     Ok(BenchReport {
-        device: choice.to_string(),
+        device: session.choice.to_string(),
         threads: rayon::current_num_threads(),
-        base_dtype: dtype_name(base_dtype).into(),
-        matmul_dtype: dtype_name(matmul_dtype).into(),
+        base_dtype: dtype_name(session.storage_dtype).into(),
+        matmul_dtype: dtype_name(session.matmul_dtype).into(),
         micro_batch: config.train.micro_batch,
         grad_accum: config.train.grad_accum,
         seq_len: config.data.max_len,

@@ -15,10 +15,10 @@ use feinschliff_data::atomic_file::{sync_dir, sync_dir_files};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::ModelError;
-use crate::io::peft::save_adapter;
-use crate::model::llama::Llama;
-use crate::model::lora::LoraSpec;
+use crate::Error;
+use feinschliff_model::io::peft::save_adapter;
+use feinschliff_model::llama::Llama;
+use feinschliff_model::lora::LoraSpec;
 
 /// The optimizer state file of a checkpoint.
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
@@ -71,29 +71,29 @@ pub fn write_checkpoint(
     base_model: &str,
     optim: &ModuleOptimizer,
     state: &CheckpointState,
-) -> Result<PathBuf, ModelError> {
+) -> Result<PathBuf, Error> {
     let parent = checkpoints_dir(run_dir);
-    std::fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, e))?;
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let name = format!("step-{:06}", state.step);
     let final_dir = parent.join(&name);
     let temp = parent.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&temp);
-    let write = || -> Result<(), ModelError> {
-        std::fs::create_dir(&temp).map_err(|e| ModelError::io(&temp, e))?;
+    let write = || -> Result<(), Error> {
+        std::fs::create_dir(&temp).map_err(|e| Error::io(&temp, e))?;
         save_adapter(model, spec, base_model, &temp)?;
         let optim_path = temp.join(OPTIMIZER_FILE);
         optim.save(&optim_path).map_err(|e| {
-            ModelError::invalid(&optim_path, format!("cannot write optimizer state: {e}"))
+            Error::invalid(&optim_path, format!("cannot write optimizer state: {e}"))
         })?;
         let state_path = temp.join(STATE_FILE);
         let text = serde_json::to_string_pretty(state).expect("state serializes") + "\n";
-        std::fs::write(&state_path, text).map_err(|e| ModelError::io(&state_path, e))?;
+        std::fs::write(&state_path, text).map_err(|e| Error::io(&state_path, e))?;
         write_manifest(&temp)?;
         if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir).map_err(|e| ModelError::io(&final_dir, e))?;
+            std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
         }
-        std::fs::rename(&temp, &final_dir).map_err(|e| ModelError::io(&final_dir, e))?;
-        Ok(sync_dir(&parent)?)
+        std::fs::rename(&temp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        sync_dir(&parent)
     };
     write().inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&temp);
@@ -103,14 +103,14 @@ pub fn write_checkpoint(
 
 /// The checkpoints of a run: those that pass their manifest, oldest first, and those that do
 /// not.
-pub fn list_checkpoints(run_dir: &Path) -> Result<Checkpoints, ModelError> {
+pub fn list_checkpoints(run_dir: &Path) -> Result<Checkpoints, Error> {
     let dir = checkpoints_dir(run_dir);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(Checkpoints::default());
     };
     let mut found = Checkpoints::default();
     for entry in entries {
-        let path = entry.map_err(|e| ModelError::io(&dir, e))?.path();
+        let path = entry.map_err(|e| Error::io(&dir, e))?.path();
         let is_step = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -118,9 +118,9 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Checkpoints, ModelError> {
         if !is_step {
             continue;
         }
-        match verify_checkpoint(&path).and_then(|()| read_state(&path).map_err(|e| e.to_string())) {
+        match verify_checkpoint(&path).and_then(|()| read_state(&path)) {
             Ok(state) => found.good.push((path, state)),
-            Err(reason) => found.damaged.push((path, reason)),
+            Err(reason) => found.damaged.push((path, reason.to_string())),
         }
     }
     found.good.sort_by_key(|(_, state)| state.step);
@@ -128,29 +128,28 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Checkpoints, ModelError> {
     Ok(found)
 }
 
-/// Checks every file of a checkpoint against its manifest; the error says what is wrong.
-pub fn verify_checkpoint(dir: &Path) -> Result<(), String> {
+/// Checks every file of a checkpoint against its manifest; the error names the file at fault.
+pub fn verify_checkpoint(dir: &Path) -> Result<(), Error> {
     let path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("{}: {e} (an incomplete checkpoint)", path.display()))?;
+        .map_err(|e| Error::checkpoint(&path, format!("{e} (an incomplete checkpoint)")))?;
     let manifest: BTreeMap<String, FileSum> = serde_json::from_str(&text)
-        .map_err(|e| format!("{}: not a manifest: {e}", path.display()))?;
+        .map_err(|e| Error::checkpoint(&path, format!("not a manifest: {e}")))?;
     for name in [STATE_FILE, OPTIMIZER_FILE] {
         if !manifest.contains_key(name) {
-            return Err(format!("{}: does not list {name}", path.display()));
+            return Err(Error::checkpoint(&path, format!("does not list {name}")));
         }
     }
     for (name, expected) in &manifest {
         let file = dir.join(name);
-        let actual = file_sum(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let actual = file_sum(&file).map_err(|e| Error::checkpoint(&file, e.to_string()))?;
         if &actual != expected {
-            return Err(format!(
-                "{}: {} bytes with SHA-256 {}, the manifest says {} bytes with {}",
-                file.display(),
-                actual.bytes,
-                actual.sha256,
-                expected.bytes,
-                expected.sha256
+            return Err(Error::checkpoint(
+                &file,
+                format!(
+                    "{} bytes with SHA-256 {}, the manifest says {} bytes with {}",
+                    actual.bytes, actual.sha256, expected.bytes, expected.sha256
+                ),
             ));
         }
     }
@@ -158,21 +157,21 @@ pub fn verify_checkpoint(dir: &Path) -> Result<(), String> {
 }
 
 /// Writes the manifest of `dir` and flushes every file of it to disk.
-fn write_manifest(dir: &Path) -> Result<(), ModelError> {
+fn write_manifest(dir: &Path) -> Result<(), Error> {
     let mut manifest = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
-        let path = entry.map_err(|e| ModelError::io(dir, e))?.path();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
         let name = path
             .file_name()
             .expect("a file")
             .to_string_lossy()
             .into_owned();
-        manifest.insert(name, file_sum(&path).map_err(|e| ModelError::io(&path, e))?);
+        manifest.insert(name, file_sum(&path).map_err(|e| Error::io(&path, e))?);
     }
     let path = dir.join(MANIFEST_FILE);
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
-    std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))?;
-    Ok(sync_dir_files(dir)?)
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    sync_dir_files(dir)
 }
 
 /// Size and SHA-256 of a file.
@@ -186,15 +185,15 @@ fn file_sum(path: &Path) -> std::io::Result<FileSum> {
 }
 
 /// The `state.json` of a checkpoint directory.
-pub fn read_state(dir: &Path) -> Result<CheckpointState, ModelError> {
+pub fn read_state(dir: &Path) -> Result<CheckpointState, Error> {
     let path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text)
-        .map_err(|e| ModelError::invalid(&path, format!("not a checkpoint state: {e}")))
+        .map_err(|e| Error::invalid(&path, format!("not a checkpoint state: {e}")))
 }
 
 /// Removes all but the newest `keep_last` checkpoints and the one with the best eval loss.
-pub fn prune_checkpoints(run_dir: &Path, keep_last: usize) -> Result<(), ModelError> {
+pub fn prune_checkpoints(run_dir: &Path, keep_last: usize) -> Result<(), Error> {
     let all = list_checkpoints(run_dir)?.good;
     let best = all
         .iter()
@@ -204,7 +203,7 @@ pub fn prune_checkpoints(run_dir: &Path, keep_last: usize) -> Result<(), ModelEr
     let newest_kept = all.len().saturating_sub(keep_last);
     for (i, (path, state)) in all.iter().enumerate() {
         if i < newest_kept && Some(state.step) != best {
-            std::fs::remove_dir_all(path).map_err(|e| ModelError::io(path, e))?;
+            std::fs::remove_dir_all(path).map_err(|e| Error::io(path, e))?;
         }
     }
     Ok(())

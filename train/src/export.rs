@@ -5,22 +5,22 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::backend::DeviceChoice;
+use crate::Error;
 use crate::checkpoint::list_checkpoints;
-use crate::error::ModelError;
-use crate::io::hf::HfModel;
-use crate::io::hf_export::write_merged;
-use crate::io::new_dir::write_new_dir;
-use crate::io::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter};
-use crate::io::safetensors_out::StoreDtype;
 use crate::run_config::RunConfig;
+use feinschliff_model::backend::DeviceChoice;
+use feinschliff_model::io::hf::HfModel;
+use feinschliff_model::io::hf_export::write_merged;
+use feinschliff_model::io::new_dir::write_new_dir;
+use feinschliff_model::io::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter};
+use feinschliff_model::io::safetensors_out::StoreDtype;
 
 /// The directory of checkpoint `which` (`last`, `best` = lowest eval loss, or `step-N`).
-pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf, ModelError> {
+pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf, Error> {
     let found = list_checkpoints(run_dir)?;
     let checkpoints = found.good;
     if let (true, Some((dir, reason))) = (checkpoints.is_empty(), found.damaged.last()) {
-        return Err(ModelError::invalid(
+        return Err(Error::invalid(
             run_dir,
             format!(
                 "has no intact checkpoint ({} damaged; {}: {reason})",
@@ -30,7 +30,7 @@ pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf, ModelE
         ));
     }
     if checkpoints.is_empty() {
-        return Err(ModelError::invalid(
+        return Err(Error::invalid(
             run_dir,
             "is not a run directory with checkpoints",
         ));
@@ -47,7 +47,7 @@ pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf, ModelE
                 .strip_prefix("step-")
                 .and_then(|n| n.parse().ok())
                 .ok_or_else(|| {
-                    ModelError::Usage(format!(
+                    Error::Usage(format!(
                         "--checkpoint `{other}`: expected last, best or step-N"
                     ))
                 })?;
@@ -59,7 +59,7 @@ pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf, ModelE
             .iter()
             .map(|(_, s)| format!("step-{}", s.step))
             .collect();
-        ModelError::invalid(
+        Error::invalid(
             run_dir,
             format!("no checkpoint `{which}` (have: {})", have.join(", ")),
         )
@@ -67,13 +67,13 @@ pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf, ModelE
 }
 
 /// Copies the adapter of checkpoint `which` of `run_dir` into the new directory `out`.
-pub fn export_adapter(run_dir: &Path, which: &str, out: &Path) -> Result<PathBuf, ModelError> {
+pub fn export_adapter(run_dir: &Path, which: &str, out: &Path) -> Result<PathBuf, Error> {
     let source = resolve_checkpoint(run_dir, which)?;
     write_new_dir(out, |temp| {
-        std::fs::create_dir(temp).map_err(|e| ModelError::io(temp, e))?;
+        std::fs::create_dir(temp).map_err(|e| Error::io(temp, e))?;
         for file in [ADAPTER_WEIGHTS, ADAPTER_CONFIG] {
             std::fs::copy(source.join(file), temp.join(file))
-                .map_err(|e| ModelError::io(source.join(file), e))?;
+                .map_err(|e| Error::io(source.join(file), e))?;
         }
         Ok(())
     })
@@ -87,16 +87,15 @@ pub fn export_merged(
     out: &Path,
     dtype: StoreDtype,
     max_shard_bytes: usize,
-) -> Result<PathBuf, ModelError> {
+) -> Result<PathBuf, Error> {
     let source = resolve_checkpoint(run_dir, which)?;
     let config_path = run_dir.join("config.toml");
-    let config = RunConfig::load(&config_path, &[])
-        .map_err(|message| ModelError::invalid(&config_path, message))?;
+    let config = RunConfig::load(&config_path, &[])?;
     let device = config
         .model
         .device
         .parse::<DeviceChoice>()
-        .map_err(ModelError::Usage)?
+        .map_err(Error::Usage)?
         .device();
     let mut base = HfModel::load(&config.model.path, &device)?;
     load_adapter(&mut base.model, &source, &device)?;
@@ -113,7 +112,7 @@ pub fn export_merged(
 }
 
 /// A size such as `5GB`, `500MB`, `10KB` or a plain byte count (decimal units, as transformers).
-pub fn parse_size(text: &str) -> Result<usize, String> {
+pub fn parse_size(text: &str) -> Result<usize, Error> {
     let upper = text.trim().to_ascii_uppercase();
     let (number, unit) = match upper.find(|c: char| c.is_ascii_alphabetic()) {
         Some(at) => upper.split_at(at),
@@ -124,14 +123,18 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "KB" => 1e3,
         "MB" => 1e6,
         "GB" => 1e9,
-        _ => return Err(format!("`{text}`: unknown unit (B, KB, MB, GB)")),
+        _ => {
+            return Err(Error::Usage(format!(
+                "`{text}`: unknown unit (B, KB, MB, GB)"
+            )));
+        }
     };
     let value: f64 = number
         .trim()
         .parse()
-        .map_err(|_| format!("`{text}` is not a size"))?;
+        .map_err(|_| Error::Usage(format!("`{text}` is not a size")))?;
     if value.is_nan() || value <= 0.0 {
-        return Err(format!("`{text}` must be positive"));
+        return Err(Error::Usage(format!("`{text}` must be positive")));
     }
     Ok((value * factor) as usize)
 }

@@ -1,26 +1,29 @@
-//! feinschliff's model side: the Llama model on Burn, Hugging Face checkpoint I/O, evaluation
-//! and generation.
+//! feinschliff's training side. Models, their files and kernels come from `feinschliff-model`.
+//!
+//! - [`run_config`]: the TOML run configuration;
+//! - [`trainer`]: a run as a recipe, from [`run_dir`] (locked first), [`resume`] (where to
+//!   start), [`session`] (model, tokenizer, data) and [`stream`] (the rows of each step) to
+//!   [`evaluator`] and [`checkpoint`];
+//! - [`train_step`]: one optimizer step through the hand-written training [`pass`], with
+//!   [`optim`] (AdamW) and [`schedule`] (the learning rate);
+//! - [`bench`]: training speed on the same session as a run;
+//! - [`plot`], [`progress`], [`export`]: what a run shows and hands on.
 
-pub mod backend;
-pub mod batch_tensors;
 pub mod bench;
 pub mod checkpoint;
-pub mod cpu_kernels;
-pub mod dropout_mask;
-pub mod error;
-pub mod eval;
+pub mod evaluator;
 pub mod export;
-pub mod generate;
-pub mod host_attention;
-pub mod host_matmul;
-pub mod host_tensor;
-pub mod io;
-pub mod loss;
-pub mod model;
+pub mod optim;
+pub mod pass;
 pub mod plot;
+pub mod progress;
+pub mod resume;
 pub mod run_config;
+pub mod run_dir;
 pub mod schedule;
+pub mod session;
+pub mod stream;
 pub mod train_step;
 pub mod trainer;
 
-pub use error::ModelError;
+pub use feinschliff_data::Error;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use feinschliff_data::atomic_file::write_file_atomic;
 
-use crate::error::ModelError;
+use crate::Error;
 
 const WIDTH: usize = 800;
 const HEIGHT: usize = 500;
@@ -25,7 +25,7 @@ pub fn write_loss_plot(
     path: &Path,
     train: &[(f64, f64)],
     eval: &[(f64, f64)],
-) -> Result<(), ModelError> {
+) -> Result<(), Error> {
     let mut canvas = Canvas::new();
     let all = train.iter().chain(eval);
     let (x_max, mut y_min, mut y_max) = all.fold(
@@ -158,17 +158,16 @@ impl Canvas {
         }
     }
 
-    fn save(&self, path: &Path) -> Result<(), ModelError> {
+    fn save(&self, path: &Path) -> Result<(), Error> {
         let mut bytes = Vec::new();
         let mut encoder = png::Encoder::new(&mut bytes, WIDTH as u32, HEIGHT as u32);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
-        let fail =
-            |e: png::EncodingError| ModelError::invalid(path, format!("cannot write PNG: {e}"));
+        let fail = |e: png::EncodingError| Error::invalid(path, format!("cannot write PNG: {e}"));
         let mut writer = encoder.write_header().map_err(fail)?;
         writer.write_image_data(&self.pixels).map_err(fail)?;
         writer.finish().map_err(fail)?;
-        Ok(write_file_atomic(path, &bytes)?)
+        write_file_atomic(path, &bytes)
     }
 }
 

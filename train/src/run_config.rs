@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use feinschliff_data::config::{DataConfig, Files};
 
-use crate::backend::DeviceChoice;
-use crate::model::lora::{LoraSpec, TARGET_MODULES};
+use feinschliff_model::backend::DeviceChoice;
+use feinschliff_model::lora::{LoraSpec, TARGET_MODULES};
+
+use crate::Error;
 
 /// A whole run configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,14 +82,14 @@ impl ModelSection {
     /// (see [`Llama::set_base_dtypes`]); an error when the device cannot multiply in the
     /// second (bf16 products need LibTorch).
     ///
-    /// [`Llama::set_base_dtypes`]: crate::model::llama::Llama::set_base_dtypes
-    pub fn base_dtypes(&self, device: DeviceChoice) -> Result<(DType, DType), String> {
+    /// [`Llama::set_base_dtypes`]: feinschliff_model::llama::Llama::set_base_dtypes
+    pub fn base_dtypes(&self, device: DeviceChoice) -> Result<(DType, DType), Error> {
         let products = self.matmul_dtype.resolve(device);
         if products == DType::BF16 && !device.has_bf16_matmul() {
-            return Err(format!(
+            return Err(Error::Usage(format!(
                 "model.matmul_dtype = \"bf16\" needs a LibTorch device (tch-cpu, tch-cuda:N); \
                  {device} multiplies in f32"
-            ));
+            )));
         }
         Ok((self.base_dtype.resolve(device), products))
     }
@@ -229,30 +231,27 @@ impl Default for OutputSection {
 impl RunConfig {
     /// Reads `path`, applies `--set section.key=value` overrides, and validates. Errors name the
     /// file and the key.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text, overrides).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, overrides).map_err(|e| e.in_file(path))
     }
 
     /// Parses TOML text with overrides, then validates.
-    pub fn parse(text: &str, overrides: &[String]) -> Result<Self, String> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| one_line(&e.to_string()))?;
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self, Error> {
+        let syntax = |e: toml::de::Error| Error::Parse(one_line(&e.to_string()));
+        let mut table: toml::Table = text.parse().map_err(syntax)?;
         for item in overrides {
-            apply_override(&mut table, item)?;
+            apply_override(&mut table, item).map_err(Error::Usage)?;
         }
-        let config: RunConfig = table
-            .try_into()
-            .map_err(|e: toml::de::Error| one_line(&e.to_string()))?;
+        let config: RunConfig = table.try_into().map_err(syntax)?;
         config.validate()?;
         Ok(config)
     }
 
     /// Rejects values that cannot work, naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         let (lora, train, data) = (&self.lora, &self.train, &self.data);
-        let fail = |key: &str, why: String| Err(format!("key `{key}`: {why}"));
+        let fail = |key: &str, why: String| Err(Error::config(key, why));
         if self.model.path.as_os_str().is_empty() {
             return fail("model.path", "must name a model directory".into());
         }
@@ -432,11 +431,15 @@ mod tests {
             ("lora", "section.key=value"),
         ];
         for (set, expected) in cases {
-            let message = RunConfig::parse(MINIMAL, &[set.into()]).unwrap_err();
+            let message = RunConfig::parse(MINIMAL, &[set.into()])
+                .unwrap_err()
+                .to_string();
             assert!(message.contains(expected), "{set}: {message}");
             assert!(!message.contains('\n'));
         }
-        let message = RunConfig::parse("[model]\npath = \"m\"\n", &[]).unwrap_err();
+        let message = RunConfig::parse("[model]\npath = \"m\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("data"), "{message}");
     }
 
@@ -448,12 +451,19 @@ mod tests {
             RunConfig::parse(MINIMAL, &sets).unwrap().model
         };
         let flex = DeviceChoice::Flex;
-        assert_eq!(parse(&[]).base_dtypes(flex), Ok((DType::F32, DType::F32)));
+        assert_eq!(
+            parse(&[]).base_dtypes(flex).unwrap(),
+            (DType::F32, DType::F32)
+        );
         let bf16_base = parse(&["model.base_dtype=\"bf16\""]);
-        assert_eq!(bf16_base.base_dtypes(flex), Ok((DType::BF16, DType::F32)));
+        assert_eq!(
+            bf16_base.base_dtypes(flex).unwrap(),
+            (DType::BF16, DType::F32)
+        );
         let message = parse(&["model.matmul_dtype=\"bf16\""])
             .base_dtypes(flex)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("model.matmul_dtype"), "{message}");
         assert!(!message.contains('\n'));
     }

@@ -9,9 +9,9 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use feinschliff_data::batch::Batch;
 
-use crate::dropout_mask::child_seed;
-use crate::model::backprop::{AdapterGrads, forward_backward};
-use crate::model::llama::Llama;
+use crate::pass::backprop::{AdapterGrads, forward_backward};
+use crate::pass::dropout_mask::child_seed;
+use feinschliff_model::llama::Llama;
 
 /// What one step did and where its time went.
 #[derive(Debug, Clone, Copy)]

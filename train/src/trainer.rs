@@ -1,46 +1,33 @@
-//! The training loop, written out by hand: LoRA adapters on a frozen base, AdamW with
-//! PyTorch's semantics, the learning rate as a function of the step, gradient accumulation
-//! normalised by the trained tokens of the whole window, global gradient-norm clipping, periodic
-//! evaluation and checkpoints, and exact resumption.
+//! The training run, as a recipe: lock the run directory, decide where to start, prepare the
+//! session, attach (or restore) the adapters and their optimizer, evaluate, run the steps with
+//! evaluation and checkpoints along the way, and finish with the plot and the summary.
 //!
-//! Data comes from the data crate ([`feinschliff_data::dataset`]): tokenized examples with
-//! their trained tokens, packed into rows of `max_len` (`data.packing`) or one example per row,
-//! padded per micro-batch. The rows form an endless stream, reshuffled every epoch from the
-//! seed, and step `s` takes the next `micro_batch · grad_accum` rows of it, so the data cursor
-//! is a function of the step.
+//! Each step trains LoRA adapters on a frozen base with AdamW (PyTorch's semantics), the
+//! learning rate a function of the step, gradient accumulation normalised by the trained tokens
+//! of the whole window and global gradient-norm clipping ([`crate::train_step`]). Because the
+//! data cursor, the dropout masks and the learning rate are functions of the step, a resumed
+//! run is bit-identical to one that never stopped.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use burn::module::{Module, ParamId};
-use burn::optim::AdamWConfig;
-use burn::tensor::Device;
-use feinschliff_data::atomic_file::write_file_atomic;
-use feinschliff_data::batch::{Batch, make_batch};
-use feinschliff_data::dataset::load_dataset;
-use feinschliff_data::format::Example;
-use feinschliff_data::pack::{pack, packing_efficiency};
-use feinschliff_data::tokenize::TextTokenizer;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
+use burn::optim::ModuleOptimizer;
+use feinschliff_model::io::peft::load_adapter;
+use feinschliff_model::llama::Llama;
+use feinschliff_model::lora::LoraSpec;
 use serde_json::json;
 
-use crate::backend::DeviceChoice;
-use crate::checkpoint::{
-    CheckpointState, OPTIMIZER_FILE, list_checkpoints, prune_checkpoints, write_checkpoint,
-};
-use crate::error::ModelError;
-use crate::eval::evaluate_examples;
-use crate::generate::{Sampling, generate};
-use crate::io::hf::HfModel;
-use crate::io::peft::load_adapter;
-use crate::model::llama::Llama;
-use crate::plot::write_loss_plot;
+use crate::Error;
+use crate::checkpoint::{CheckpointState, OPTIMIZER_FILE, prune_checkpoints, write_checkpoint};
+use crate::evaluator::Evaluator;
+use crate::optim::adamw;
+use crate::progress::Progress;
+use crate::resume::{ResumePoint, resume_point};
 use crate::run_config::RunConfig;
+use crate::run_dir::{MetricsLog, RunDir};
 use crate::schedule::learning_rate;
+use crate::session::Session;
 use crate::train_step::{StepSettings, dropout_seed, train_step};
 
 /// What a finished run reports.
@@ -72,14 +59,6 @@ pub struct TrainSummary {
     pub stopped_by_signal: Option<usize>,
 }
 
-/// Where a run reports how it goes (a progress bar on a terminal, plain lines in CI).
-pub trait Progress {
-    /// A message: setup, evaluation, samples, stopping.
-    fn note(&mut self, line: &str);
-    /// Step `done` of `total` finished; `summary` has its loss, lr, grad norm and speed.
-    fn step(&mut self, done: usize, total: usize, summary: &str);
-}
-
 /// Trains as `config` says, or continues the run in `config.output.run_dir` when `resume`,
 /// reporting to `progress`. When `stop` becomes non-zero (a signal number), the current step is
 /// finished, a checkpoint written and the run ends early.
@@ -88,189 +67,235 @@ pub fn train(
     resume: bool,
     stop: &AtomicUsize,
     progress: &mut dyn Progress,
-) -> Result<TrainSummary, ModelError> {
-    let run_dir = config.output.run_dir.clone();
-    if run_dir.exists() && !run_dir.is_dir() {
-        return Err(ModelError::invalid(
-            &run_dir,
-            "is not a directory; output.run_dir must name a directory",
-        ));
+) -> Result<TrainSummary, Error> {
+    let run_dir = RunDir::lock(&config.output.run_dir)?;
+    let result = train_locked(config, resume, stop, progress, &run_dir);
+    if result.is_err() {
+        run_dir.remove_if_unused();
     }
-    let existing = list_checkpoints(&run_dir)?;
-    for (dir, reason) in &existing.damaged {
-        progress.note(&format!(
-            "passing over damaged checkpoint {}: {reason}",
-            dir.display()
-        ));
-    }
-    let any_checkpoint = !existing.good.is_empty() || !existing.damaged.is_empty();
-    let resume_from = match (resume, existing.good.last()) {
-        (false, _) if any_checkpoint => {
-            return Err(ModelError::invalid(
-                &run_dir,
-                "already holds checkpoints of a run: pass --resume to continue it, or choose another output.run_dir",
-            ));
-        }
-        (true, None) => {
-            return Err(ModelError::invalid(
-                &run_dir,
-                "has no checkpoint to resume from",
-            ));
-        }
-        (true, Some((dir, state))) => {
-            if state.config_hash != config.training_hash() {
-                return Err(ModelError::invalid(
-                    dir,
-                    "was trained with a different configuration (model, lora, data or optimisation); resume needs the same",
-                ));
-            }
-            Some((dir.clone(), state.clone()))
-        }
-        (false, _) => None,
-    };
+    result
+}
 
-    let choice: DeviceChoice = config.model.device.parse().map_err(ModelError::Usage)?;
-    let (storage_dtype, matmul_dtype) = config
-        .model
-        .base_dtypes(choice)
-        .map_err(ModelError::Usage)?;
-    let device = choice.device().autodiff();
-    let train_cfg = &config.train;
-    let spec = config.lora_spec();
-    let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
-    let loaded = HfModel::load(&config.model.path, &device)?;
-    let loaded_eos = loaded.eos_token_ids.clone();
-    if loaded_eos.is_empty() {
-        return Err(ModelError::invalid(
-            &config.model.path,
-            "the model names no EOS token (config.json / generation_config.json)",
-        ));
-    }
-    let data = load_dataset(&config.data, &config.model.path)?;
-    let (train_stats, valid_stats) = (&data.data.train_stats, &data.data.valid_stats);
+/// [`train`] with the run directory locked: every decision about it is taken under the lock.
+fn train_locked(
+    config: &RunConfig,
+    resume: bool,
+    stop: &AtomicUsize,
+    progress: &mut dyn Progress,
+    run_dir: &RunDir,
+) -> Result<TrainSummary, Error> {
+    let resume_from = resume_point(run_dir, resume, config, progress)?;
+    let (session, base) = Session::prepare(config, progress)?;
+    let total_steps = session.total_steps(config);
+    let trainee = Trainee::start(base, config, &session, resume_from.as_ref(), progress)?;
     progress.note(&format!(
-        "data: {} training examples from {} records ({} tokens, {} trained; {} truncated, {} dropped), {} validation examples; {} in {:.2} s",
-        train_stats.examples,
-        train_stats.records,
-        train_stats.tokens,
-        train_stats.trained_tokens,
-        train_stats.truncated,
-        train_stats.dropped,
-        valid_stats.examples,
-        match data.from_cache {
-            true => "loaded from the token cache",
-            false => "tokenized",
-        },
-        data.seconds
+        "{} rows, {total_steps} steps, {} adapters ({} trainable parameters)",
+        session.rows.len(),
+        trainee.adapters,
+        trainee.parameters
     ));
-    let examples = &data.data.train;
-    let mut valid_examples = data.data.valid.clone();
-    if train_cfg.eval_records > 0 {
-        valid_examples.truncate(train_cfg.eval_records);
-    }
-    let pad_id = tokenizer.pad_id();
-    let rows = training_rows(examples, config, progress);
-    // Everything the run reads has loaded: only now is the run directory created and locked,
-    // so bad input leaves nothing behind.
-    std::fs::create_dir_all(&run_dir).map_err(|e| ModelError::io(&run_dir, e))?;
-    let _lock = lock_run_dir(&run_dir)?;
-    let config_path = run_dir.join("config.toml");
-    write_file_atomic(&config_path, config.to_toml().as_bytes())?;
-    let per_step = train_cfg.micro_batch * train_cfg.grad_accum;
-    let total_steps = match train_cfg.max_steps {
-        0 => (train_cfg.epochs * rows.len()).div_ceil(per_step),
-        n => n,
-    };
-
-    let mut model = loaded.model;
-    model.set_base_dtypes(storage_dtype, matmul_dtype);
-    let optim_config = adamw(config);
-    let (mut optim, start_step) = match &resume_from {
-        Some((dir, state)) => {
-            load_adapter(&mut model, dir, &device)?;
-            let path = dir.join(OPTIMIZER_FILE);
-            let optim = optim_config.init().load(&path).map_err(|e| {
-                ModelError::invalid(&path, format!("cannot read optimizer state: {e}"))
-            })?;
-            progress.note(&format!(
-                "resuming {} at step {}",
-                run_dir.display(),
-                state.step
-            ));
-            (optim, state.step)
-        }
-        None => {
-            device.seed(train_cfg.seed);
-            model.attach_lora(&spec, &device);
-            (optim_config.init(), 0)
-        }
-    };
-    let trainable: Vec<ParamId> = model
-        .adapters()
-        .iter()
-        .flat_map(|(_, a)| [a.lora_a.id, a.lora_b.id])
-        .collect();
-    let trainable_parameters: usize = model
-        .adapters()
-        .iter()
-        .map(|(_, a)| {
-            a.lora_a.val().dims().iter().product::<usize>()
-                + a.lora_b.val().dims().iter().product::<usize>()
-        })
-        .sum();
-    progress.note(&format!(
-        "{} rows, {} steps, {} adapters ({} trainable parameters)",
-        rows.len(),
-        total_steps,
-        trainable.len() / 2,
-        trainable_parameters
-    ));
-    if start_step >= total_steps {
-        return Err(ModelError::Usage(format!(
-            "the run is already at step {start_step} of {total_steps}; raise train.max_steps to continue"
+    if trainee.start_step >= total_steps {
+        return Err(Error::Usage(format!(
+            "the run is already at step {} of {total_steps}; raise train.max_steps to continue",
+            trainee.start_step
         )));
     }
-
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics = metrics_file(&metrics_path, start_step)?;
-    let inner_device = device.clone().inner();
-    let evaluate_at =
-        |model: &Llama, step: usize, metrics: &mut std::fs::File, progress: &mut dyn Progress| {
-            evaluate_now(
-                model,
-                &tokenizer,
-                &valid_examples,
-                pad_id,
-                config,
-                &loaded_eos,
-                &inner_device,
-                step,
-                metrics,
-                &metrics_path,
-                progress,
-            )
-        };
-    let wants_eval = !valid_examples.is_empty() || !train_cfg.generate_prompts.is_empty();
-    let initial_eval_loss = match start_step == 0 && wants_eval {
-        true => evaluate_at(&model, 0, &mut metrics, progress)?,
+    run_dir.write_config(&config.to_toml())?;
+    let mut log = MetricsLog::open(run_dir, trainee.start_step)?;
+    let evaluator = Evaluator::new(&session, config);
+    let initial_eval_loss = match trainee.start_step == 0 && evaluator.wanted() {
+        true => evaluator.run(&trainee.model, 0, &mut log, progress)?,
         false => None,
     };
-    let base_model = config.model.path.display().to_string();
-    let hash = config.training_hash();
-    let started = Instant::now();
-    let mut speeds = Vec::new();
-    let mut last = (0.0, None, run_dir.clone());
-    let (mut stopped_by_signal, mut steps_done) = (None, total_steps);
-    for step in start_step..total_steps {
+    let steps = StepLoop {
+        config,
+        session: &session,
+        evaluator: &evaluator,
+        run_dir,
+        spec: config.lora_spec(),
+        total_steps,
+    };
+    let (start_step, parameters) = (trainee.start_step, trainee.parameters);
+    let outcome = steps.run(trainee, &mut log, stop, progress)?;
+    drop(log);
+    run_dir.plot_losses()?;
+    let summary = TrainSummary {
+        run_dir: run_dir.path.clone(),
+        steps: outcome.steps_done,
+        resumed_from: start_step,
+        final_train_loss: outcome.last_loss,
+        initial_eval_loss,
+        final_eval_loss: outcome.last_eval_loss,
+        examples: session.examples().len(),
+        rows: session.rows.len(),
+        trainable_parameters: parameters,
+        median_tokens_per_second: outcome.median_speed,
+        last_checkpoint: outcome.last_checkpoint,
+        stopped_by_signal: outcome.stopped_by_signal,
+    };
+    run_dir.write_summary(&(serde_json::to_string_pretty(&summary).expect("JSON") + "\n"))?;
+    Ok(summary)
+}
+
+/// The model being trained, its optimizer, and where it starts.
+struct Trainee {
+    model: Llama,
+    optim: ModuleOptimizer,
+    start_step: usize,
+    /// Adapters attached.
+    adapters: usize,
+    /// Their trainable parameters.
+    parameters: usize,
+}
+
+impl Trainee {
+    /// Fresh adapters (seeded), or the adapters and optimizer state of `resume_from`.
+    fn start(
+        mut model: Llama,
+        config: &RunConfig,
+        session: &Session,
+        resume_from: Option<&ResumePoint>,
+        progress: &mut dyn Progress,
+    ) -> Result<Self, Error> {
+        let device = &session.device;
+        let optim_config = adamw(config);
+        let (optim, start_step) = match resume_from {
+            Some(point) => {
+                load_adapter(&mut model, &point.dir, device)?;
+                let path = point.dir.join(OPTIMIZER_FILE);
+                let optim = optim_config.init().load(&path).map_err(|e| {
+                    Error::checkpoint(&path, format!("cannot read optimizer state: {e}"))
+                })?;
+                let (dir, step) = (config.output.run_dir.display(), point.state.step);
+                progress.note(&format!("resuming {dir} at step {step}"));
+                (optim, step)
+            }
+            None => {
+                device.seed(config.train.seed);
+                model.attach_lora(&config.lora_spec(), device);
+                (optim_config.init(), 0)
+            }
+        };
+        let adapters = model.adapters();
+        let parameters = adapters
+            .iter()
+            .map(|(_, a)| {
+                a.lora_a.val().shape().num_elements() + a.lora_b.val().shape().num_elements()
+            })
+            .sum();
+        let adapters = adapters.len();
+        Ok(Self {
+            adapters,
+            parameters,
+            model,
+            optim,
+            start_step,
+        })
+    }
+}
+
+/// The fixed surroundings of the step loop.
+struct StepLoop<'a> {
+    config: &'a RunConfig,
+    session: &'a Session,
+    evaluator: &'a Evaluator<'a>,
+    run_dir: &'a RunDir,
+    spec: LoraSpec,
+    total_steps: usize,
+}
+
+/// What the step loop ended with.
+struct Outcome {
+    steps_done: usize,
+    last_loss: f64,
+    last_eval_loss: Option<f64>,
+    last_checkpoint: PathBuf,
+    stopped_by_signal: Option<usize>,
+    median_speed: f64,
+}
+
+/// One finished optimizer step.
+struct StepDone {
+    /// Steps done so far (1-based).
+    done: usize,
+    loss: f64,
+    tokens_per_second: f64,
+}
+
+impl StepLoop<'_> {
+    /// Runs the steps from the trainee's start to the end, or until `stop` is set.
+    fn run(
+        &self,
+        trainee: Trainee,
+        log: &mut MetricsLog,
+        stop: &AtomicUsize,
+        progress: &mut dyn Progress,
+    ) -> Result<Outcome, Error> {
+        let Trainee {
+            mut model,
+            mut optim,
+            start_step,
+            ..
+        } = trainee;
+        let started = Instant::now();
+        let mut speeds = Vec::new();
+        let mut outcome = Outcome {
+            steps_done: self.total_steps,
+            last_loss: 0.0,
+            last_eval_loss: None,
+            last_checkpoint: self.run_dir.path.clone(),
+            stopped_by_signal: None,
+            median_speed: 0.0,
+        };
+        for step in start_step..self.total_steps {
+            let (updated, step) = self.step(model, &mut optim, step, started, log, progress)?;
+            model = updated;
+            speeds.push(step.tokens_per_second);
+            let signal = stop.load(Ordering::SeqCst);
+            let is_last = step.done == self.total_steps || signal != 0;
+            let eval_every = self.config.train.eval_every;
+            let eval_loss = match self.evaluator.wanted() && due(step.done, eval_every, is_last) {
+                true => self.evaluator.run(&model, step.done, log, progress)?,
+                false => None,
+            };
+            if due(step.done, self.config.train.save_every, is_last) {
+                outcome.last_checkpoint = self.checkpoint(&model, &optim, &step, eval_loss)?;
+            }
+            (outcome.last_loss, outcome.last_eval_loss) = (step.loss, eval_loss);
+            if signal != 0 {
+                progress.note(&format!(
+                    "stopped by signal {signal} after step {}; checkpoint written",
+                    step.done
+                ));
+                (outcome.stopped_by_signal, outcome.steps_done) = (Some(signal), step.done);
+                break;
+            }
+        }
+        speeds.sort_by(f64::total_cmp);
+        outcome.median_speed = speeds[speeds.len() / 2];
+        Ok(outcome)
+    }
+
+    /// Optimizer step `step` (0-based): trains, writes the metrics line and reports progress.
+    fn step(
+        &self,
+        model: Llama,
+        optim: &mut ModuleOptimizer,
+        step: usize,
+        started: Instant,
+        log: &mut MetricsLog,
+        progress: &mut dyn Progress,
+    ) -> Result<(Llama, StepDone), Error> {
         let step_started = Instant::now();
+        let train_cfg = &self.config.train;
         let lr = learning_rate(
             train_cfg.schedule,
             train_cfg.lr,
             train_cfg.warmup_steps,
-            total_steps,
+            self.total_steps,
             step,
         );
-        let batches = step_batches(&rows, examples, config, step, pad_id);
+        let batches = self.session.batches(self.config, step);
         let real_tokens: usize = batches.iter().map(|b| b.real_tokens).sum();
         let window_tokens: usize = batches.iter().map(|b| b.trained_tokens).sum();
         let settings = StepSettings {
@@ -278,274 +303,58 @@ pub fn train(
             max_grad_norm: train_cfg.max_grad_norm,
             dropout_seed: dropout_seed(train_cfg.seed, step),
         };
-        let (updated, report) = train_step(model, &mut optim, &batches, settings, &inner_device);
-        model = updated;
-        let (nll, grad_norm) = (report.loss, report.grad_norm);
-        if !nll.is_finite() {
-            return Err(ModelError::Usage(format!(
-                "loss is {nll} at step {}: training stopped; the last good checkpoint is kept",
-                step + 1
+        let device = &self.session.plain_device;
+        let (model, report) = train_step(model, optim, &batches, settings, device);
+        let (loss, grad_norm, done) = (report.loss, report.grad_norm, step + 1);
+        if !loss.is_finite() {
+            return Err(Error::Usage(format!(
+                "loss is {loss} at step {done}: training stopped; the last good checkpoint is kept"
             )));
         }
-        let seconds = step_started.elapsed().as_secs_f64();
-        let tokens_per_second = real_tokens as f64 / seconds;
-        speeds.push(tokens_per_second);
-        let done = step + 1;
-        let line = json!({
-            "step": done, "loss": nll, "lr": lr, "grad_norm": grad_norm, "tokens": window_tokens,
+        let tokens_per_second = real_tokens as f64 / step_started.elapsed().as_secs_f64();
+        log.write(json!({
+            "step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": window_tokens,
             "tokens_per_second": tokens_per_second, "elapsed_s": started.elapsed().as_secs_f64(),
-        });
-        writeln!(metrics, "{line}").map_err(|e| ModelError::io(&metrics_path, e))?;
+        }))?;
         progress.step(
             done,
-            total_steps,
+            self.total_steps,
             &format!(
-                "loss {nll:.4}  lr {lr:.3e}  grad_norm {grad_norm:.3}  {tokens_per_second:.0} tok/s"
+                "loss {loss:.4}  lr {lr:.3e}  grad_norm {grad_norm:.3}  {tokens_per_second:.0} tok/s"
             ),
         );
-
-        let signal = stop.load(Ordering::SeqCst);
-        let is_last = done == total_steps || signal != 0;
-        let eval_now = wants_eval
-            && (is_last || (train_cfg.eval_every > 0 && done % train_cfg.eval_every == 0));
-        let eval_loss = match eval_now {
-            true => evaluate_at(&model, done, &mut metrics, progress)?,
-            false => None,
+        let done = StepDone {
+            done,
+            loss,
+            tokens_per_second,
         };
-        if is_last || (train_cfg.save_every > 0 && done % train_cfg.save_every == 0) {
-            let state = CheckpointState {
-                step: done,
-                seed: train_cfg.seed,
-                config_hash: hash.clone(),
-                train_loss: nll,
-                eval_loss,
-            };
-            let dir = write_checkpoint(&run_dir, &model, &spec, &base_model, &optim, &state)?;
-            prune_checkpoints(&run_dir, train_cfg.keep_last)?;
-            last.2 = dir;
-        }
-        last.0 = nll;
-        last.1 = eval_loss;
-        if signal != 0 {
-            progress.note(&format!(
-                "stopped by signal {signal} after step {done}; checkpoint written"
-            ));
-            stopped_by_signal = Some(signal);
-            steps_done = done;
-            break;
-        }
+        Ok((model, done))
     }
-    speeds.sort_by(f64::total_cmp);
-    drop(metrics);
-    plot_metrics(&metrics_path, &run_dir.join("loss.png"))?;
-    let summary = TrainSummary {
-        run_dir: run_dir.clone(),
-        steps: steps_done,
-        resumed_from: start_step,
-        final_train_loss: last.0,
-        initial_eval_loss,
-        final_eval_loss: last.1,
-        examples: examples.len(),
-        rows: rows.len(),
-        trainable_parameters,
-        median_tokens_per_second: speeds[speeds.len() / 2],
-        last_checkpoint: last.2,
-        stopped_by_signal,
-    };
-    let summary_path = run_dir.join("summary.json");
-    let summary_json = serde_json::to_string_pretty(&summary).expect("JSON") + "\n";
-    write_file_atomic(&summary_path, summary_json.as_bytes())?;
-    Ok(summary)
-}
 
-/// Takes the run directory's lock (`RUN_DIR/.lock`) for as long as the returned file lives, so
-/// that two runs never write into one directory; the operating system releases it when the
-/// process ends, however it ends.
-fn lock_run_dir(run_dir: &Path) -> Result<std::fs::File, ModelError> {
-    let path = run_dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| ModelError::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(ModelError::invalid(
-            run_dir,
-            "is in use by another training run (its lock file .lock is held); wait for it or choose another output.run_dir",
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(ModelError::io(&path, e)),
-    }
-}
-
-/// Draws `loss.png` from the step and eval lines of `metrics.jsonl`.
-fn plot_metrics(metrics: &Path, png: &Path) -> Result<(), ModelError> {
-    let text = std::fs::read_to_string(metrics).map_err(|e| ModelError::io(metrics, e))?;
-    let (mut train, mut eval) = (Vec::new(), Vec::new());
-    for line in text.lines() {
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
+    /// Writes the checkpoint of `step` and prunes old ones; returns its directory.
+    fn checkpoint(
+        &self,
+        model: &Llama,
+        optim: &ModuleOptimizer,
+        step: &StepDone,
+        eval_loss: Option<f64>,
+    ) -> Result<PathBuf, Error> {
+        let state = CheckpointState {
+            step: step.done,
+            seed: self.config.train.seed,
+            config_hash: self.config.training_hash(),
+            train_loss: step.loss,
+            eval_loss,
         };
-        let Some(step) = value["step"].as_f64() else {
-            continue;
-        };
-        if let Some(loss) = value["loss"].as_f64() {
-            train.push((step, loss));
-        }
-        if let Some(loss) = value["eval_loss"].as_f64() {
-            eval.push((step, loss));
-        }
-    }
-    write_loss_plot(png, &train, &eval)
-}
-
-/// Opens `metrics.jsonl` for appending, first dropping lines of steps after `keep_until` (left
-/// by a run that stopped after its last checkpoint).
-fn metrics_file(path: &Path, keep_until: usize) -> Result<std::fs::File, ModelError> {
-    let kept: String = match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .lines()
-            .filter(|line| {
-                serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|step| step as usize <= keep_until)
-            })
-            .map(|line| format!("{line}\n"))
-            .collect(),
-        Err(_) => String::new(),
-    };
-    write_file_atomic(path, kept.as_bytes())?;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(|e| ModelError::io(path, e))
-}
-
-/// The rows training draws from: packed rows of `data.max_len` tokens (`data.packing`), or one
-/// example per row; each row lists its examples' indices.
-pub fn training_rows(
-    examples: &[Example],
-    config: &RunConfig,
-    progress: &mut dyn Progress,
-) -> Vec<Vec<usize>> {
-    let max_len = config.data.max_len;
-    match config.data.packing {
-        true => {
-            let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
-            let rows = pack(&lengths, max_len);
-            progress.note(&format!(
-                "packed into {} rows of {max_len} tokens ({:.1} % filled)",
-                rows.len(),
-                100.0 * packing_efficiency(&lengths, rows.len(), max_len)
-            ));
-            rows
-        }
-        false => (0..examples.len()).map(|i| vec![i]).collect(),
+        let base_model = self.config.model.path.display().to_string();
+        let run_dir = &self.run_dir.path;
+        let dir = write_checkpoint(run_dir, model, &self.spec, &base_model, optim, &state)?;
+        prune_checkpoints(run_dir, self.config.train.keep_last)?;
+        Ok(dir)
     }
 }
 
-/// The micro-batches of optimizer step `step` (0-based): the next `micro_batch · grad_accum`
-/// rows of the stream, `micro_batch` per batch.
-pub fn step_batches(
-    rows: &[Vec<usize>],
-    examples: &[Example],
-    config: &RunConfig,
-    step: usize,
-    pad_id: u32,
-) -> Vec<Batch> {
-    let train_cfg = &config.train;
-    let per_step = train_cfg.micro_batch * train_cfg.grad_accum;
-    (step * per_step..(step + 1) * per_step)
-        .map(|k| stream_row(rows, train_cfg.seed, k))
-        .collect::<Vec<_>>()
-        .chunks(train_cfg.micro_batch)
-        .map(|micro| {
-            let rows: Vec<Vec<&Example>> = micro
-                .iter()
-                .map(|row| row.iter().map(|&i| &examples[i]).collect())
-                .collect();
-            make_batch(
-                &rows,
-                config.data.packing.then_some(config.data.max_len),
-                pad_id,
-            )
-        })
-        .collect()
-}
-
-/// AdamW as `[train]` configures it (PyTorch's semantics; weight decay explicit).
-pub fn adamw(config: &RunConfig) -> AdamWConfig {
-    let train_cfg = &config.train;
-    AdamWConfig::new()
-        .with_beta_1(train_cfg.beta1 as f32)
-        .with_beta_2(train_cfg.beta2 as f32)
-        .with_epsilon(train_cfg.eps as f32)
-        .with_weight_decay(train_cfg.weight_decay as f32)
-}
-
-/// Row `k` of the endless stream: epoch `k / n` visits all `n` rows in an order shuffled from
-/// the seed and the epoch.
-fn stream_row(rows: &[Vec<usize>], seed: u64, k: usize) -> &Vec<usize> {
-    let n = rows.len();
-    let epoch = (k / n) as u64;
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(
-        seed.wrapping_add(epoch.wrapping_mul(0x2545_F491_4F6C_DD1D)),
-    ));
-    &rows[order[k % n]]
-}
-
-/// Scores the validation texts and answers the configured prompts (greedy) with the model as it
-/// is at `step`; writes both to `metrics` and the log. Returns the validation loss, if any.
-#[allow(clippy::too_many_arguments)]
-fn evaluate_now(
-    model: &Llama,
-    tokenizer: &TextTokenizer,
-    valid: &[Example],
-    pad_id: u32,
-    config: &RunConfig,
-    eos_ids: &[u32],
-    device: &Device,
-    step: usize,
-    metrics: &mut std::fs::File,
-    metrics_path: &Path,
-    progress: &mut dyn Progress,
-) -> Result<Option<f64>, ModelError> {
-    let inference = model.valid();
-    let mut write = |line: serde_json::Value| {
-        writeln!(metrics, "{line}").map_err(|e| ModelError::io(metrics_path, e))
-    };
-    let loss = match valid.is_empty() {
-        true => None,
-        false => {
-            let report =
-                evaluate_examples(&inference, valid, config.train.micro_batch, pad_id, device);
-            write(
-                json!({ "step": step, "eval_loss": report.loss, "eval_perplexity": report.perplexity }),
-            )?;
-            progress.note(&format!(
-                "eval at step {step}: loss {:.4}  perplexity {:.3}",
-                report.loss, report.perplexity
-            ));
-            Some(report.loss)
-        }
-    };
-    let greedy = Sampling {
-        temperature: 0.0,
-        top_p: 1.0,
-        seed: 0,
-    };
-    for prompt in &config.train.generate_prompts {
-        let ids = tokenizer.encode(prompt, true)?;
-        let max_new = config.train.generate_max_new_tokens;
-        let new = generate(&inference, &ids, eos_ids, max_new, greedy, device, |_| {
-            Ok(())
-        })?;
-        let text = tokenizer.decode(&new, true)?;
-        write(json!({ "step": step, "prompt": prompt, "generation": text }))?;
-        progress.note(&format!("sample at step {step}: {prompt:?} -> {text:?}"));
-    }
-    Ok(loss)
+/// Whether something done every `every` steps (0 = only at the end) is due after step `done`.
+fn due(done: usize, every: usize, is_last: bool) -> bool {
+    is_last || (every > 0 && done.is_multiple_of(every))
 }

@@ -3,6 +3,7 @@
 //! and, with dropout, gradients that agree with finite differences of the loss (so the masks
 //! of the forward and backward passes are the same ones).
 
+#[path = "../../model/tests/common/mod.rs"]
 mod common;
 use common::test_device;
 
@@ -11,12 +12,12 @@ use std::path::Path;
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use feinschliff_data::batch::{Batch, IGNORE_INDEX};
-use feinschliff_train::host_tensor::is_flex;
-use feinschliff_train::io::hf::HfModel;
-use feinschliff_train::loss::causal_lm_loss_sum;
-use feinschliff_train::model::backprop::{AdapterGrads, forward_backward};
-use feinschliff_train::model::llama::Llama;
-use feinschliff_train::model::lora::{LoraAdapter, LoraSpec, TARGET_MODULES};
+use feinschliff_model::io::hf::HfModel;
+use feinschliff_model::kernels::host_tensor::is_flex;
+use feinschliff_model::llama::Llama;
+use feinschliff_model::lora::{LoraAdapter, LoraSpec, TARGET_MODULES};
+use feinschliff_model::loss::causal_lm_loss_sum;
+use feinschliff_train::pass::backprop::{AdapterGrads, forward_backward};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

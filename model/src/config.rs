@@ -1,0 +1,405 @@
+//! The architecture of a Llama-family model, read from a Hugging Face `config.json`.
+//!
+//! Both forms of the RoPE settings are read: transformers v4 (top-level `rope_theta` and
+//! `rope_scaling`) and v5 (`rope_parameters`). Size keys have no defaults: a config that lacks
+//! one is an error naming the key, never a silent 7B default.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::Error;
+use crate::json::parse_json;
+
+/// Everything the model code needs to know about the architecture.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Number of token embeddings.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU MLP.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// Number of query heads.
+    pub num_attention_heads: usize,
+    /// Number of key/value heads (grouped-query attention when fewer than the query heads).
+    pub num_key_value_heads: usize,
+    /// Width of one attention head.
+    pub head_dim: usize,
+    /// Epsilon of every RMSNorm.
+    pub rms_norm_eps: f64,
+    /// Rotary position embedding settings.
+    pub rope: RopeConfig,
+    /// Longest context the model was trained for.
+    pub max_position_embeddings: usize,
+    /// When true, the output head is the token embedding (no `lm_head.weight` in the files).
+    pub tie_word_embeddings: bool,
+    /// Bias on q/k/v/o projections.
+    pub attention_bias: bool,
+    /// Bias on gate/up/down projections.
+    pub mlp_bias: bool,
+    /// BOS token id, if any.
+    pub bos_token_id: Option<u32>,
+    /// EOS token ids (generation stops at any of them).
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// Rotary position embedding: base frequency and scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    /// `rope_theta`, the base of the inverse frequencies.
+    pub theta: f64,
+    /// How the inverse frequencies are rescaled.
+    pub scaling: RopeScaling,
+}
+
+/// The RoPE scaling types we implement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// No scaling (`rope_type: default`).
+    Default,
+    /// Llama 3.1's frequency-dependent scaling (`rope_type: llama3`).
+    Llama3 {
+        /// `factor`.
+        factor: f64,
+        /// `low_freq_factor`.
+        low_freq_factor: f64,
+        /// `high_freq_factor`.
+        high_freq_factor: f64,
+        /// `original_max_position_embeddings`.
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// `config.json` as written, before validation. Unknown keys are allowed: HF configs carry many
+/// that do not concern the architecture.
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    architectures: Option<Vec<String>>,
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    hidden_act: Option<String>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<RawRope>,
+    rope_parameters: Option<RawRope>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<TokenIds>,
+}
+
+/// `rope_scaling` (v4) or `rope_parameters` (v5).
+#[derive(Debug, Deserialize)]
+struct RawRope {
+    rope_type: Option<String>,
+    #[serde(rename = "type")]
+    legacy_type: Option<String>,
+    rope_theta: Option<f64>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<f64>,
+}
+
+/// A token id given as one integer or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum TokenIds {
+    /// One id.
+    One(u32),
+    /// Several ids.
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    pub(crate) fn into_vec(self) -> Vec<u32> {
+        match self {
+            TokenIds::One(id) => vec![id],
+            TokenIds::Many(ids) => ids,
+        }
+    }
+}
+
+const DEFAULT_ROPE_THETA: f64 = 10_000.0;
+const DEFAULT_RMS_NORM_EPS: f64 = 1e-6;
+const DEFAULT_MAX_POSITIONS: usize = 2048;
+
+impl LlamaConfig {
+    /// Reads and validates a `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text).map_err(|message| Error::invalid(path, message))
+    }
+
+    /// Parses and validates the text of a `config.json`; the error names the key.
+    pub(crate) fn from_json(text: &str) -> Result<Self, String> {
+        let raw: RawConfig = parse_json(text)?;
+        raw.validate()
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<LlamaConfig, String> {
+        match self.model_type.as_deref() {
+            Some("llama") => {}
+            Some(other) => {
+                return Err(format!(
+                    "key `model_type`: `{other}` is not supported (only `llama`)"
+                ));
+            }
+            None => return Err("missing key `model_type`".into()),
+        }
+        if let Some(archs) = &self.architectures
+            && !archs.iter().any(|a| a == "LlamaForCausalLM")
+        {
+            return Err(format!(
+                "key `architectures`: {archs:?} is not supported (only `LlamaForCausalLM`)"
+            ));
+        }
+        if let Some(act) = &self.hidden_act
+            && act != "silu"
+        {
+            return Err(format!(
+                "key `hidden_act`: `{act}` is not supported (only `silu`)"
+            ));
+        }
+        let required = |value: Option<usize>, key: &str| match value {
+            Some(0) => Err(format!("key `{key}` must be positive")),
+            Some(v) => Ok(v),
+            None => Err(format!("missing key `{key}`")),
+        };
+        let hidden_size = required(self.hidden_size, "hidden_size")?;
+        let num_attention_heads = required(self.num_attention_heads, "num_attention_heads")?;
+        let num_key_value_heads = match self.num_key_value_heads {
+            None => num_attention_heads,
+            Some(n) => required(Some(n), "num_key_value_heads")?,
+        };
+        if num_attention_heads % num_key_value_heads != 0 {
+            return Err(format!(
+                "key `num_key_value_heads`: {num_key_value_heads} does not divide num_attention_heads = {num_attention_heads}"
+            ));
+        }
+        let head_dim = match self.head_dim {
+            Some(d) => required(Some(d), "head_dim")?,
+            None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
+            None => {
+                return Err(format!(
+                    "missing key `head_dim`: hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
+                ));
+            }
+        };
+        if head_dim % 2 != 0 {
+            return Err(format!("key `head_dim`: {head_dim} must be even for RoPE"));
+        }
+        let rms_norm_eps = self.rms_norm_eps.unwrap_or(DEFAULT_RMS_NORM_EPS);
+        if rms_norm_eps.is_nan() || rms_norm_eps < 0.0 {
+            return Err(format!("key `rms_norm_eps`: {rms_norm_eps} must be >= 0"));
+        }
+        let rope = rope_config(self.rope_theta, self.rope_scaling, self.rope_parameters)?;
+        Ok(LlamaConfig {
+            vocab_size: required(self.vocab_size, "vocab_size")?,
+            hidden_size,
+            intermediate_size: required(self.intermediate_size, "intermediate_size")?,
+            num_hidden_layers: required(self.num_hidden_layers, "num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps,
+            rope,
+            max_position_embeddings: self
+                .max_position_embeddings
+                .unwrap_or(DEFAULT_MAX_POSITIONS),
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            attention_bias: self.attention_bias.unwrap_or(false),
+            mlp_bias: self.mlp_bias.unwrap_or(false),
+            bos_token_id: self.bos_token_id,
+            eos_token_ids: self
+                .eos_token_id
+                .map(TokenIds::into_vec)
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Reads the v4 keys (`rope_theta`, `rope_scaling`) and the v5 key (`rope_parameters`); a
+/// config may carry both forms (our exports do) as long as they agree.
+fn rope_config(
+    theta: Option<f64>,
+    scaling: Option<RawRope>,
+    parameters: Option<RawRope>,
+) -> Result<RopeConfig, String> {
+    match (scaling, parameters) {
+        (Some(v4), Some(v5)) => {
+            let (a, b) = (
+                rope_form(theta, Some(v4), "rope_scaling")?,
+                rope_form(theta, Some(v5), "rope_parameters")?,
+            );
+            match a == b {
+                true => Ok(a),
+                false => Err(format!(
+                    "keys `rope_scaling` ({a:?}) and `rope_parameters` ({b:?}) disagree"
+                )),
+            }
+        }
+        (v4, None) => rope_form(theta, v4, "rope_scaling"),
+        (None, v5) => rope_form(theta, v5, "rope_parameters"),
+    }
+}
+
+/// One RoPE form: the top-level `rope_theta` with `rope_scaling` or `rope_parameters` (`key`).
+fn rope_form(theta: Option<f64>, raw: Option<RawRope>, key: &str) -> Result<RopeConfig, String> {
+    let theta = match (theta, raw.as_ref().and_then(|r| r.rope_theta)) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(format!(
+                "key `rope_theta` ({a}) disagrees with `{key}.rope_theta` ({b})"
+            ));
+        }
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => DEFAULT_ROPE_THETA,
+    };
+    if theta.is_nan() || theta <= 0.0 {
+        return Err(format!("key `rope_theta`: {theta} must be positive"));
+    }
+    let Some(raw) = raw else {
+        return Ok(RopeConfig {
+            theta,
+            scaling: RopeScaling::Default,
+        });
+    };
+    let rope_type = raw
+        .rope_type
+        .as_deref()
+        .or(raw.legacy_type.as_deref())
+        .unwrap_or("default");
+    let scaling = match rope_type {
+        "default" => RopeScaling::Default,
+        "llama3" => {
+            let field = |value: Option<f64>, name: &str| {
+                value.filter(|v| *v > 0.0).ok_or_else(|| {
+                    format!("key `{key}.{name}`: missing or not positive (llama3 RoPE)")
+                })
+            };
+            let low_freq_factor = field(raw.low_freq_factor, "low_freq_factor")?;
+            let high_freq_factor = field(raw.high_freq_factor, "high_freq_factor")?;
+            if high_freq_factor <= low_freq_factor {
+                return Err(format!(
+                    "key `{key}.high_freq_factor` must exceed low_freq_factor"
+                ));
+            }
+            RopeScaling::Llama3 {
+                factor: field(raw.factor, "factor")?,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: field(
+                    raw.original_max_position_embeddings,
+                    "original_max_position_embeddings",
+                )?,
+            }
+        }
+        other => {
+            return Err(format!(
+                "key `{key}.rope_type`: `{other}` is not supported (supported: default, llama3)"
+            ));
+        }
+    };
+    Ok(RopeConfig { theta, scaling })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#""model_type": "llama", "vocab_size": 10, "hidden_size": 8,
+        "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2"#;
+
+    fn parse(extra: &str) -> Result<LlamaConfig, String> {
+        LlamaConfig::from_json(&format!("{{{BASE}{extra}}}"))
+    }
+
+    #[test]
+    fn defaults_follow_transformers() {
+        let config = parse("").unwrap();
+        assert_eq!(config.num_key_value_heads, 2);
+        assert_eq!(config.head_dim, 4);
+        assert_eq!(
+            config.rope,
+            RopeConfig {
+                theta: 10_000.0,
+                scaling: RopeScaling::Default
+            }
+        );
+        assert!(!config.tie_word_embeddings);
+        assert!(config.eos_token_ids.is_empty());
+    }
+
+    #[test]
+    fn both_rope_forms_and_eos_lists() {
+        let v4 = parse(
+            r#", "rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", "factor": 8,
+            "low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 8192},
+            "eos_token_id": [1, 2]"#,
+        )
+        .unwrap();
+        let v5 = parse(
+            r#", "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8,
+            "low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 8192},
+            "eos_token_id": 2"#,
+        )
+        .unwrap();
+        assert_eq!(v4.rope, v5.rope);
+        assert_eq!(v4.rope.theta, 5e5);
+        assert_eq!(v4.eos_token_ids, [1, 2]);
+        assert_eq!(v5.eos_token_ids, [2]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                r#"{"model_type": "llama"}"#.to_string(),
+                "missing key `hidden_size`",
+            ),
+            (
+                format!(
+                    "{{{}}}",
+                    BASE.replace("\"hidden_size\": 8", "\"hidden_size\": \"x\"")
+                ),
+                "key `hidden_size`",
+            ),
+            (
+                format!("{{{BASE}, \"num_key_value_heads\": 3}}"),
+                "key `num_key_value_heads`",
+            ),
+            (
+                format!("{{{BASE}, \"rope_scaling\": {{\"rope_type\": \"yarn\"}}}}"),
+                "key `rope_scaling.rope_type`: `yarn`",
+            ),
+            (
+                BASE.replace("llama", "gpt2")
+                    .replace(r#""model"#, r#"{"model"#)
+                    + "}",
+                "key `model_type`: `gpt2`",
+            ),
+            (
+                format!("{{{BASE}, \"architectures\": [\"MistralForCausalLM\"]}}"),
+                "key `architectures`",
+            ),
+            ("{\"model_type\": ".to_string(), "invalid JSON"),
+        ];
+        for (json, expected) in cases {
+            let message = LlamaConfig::from_json(&json).unwrap_err();
+            assert!(message.contains(expected), "{json} -> {message}");
+        }
+    }
+}

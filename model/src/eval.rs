@@ -1,0 +1,132 @@
+//! Evaluation: mean token loss and perplexity of a model over a set of texts.
+//!
+//! Each text is scored on its own: tokenized with the tokenizer's own special-token handling,
+//! cut to the first `max_len` tokens, and every token after the first is predicted from the
+//! ones before it. The loss is the mean over all scored tokens of all texts (token-weighted),
+//! which is what transformers gives when the per-record sums are added up.
+//!
+//! [`evaluate_examples`] scores prepared examples instead (the validation split of a run): only
+//! their trained tokens, in padded batches, token-weighted.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use feinschliff_data::batch::make_batch;
+use feinschliff_data::format::Example;
+use feinschliff_data::tokenize::TextTokenizer;
+use serde::Serialize;
+
+use crate::Error;
+use crate::batch_tensors::BatchTensors;
+use crate::llama::Llama;
+use crate::loss::causal_lm_loss_sum;
+
+/// The result of an evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// Mean negative log-likelihood per scored token (nats).
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Number of scored tokens.
+    pub tokens: usize,
+    /// Number of texts read (texts of fewer than two tokens score nothing).
+    pub records: usize,
+    /// Texts cut at `max_len`.
+    pub truncated: usize,
+    /// The truncation length used.
+    pub max_len: usize,
+    /// Wall time of tokenizing and scoring.
+    pub seconds: f64,
+    /// Tokens run through the model per second.
+    pub tokens_per_second: f64,
+}
+
+/// Scores every text with `model`; see the module docs for the exact definition.
+pub fn evaluate(
+    model: &Llama,
+    tokenizer: &TextTokenizer,
+    texts: &[String],
+    max_len: usize,
+    device: &Device,
+) -> Result<EvalReport, Error> {
+    if max_len < 2 {
+        return Err(Error::Usage(format!(
+            "--max-len must be at least 2, got {max_len}"
+        )));
+    }
+    let start = Instant::now();
+    let (mut nll, mut tokens, mut forwarded, mut truncated) = (0.0f64, 0usize, 0usize, 0usize);
+    for text in texts {
+        let mut ids = tokenizer.encode(text, true)?;
+        if ids.len() > max_len {
+            ids.truncate(max_len);
+            truncated += 1;
+        }
+        if ids.len() < 2 {
+            continue;
+        }
+        let len = ids.len();
+        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+        let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), device);
+        let positions = Tensor::<1, Int>::arange(0..len as i64, device).reshape([1, len]);
+        let logits = model.forward(input.clone(), positions, None);
+        let sum = causal_lm_loss_sum(logits, input);
+        nll += sum.nll.into_scalar::<f64>();
+        tokens += len - 1;
+        forwarded += len;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    if tokens == 0 {
+        return Err(Error::Usage(
+            "no text has two or more tokens: nothing to score".into(),
+        ));
+    }
+    let loss = nll / tokens as f64;
+    Ok(EvalReport {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+        records: texts.len(),
+        truncated,
+        max_len,
+        seconds,
+        tokens_per_second: forwarded as f64 / seconds,
+    })
+}
+
+/// Mean loss per trained token of `examples` and the number of trained tokens, scored in
+/// padded batches of `batch_size` examples.
+pub fn evaluate_examples(
+    model: &Llama,
+    examples: &[Example],
+    batch_size: usize,
+    pad_id: u32,
+    device: &Device,
+) -> EvalReport {
+    let start = Instant::now();
+    let (mut nll, mut tokens, mut forwarded) = (0.0f64, 0usize, 0usize);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let rows: Vec<Vec<&Example>> = chunk.iter().map(|e| vec![e]).collect();
+        let batch = make_batch(&rows, None, pad_id);
+        let tensors = BatchTensors::new(&batch, device);
+        let logits = model.forward_segments(tensors.ids, tensors.positions, tensors.segments);
+        nll += causal_lm_loss_sum(logits, tensors.labels)
+            .nll
+            .into_scalar::<f64>();
+        tokens += batch.trained_tokens;
+        forwarded += batch.real_tokens;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let loss = nll / tokens.max(1) as f64;
+    EvalReport {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+        records: examples.len(),
+        truncated: 0,
+        max_len: examples.iter().map(|e| e.ids.len()).max().unwrap_or(0),
+        seconds,
+        tokens_per_second: forwarded as f64 / seconds,
+    }
+}

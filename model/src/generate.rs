@@ -1,0 +1,199 @@
+//! Text generation with a KV cache: the prompt is run once, then one token at a time.
+//! Greedy at temperature 0, else temperature sampling with an optional nucleus (top-p) cut,
+//! from a seeded RNG so a run can be repeated exactly.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use feinschliff_data::tokenize::TextTokenizer;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::Error;
+use crate::llama::{KvCache, Llama};
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    /// 0 means greedy; otherwise logits are divided by it before sampling.
+    pub temperature: f64,
+    /// Keep the most likely tokens whose probabilities add up to at least this (1 = all).
+    pub top_p: f64,
+    /// Seed of the sampling RNG.
+    pub seed: u64,
+}
+
+impl Sampling {
+    /// Rejects values that make no sense, naming the option.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Usage(format!(
+                "--temperature must be >= 0, got {}",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Usage(format!(
+                "--top-p must be in (0, 1], got {}",
+                self.top_p
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Generates up to `max_new_tokens` after `prompt`, stopping after any id in `eos_ids`
+/// (which is included in the result). `on_token` sees each new id as it is chosen.
+pub fn generate(
+    model: &Llama,
+    prompt: &[u32],
+    eos_ids: &[u32],
+    max_new_tokens: usize,
+    sampling: Sampling,
+    device: &Device,
+    mut on_token: impl FnMut(u32) -> Result<(), Error>,
+) -> Result<Vec<u32>, Error> {
+    sampling.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::Usage("the prompt has no tokens".into()));
+    }
+    let mut rng = StdRng::seed_from_u64(sampling.seed);
+    let mut cache = KvCache::default();
+    let mut generated = Vec::new();
+    let mut next_input = prompt.to_vec();
+    while generated.len() < max_new_tokens {
+        let len = next_input.len();
+        let ids: Vec<i64> = next_input.iter().map(|&id| i64::from(id)).collect();
+        let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), device);
+        let logits = model.forward_cached(input, &mut cache);
+        let vocab = logits.dims()[2];
+        let last: Vec<f32> = logits
+            .narrow(1, len - 1, 1)
+            .reshape([vocab])
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::Usage(format!("cannot read logits: {e:?}")))?;
+        let token = choose(&last, sampling, &mut rng);
+        generated.push(token);
+        on_token(token)?;
+        if eos_ids.contains(&token) {
+            break;
+        }
+        next_input = vec![token];
+    }
+    Ok(generated)
+}
+
+/// Picks the next token from one row of logits.
+fn choose(logits: &[f32], sampling: Sampling, rng: &mut StdRng) -> u32 {
+    if sampling.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let scaled: Vec<f64> = logits
+        .iter()
+        .map(|&l| l as f64 / sampling.temperature)
+        .collect();
+    let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let mut probs: Vec<(u32, f64)> = scaled
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, (l - max).exp()))
+        .collect();
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    // Nucleus: the shortest prefix whose mass reaches top_p (always at least one token).
+    let mut kept = 0;
+    let mut mass = 0.0;
+    while kept < probs.len() && (kept == 0 || mass < sampling.top_p * total) {
+        mass += probs[kept].1;
+        kept += 1;
+    }
+    let mut target = rng.random::<f64>() * mass;
+    for &(id, p) in &probs[..kept] {
+        if target < p {
+            return id;
+        }
+        target -= p;
+    }
+    probs[kept - 1].0
+}
+
+/// Index of the largest logit (the first one on ties, as torch's argmax).
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Turns a growing list of token ids into text pieces as soon as they decode cleanly (a
+/// multi-byte character split over tokens is held back until complete).
+pub struct TextStream<'a> {
+    tokenizer: &'a TextTokenizer,
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl<'a> TextStream<'a> {
+    /// A stream over `tokenizer`'s decoding.
+    pub fn new(tokenizer: &'a TextTokenizer) -> Self {
+        Self {
+            tokenizer,
+            ids: Vec::new(),
+            printed: 0,
+        }
+    }
+
+    /// Adds a token; returns the new text, if any is complete.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>, Error> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids, true)?;
+        if text.ends_with('\u{FFFD}')
+            || text.len() <= self.printed
+            || !text.is_char_boundary(self.printed)
+        {
+            return Ok(None);
+        }
+        let piece = text[self.printed..].to_string();
+        self.printed = text.len();
+        Ok(Some(piece))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        assert_eq!(argmax(&[0.0, 2.0, 2.0, -1.0]), 1);
+    }
+
+    #[test]
+    fn tiny_top_p_is_greedy_and_sampling_is_seeded() {
+        let logits = [0.1, 3.0, 2.9, -5.0];
+        let narrow = Sampling {
+            temperature: 1.0,
+            top_p: 1e-6,
+            seed: 1,
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        assert!((0..50).all(|_| choose(&logits, narrow, &mut rng) == 1));
+        let wide = Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 7,
+        };
+        let draw = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..20)
+                .map(|_| choose(&logits, wide, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert!(
+            draw(7).contains(&2),
+            "a wide nucleus samples more than the top token"
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! A Hugging Face model directory: `config.json`, `generation_config.json`, the safetensors
+//! checkpoint and the tokenizer files.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use serde::Deserialize;
+
+use crate::Error;
+use crate::config::{LlamaConfig, TokenIds};
+use crate::json::parse_json;
+use crate::llama::Llama;
+use crate::weights::WeightFiles;
+
+/// A loaded model with what generation needs to know about it.
+pub struct HfModel {
+    /// The directory it came from.
+    pub dir: PathBuf,
+    /// The architecture.
+    pub config: LlamaConfig,
+    /// The frozen base model.
+    pub model: Llama,
+    /// Ids that end generation: `generation_config.json`'s, else `config.json`'s.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl HfModel {
+    /// Loads config and weights from `dir` onto `device` (f32). Every model tensor must be in
+    /// the checkpoint with the right shape, and every checkpoint tensor must be used.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, Error> {
+        if !dir.is_dir() {
+            return Err(Error::invalid(dir, "not a model directory"));
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            return Err(Error::invalid(&config_path, "not found"));
+        }
+        let config = LlamaConfig::from_file(&config_path)?;
+        let mut weights = WeightFiles::open(dir)?;
+        let model = Llama::load(&config, &mut weights, device)?;
+        weights.finish()?;
+        let eos_token_ids = match generation_eos_ids(dir)? {
+            Some(ids) => ids,
+            None => config.eos_token_ids.clone(),
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            model,
+            eos_token_ids,
+        })
+    }
+}
+
+/// The `eos_token_id` (int or list) of `generation_config.json`, if the file names one.
+fn generation_eos_ids(dir: &Path) -> Result<Option<Vec<u32>>, Error> {
+    #[derive(Deserialize)]
+    struct GenerationConfig {
+        eos_token_id: Option<TokenIds>,
+    }
+    let path = dir.join("generation_config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let config: GenerationConfig =
+        parse_json(&text).map_err(|message| Error::invalid(&path, message))?;
+    Ok(config.eos_token_id.map(TokenIds::into_vec))
+}

@@ -1,0 +1,216 @@
+//! PEFT adapter directories: `adapter_config.json` and `adapter_model.safetensors` with PEFT's
+//! tensor names (`base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`, no
+//! `.default.`), as `PeftModel.from_pretrained` reads them — ours, and adapters PEFT trained.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::Device;
+use serde_json::json;
+
+use super::safetensors_out::{StoreDtype, write_safetensors};
+use crate::Error;
+use crate::llama::Llama;
+use crate::lora::{LoraAdapter, LoraSpec, TARGET_MODULES, wants_adapter};
+use crate::weights::WeightFiles;
+
+/// The adapter weights file.
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// The adapter config file.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+const PREFIX: &str = "base_model.model.";
+
+/// Writes the model's adapters (f32) and their config into `dir` (which must exist).
+pub fn save_adapter(
+    model: &Llama,
+    spec: &LoraSpec,
+    base_model: &str,
+    dir: &Path,
+) -> Result<(), Error> {
+    let adapters = model.adapters();
+    let mut shapes = BTreeMap::new();
+    let mut values = BTreeMap::new();
+    for (path, adapter) in &adapters {
+        for (kind, tensor) in [
+            ("lora_A", adapter.lora_a.val()),
+            ("lora_B", adapter.lora_b.val()),
+        ] {
+            let name = format!("{PREFIX}{path}.{kind}.weight");
+            shapes.insert(name.clone(), tensor.dims().to_vec());
+            values.insert(name, tensor);
+        }
+    }
+    write_safetensors(
+        &dir.join(ADAPTER_WEIGHTS),
+        &shapes,
+        StoreDtype::F32,
+        |name| {
+            values[name]
+                .clone()
+                .try_into_vec_as::<f32>()
+                .map_err(|e| Error::Usage(format!("cannot read adapter tensor `{name}`: {e:?}")))
+        },
+    )?;
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": spec.rank,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": spec.dropout,
+        "target_modules": spec.target_modules,
+        "layers_to_transform": spec.layers_to_transform,
+        "use_rslora": spec.use_rslora,
+        "use_dora": false,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "modules_to_save": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    });
+    let path = dir.join(ADAPTER_CONFIG);
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&config).expect("JSON") + "\n",
+    )
+    .map_err(|e| Error::io(&path, e))
+}
+
+/// Reads `adapter_config.json` into a [`LoraSpec`]; what we cannot apply faithfully is an error.
+pub fn read_adapter_spec(dir: &Path) -> Result<LoraSpec, Error> {
+    let path = dir.join(ADAPTER_CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(&path, format!("invalid JSON: {e}")))?;
+    let bad = |message: String| Error::invalid(&path, message);
+    if config["peft_type"] != "LORA" {
+        return Err(bad(format!(
+            "key `peft_type`: {} is not LORA",
+            config["peft_type"]
+        )));
+    }
+    for key in ["use_dora", "fan_in_fan_out"] {
+        if config[key] == true {
+            return Err(bad(format!("key `{key}`: true is not supported")));
+        }
+    }
+    for key in ["rank_pattern", "alpha_pattern"] {
+        if config[key].as_object().is_some_and(|o| !o.is_empty()) {
+            return Err(bad(format!("key `{key}` is not supported")));
+        }
+    }
+    // Keys whose non-default values change what the adapter computes: refuse them rather than
+    // load an adapter that would give other results than in PEFT.
+    for key in [
+        "modules_to_save",
+        "exclude_modules",
+        "layer_replication",
+        "layers_pattern",
+        "target_parameters",
+        "trainable_token_indices",
+    ] {
+        let set = match &config[key] {
+            serde_json::Value::Null => false,
+            serde_json::Value::Array(a) => !a.is_empty(),
+            serde_json::Value::Object(o) => !o.is_empty(),
+            serde_json::Value::String(s) => !s.is_empty(),
+            _ => true,
+        };
+        if set {
+            return Err(bad(format!(
+                "key `{key}`: {} is not supported",
+                config[key]
+            )));
+        }
+    }
+    if config["lora_bias"] == true {
+        return Err(bad("key `lora_bias`: true is not supported".into()));
+    }
+    if config["bias"].as_str().is_some_and(|b| b != "none") {
+        return Err(bad(format!(
+            "key `bias`: {} is not supported (only \"none\")",
+            config["bias"]
+        )));
+    }
+    let rank = config["r"]
+        .as_u64()
+        .filter(|r| *r > 0)
+        .ok_or_else(|| bad("key `r` must be a positive integer".into()))?;
+    let alpha = config["lora_alpha"]
+        .as_f64()
+        .ok_or_else(|| bad("key `lora_alpha` must be a number".into()))?;
+    let target_modules: Vec<String> = match &config["target_modules"] {
+        serde_json::Value::String(s) if s == "all-linear" => {
+            TARGET_MODULES.iter().map(|m| m.to_string()).collect()
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        other => {
+            return Err(bad(format!(
+                "key `target_modules`: {other} is not a list of module names"
+            )));
+        }
+    };
+    if let Some(unknown) = target_modules
+        .iter()
+        .find(|t| !TARGET_MODULES.contains(&t.as_str()))
+    {
+        return Err(bad(format!(
+            "key `target_modules`: `{unknown}` is not a Llama projection"
+        )));
+    }
+    let layers_to_transform = match &config["layers_to_transform"] {
+        serde_json::Value::Null => None,
+        serde_json::Value::Number(n) => Some(vec![n.as_u64().unwrap_or(0) as usize]),
+        serde_json::Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(|v| v.as_u64().map(|l| l as usize))
+                .collect(),
+        ),
+        other => {
+            return Err(bad(format!(
+                "key `layers_to_transform`: {other} is not supported"
+            )));
+        }
+    };
+    Ok(LoraSpec {
+        rank: rank as usize,
+        alpha,
+        dropout: config["lora_dropout"].as_f64().unwrap_or(0.0),
+        target_modules,
+        layers_to_transform,
+        use_rslora: config["use_rslora"].as_bool().unwrap_or(false),
+    })
+}
+
+/// Attaches the adapter stored in `dir` to `model`: every adapter tensor must fit a projection
+/// of this model, and every projection the config targets must have its tensors.
+pub fn load_adapter(model: &mut Llama, dir: &Path, device: &Device) -> Result<LoraSpec, Error> {
+    let spec = read_adapter_spec(dir)?;
+    let mut weights = WeightFiles::open_file(&dir.join(ADAPTER_WEIGHTS))?;
+    for (path, proj) in model.projections_mut() {
+        if !wants_adapter(&path, &spec) {
+            continue;
+        }
+        let [out_features, in_features] = proj.weight.val().dims();
+        let a = weights.take(
+            &format!("{PREFIX}{path}.lora_A.weight"),
+            [spec.rank, in_features],
+            device,
+        )?;
+        let b = weights.take(
+            &format!("{PREFIX}{path}.lora_B.weight"),
+            [out_features, spec.rank],
+            device,
+        )?;
+        proj.lora = Some(LoraAdapter::from_tensors(&path, a, b, &spec, device));
+    }
+    weights.finish()?;
+    Ok(spec)
+}

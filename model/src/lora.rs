@@ -1,0 +1,145 @@
+//! LoRA adapters in the Hugging Face PEFT layout: for a frozen linear layer `W` `[out, in]`,
+//! `lora_A` `[r, in]` and `lora_B` `[out, r]` add `scaling · B A x`, with dropout on the
+//! adapter's input. PEFT's default initialisation: A Kaiming-uniform (a = √5), B = 0, so a fresh
+//! adapter leaves the model unchanged. Scaling is `alpha / r`, or `alpha / √r` with rsLoRA.
+//!
+//! Adapter parameters get ids derived from their PEFT names, so the optimizer state saved in a
+//! checkpoint finds its parameters again in a model rebuilt on resume.
+
+use burn::module::{Module, Param, ParamId};
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::{Device, Distribution, Tensor};
+
+use crate::product::linear_hf;
+
+/// The projections LoRA can be attached to, by PEFT module name.
+pub const TARGET_MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// Where adapters go and how they are shaped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    /// Rank `r`.
+    pub rank: usize,
+    /// `lora_alpha`.
+    pub alpha: f64,
+    /// Dropout probability on the adapter input.
+    pub dropout: f64,
+    /// PEFT module names (a subset of [`TARGET_MODULES`]).
+    pub target_modules: Vec<String>,
+    /// Layers that get adapters; `None` = all.
+    pub layers_to_transform: Option<Vec<usize>>,
+    /// rsLoRA scaling `alpha / √r` instead of `alpha / r`.
+    pub use_rslora: bool,
+}
+
+impl LoraSpec {
+    /// The factor applied to `B A x`.
+    pub fn scaling(&self) -> f64 {
+        match self.use_rslora {
+            true => self.alpha / (self.rank as f64).sqrt(),
+            false => self.alpha / self.rank as f64,
+        }
+    }
+}
+
+/// One adapter: the trainable pair `A`, `B`.
+#[derive(Module, Debug)]
+pub struct LoraAdapter {
+    /// `[r, in]`, PEFT's `lora_A.weight`.
+    pub lora_a: Param<Tensor<2>>,
+    /// `[out, r]`, PEFT's `lora_B.weight`.
+    pub lora_b: Param<Tensor<2>>,
+    /// Dropout on the adapter input (active only while training under autodiff).
+    pub dropout: Dropout,
+    /// `alpha / r` (or `alpha / √r`).
+    pub scaling: f64,
+}
+
+impl LoraAdapter {
+    /// A fresh adapter for a layer `[out, in]`; `name` is the PEFT module path
+    /// (`model.layers.0.self_attn.q_proj`), which fixes the parameter ids.
+    pub fn new(
+        name: &str,
+        [out_features, in_features]: [usize; 2],
+        spec: &LoraSpec,
+        device: &Device,
+    ) -> Self {
+        // kaiming_uniform_(a=√5) on [r, in]: bound = gain·√(3 / fan_in), gain = √(2 / (1 + a²)).
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let a = Tensor::random(
+            [spec.rank, in_features],
+            Distribution::Uniform(-bound, bound),
+            device,
+        );
+        let b = Tensor::zeros([out_features, spec.rank], device);
+        Self::from_tensors(name, a, b, spec, device)
+    }
+
+    /// An adapter with given `A` `[r, in]` and `B` `[out, r]` (from a checkpoint or a PEFT file).
+    pub fn from_tensors(
+        name: &str,
+        a: Tensor<2>,
+        b: Tensor<2>,
+        spec: &LoraSpec,
+        device: &Device,
+    ) -> Self {
+        let trainable = |t: Tensor<2>| {
+            let t = t.to_device(device);
+            if device.is_autodiff() {
+                t.autodiff().require_grad()
+            } else {
+                t
+            }
+        };
+        let (a, b) = (trainable(a), trainable(b));
+        Self {
+            lora_a: Param::initialized(param_id(&format!("{name}.lora_A.weight")), a),
+            lora_b: Param::initialized(param_id(&format!("{name}.lora_B.weight")), b),
+            dropout: DropoutConfig::new(spec.dropout).init(),
+            scaling: spec.scaling(),
+        }
+    }
+
+    /// `scaling · B A dropout(x)` over the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let h = linear_hf(self.dropout.forward(x), self.lora_a.val(), None);
+        linear_hf(h, self.lora_b.val(), None).mul_scalar(self.scaling)
+    }
+
+    /// `scaling · B A`, the change this adapter makes to the layer's weight.
+    pub fn delta_weight(&self) -> Tensor<2> {
+        self.lora_b
+            .val()
+            .matmul(self.lora_a.val())
+            .mul_scalar(self.scaling)
+    }
+}
+
+/// A stable parameter id from a name (FNV-1a), the same in every process.
+fn param_id(name: &str) -> ParamId {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    ParamId::from(hash)
+}
+
+/// Whether the projection at PEFT path `path` (`model.layers.{i}.{block}.{module}`) gets an
+/// adapter under `spec`.
+pub fn wants_adapter(path: &str, spec: &LoraSpec) -> bool {
+    let module = path.rsplit('.').next().unwrap_or_default();
+    let layer: Option<usize> = path.split('.').nth(2).and_then(|l| l.parse().ok());
+    let layer_ok = match (&spec.layers_to_transform, layer) {
+        (None, _) => true,
+        (Some(layers), Some(l)) => layers.contains(&l),
+        (Some(_), None) => false,
+    };
+    layer_ok && spec.target_modules.iter().any(|t| t == module)
+}

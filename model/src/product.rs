@@ -1,0 +1,38 @@
+//! The product of an input with a weight in Hugging Face layout, `x Wᵀ + b` with `W` of shape
+//! `[out, in]`, shared by the frozen projections and their LoRA adapters.
+
+use burn::tensor::{DType, Tensor};
+
+/// `tensor` in `dtype`: itself, or a cast copy.
+pub fn in_dtype<const D: usize>(tensor: Tensor<D>, dtype: DType) -> Tensor<D> {
+    match tensor.dtype() == dtype {
+        true => tensor,
+        false => tensor.cast(dtype),
+    }
+}
+
+/// `x Wᵀ + b` for a weight in HF layout `[out, in]`, computed in the weight's dtype (a bf16
+/// base computes in bf16) and returned in `x`'s. The rows of `x` are flattened into one
+/// 2-D product so the transposed weight goes to the matmul as a strided view: Burn's `linear`
+/// would first give it a batch dimension, which makes the backend copy the whole weight on
+/// every call.
+pub fn linear_hf<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let mut dims = x.dims();
+    let rows: usize = dims[..D - 1].iter().product();
+    let dtype = x.dtype();
+    let out = x
+        .reshape([rows, dims[D - 1]])
+        .cast(weight.dtype())
+        .matmul(weight.transpose())
+        .cast(dtype);
+    let out = match bias {
+        Some(bias) => out + bias.unsqueeze::<2>(),
+        None => out,
+    };
+    dims[D - 1] = out.dims()[1];
+    out.reshape(dims)
+}

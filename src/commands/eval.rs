@@ -1,0 +1,91 @@
+//! `feinschliff eval`: mean token loss and perplexity over a data file or a run
+//! configuration's validation split.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use feinschliff_data::dataset::load_dataset;
+use feinschliff_data::source::read_texts;
+use feinschliff_data::tokenize::TextTokenizer;
+use feinschliff_model::eval::{evaluate, evaluate_examples};
+use feinschliff_train::run_config::RunConfig;
+
+use super::model_args::ModelArgs;
+
+/// Arguments of `eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Data file (.jsonl, .json array, .parquet or .csv); each record has a string field (see
+    /// --field).
+    #[arg(long, value_name = "FILE", required_unless_present = "config")]
+    data: Option<PathBuf>,
+    /// Score the validation split of this run configuration instead, exactly as training
+    /// evaluates it (its format, template, trained tokens and max_len).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["data", "field", "max_len"])]
+    config: Option<PathBuf>,
+    /// Override a key of --config, e.g. --set data.valid=other.jsonl (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", requires = "config")]
+    overrides: Vec<String>,
+    /// The record field that holds the text.
+    #[arg(long, default_value = "text")]
+    field: String,
+    /// Tokens kept per record (longer records are cut).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    max_len: usize,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Scores the data and prints the report.
+pub fn run(args: EvalArgs) -> Result<()> {
+    let report = match (&args.config, &args.data) {
+        (Some(config), _) => {
+            let config = RunConfig::load(config, &args.overrides)?;
+            let data = load_dataset(&config.data, &args.model.model)?.data;
+            if data.valid.is_empty() {
+                anyhow::bail!(
+                    "{}: the configuration has no validation data (data.valid or data.valid_fraction)",
+                    args.config.as_ref().expect("config").display()
+                );
+            }
+            let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
+            let (loaded, device) = args.model.load()?;
+            let batch = config.train.micro_batch;
+            evaluate_examples(
+                &loaded.model,
+                &data.valid,
+                batch,
+                tokenizer.pad_id(),
+                &device,
+            )
+        }
+        (None, Some(data)) => {
+            let texts = read_texts(std::slice::from_ref(data), &args.field)?;
+            let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
+            let (loaded, device) = args.model.load()?;
+            evaluate(&loaded.model, &tokenizer, &texts, args.max_len, &device)
+                .with_context(|| format!("evaluating {}", data.display()))?
+        }
+        (None, None) => anyhow::bail!("give --data FILE or --config FILE"),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "loss {:.6}  perplexity {:.4}  tokens {}  records {} ({} truncated at {})  {:.1} s  {:.1} tokens/s",
+            report.loss,
+            report.perplexity,
+            report.tokens,
+            report.records,
+            report.truncated,
+            report.max_len,
+            report.seconds,
+            report.tokens_per_second
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! The arguments that name a model to run (`eval`, `generate`), and storage dtypes.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use feinschliff_model::backend::{Device, DeviceChoice};
+use feinschliff_model::io::hf::HfModel;
+use feinschliff_model::io::peft::load_adapter;
+use feinschliff_model::io::safetensors_out::StoreDtype;
+
+/// The model, its device and an optional adapter.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Compute backend.
+    #[arg(long, default_value = "flex", value_name = "NAME")]
+    device: DeviceChoice,
+    /// A PEFT LoRA adapter directory to apply on top of the model (ours or PEFT's).
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The model, with the adapter applied when one is given.
+    pub fn load(&self) -> Result<(HfModel, Device)> {
+        let device = self.device.device();
+        let mut loaded = HfModel::load(&self.model, &device)?;
+        if let Some(adapter) = &self.adapter {
+            load_adapter(&mut loaded.model, adapter, &device)?;
+        }
+        Ok((loaded, device))
+    }
+}
+
+/// `f32`, `bf16` or `f16`, for clap.
+pub fn parse_store_dtype(name: &str) -> Result<StoreDtype, String> {
+    match name {
+        "f32" => Ok(StoreDtype::F32),
+        "bf16" => Ok(StoreDtype::BF16),
+        "f16" => Ok(StoreDtype::F16),
+        other => Err(format!("`{other}` is not one of f32, bf16")),
+    }
+}

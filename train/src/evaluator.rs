@@ -1,0 +1,111 @@
+//! Evaluation during a run: the validation examples scored and the configured prompts answered
+//! (greedy) with the model as it is at a step, both written to `metrics.jsonl` and the log.
+
+use burn::module::Module;
+use feinschliff_data::format::Example;
+use feinschliff_model::eval::evaluate_examples;
+use feinschliff_model::generate::{Sampling, generate};
+use feinschliff_model::llama::Llama;
+use serde_json::json;
+
+use crate::Error;
+use crate::progress::Progress;
+use crate::run_config::RunConfig;
+use crate::run_dir::MetricsLog;
+use crate::session::Session;
+
+/// What a run evaluates, and with what.
+pub struct Evaluator<'a> {
+    session: &'a Session,
+    config: &'a RunConfig,
+    /// The validation examples scored (the first `train.eval_records`, 0 = all).
+    valid: &'a [Example],
+}
+
+impl<'a> Evaluator<'a> {
+    /// The evaluation `config` asks for, on the session's validation split.
+    pub fn new(session: &'a Session, config: &'a RunConfig) -> Self {
+        let valid = &session.data.data.valid;
+        let keep = match config.train.eval_records {
+            0 => valid.len(),
+            n => n.min(valid.len()),
+        };
+        Self {
+            session,
+            config,
+            valid: &valid[..keep],
+        }
+    }
+
+    /// Whether there is anything to evaluate (validation data or sample prompts).
+    pub fn wanted(&self) -> bool {
+        !self.valid.is_empty() || !self.config.train.generate_prompts.is_empty()
+    }
+
+    /// Evaluates `model` at `step`; returns the validation loss, if there is validation data.
+    pub fn run(
+        &self,
+        model: &Llama,
+        step: usize,
+        log: &mut MetricsLog,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<f64>, Error> {
+        let inference = model.valid();
+        let loss = match self.valid.is_empty() {
+            true => None,
+            false => Some(self.score(&inference, step, log, progress)?),
+        };
+        self.answer_prompts(&inference, step, log, progress)?;
+        Ok(loss)
+    }
+
+    /// Scores the validation examples; returns the mean token loss.
+    fn score(
+        &self,
+        model: &Llama,
+        step: usize,
+        log: &mut MetricsLog,
+        progress: &mut dyn Progress,
+    ) -> Result<f64, Error> {
+        let (batch, pad_id) = (
+            self.config.train.micro_batch,
+            self.session.tokenizer.pad_id(),
+        );
+        let device = &self.session.plain_device;
+        let report = evaluate_examples(model, self.valid, batch, pad_id, device);
+        log.write(json!({
+            "step": step, "eval_loss": report.loss, "eval_perplexity": report.perplexity
+        }))?;
+        progress.note(&format!(
+            "eval at step {step}: loss {:.4}  perplexity {:.3}",
+            report.loss, report.perplexity
+        ));
+        Ok(report.loss)
+    }
+
+    /// Answers every configured prompt greedily.
+    fn answer_prompts(
+        &self,
+        model: &Llama,
+        step: usize,
+        log: &mut MetricsLog,
+        progress: &mut dyn Progress,
+    ) -> Result<(), Error> {
+        let greedy = Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        };
+        let (tokenizer, device) = (&self.session.tokenizer, &self.session.plain_device);
+        let max_new = self.config.train.generate_max_new_tokens;
+        for prompt in &self.config.train.generate_prompts {
+            let ids = tokenizer.encode(prompt, true)?;
+            let eos = &self.session.eos_ids;
+            let new = generate(model, &ids, eos, max_new, greedy, device, |_| Ok(()))?;
+            let text = tokenizer.decode(&new, true)?;
+            log.write(json!({ "step": step, "prompt": prompt, "generation": text }))?;
+            progress.note(&format!("sample at step {step}: {prompt:?} -> {text:?}"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! The run directory: locked before anything in it is read or decided, so two runs never mix
+//! their files; then the resolved configuration, `metrics.jsonl`, `loss.png` and
+//! `summary.json` (checkpoints are [`crate::checkpoint`]'s).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use feinschliff_data::atomic_file::write_file_atomic;
+
+use crate::Error;
+use crate::plot::write_loss_plot;
+
+/// The lock file inside a run directory.
+const LOCK_FILE: &str = ".lock";
+
+/// A run directory this process holds the lock of (until the value is dropped).
+pub struct RunDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// The locked file; the operating system releases the lock when the process ends, however
+    /// it ends.
+    _lock: File,
+    /// Whether this process created the directory.
+    created: bool,
+}
+
+impl RunDir {
+    /// Creates `path` if needed and takes its lock; fails at once when another run holds it.
+    pub fn lock(path: &Path) -> Result<Self, Error> {
+        if path.exists() && !path.is_dir() {
+            return Err(Error::invalid(
+                path,
+                "is not a directory; output.run_dir must name a directory",
+            ));
+        }
+        let created = !path.exists();
+        std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        let lock_path = path.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self {
+                path: path.to_path_buf(),
+                _lock: file,
+                created,
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::invalid(
+                path,
+                "is in use by another training run (its lock file .lock is held); wait for it or choose another output.run_dir",
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&lock_path, e)),
+        }
+    }
+
+    /// Removes the directory again if this process created it and wrote nothing but the lock
+    /// into it (a run that failed while loading leaves nothing behind).
+    pub fn remove_if_unused(self) {
+        let only_lock = std::fs::read_dir(&self.path).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .all(|entry| entry.file_name() == LOCK_FILE)
+        });
+        if self.created && only_lock {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+
+    /// `name` inside the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes `config.toml` (the resolved configuration).
+    pub fn write_config(&self, toml: &str) -> Result<(), Error> {
+        write_file_atomic(&self.join("config.toml"), toml.as_bytes())
+    }
+
+    /// Writes `summary.json`.
+    pub fn write_summary(&self, json: &str) -> Result<(), Error> {
+        write_file_atomic(&self.join("summary.json"), json.as_bytes())
+    }
+
+    /// Draws `loss.png` from the step and eval lines of `metrics.jsonl`.
+    pub fn plot_losses(&self) -> Result<(), Error> {
+        let metrics = self.join(METRICS_FILE);
+        let text = std::fs::read_to_string(&metrics).map_err(|e| Error::io(&metrics, e))?;
+        let (mut train, mut eval) = (Vec::new(), Vec::new());
+        for value in text.lines().filter_map(|l| serde_json::from_str(l).ok()) {
+            let value: serde_json::Value = value;
+            let Some(step) = value["step"].as_f64() else {
+                continue;
+            };
+            if let Some(loss) = value["loss"].as_f64() {
+                train.push((step, loss));
+            }
+            if let Some(loss) = value["eval_loss"].as_f64() {
+                eval.push((step, loss));
+            }
+        }
+        write_loss_plot(&self.join("loss.png"), &train, &eval)
+    }
+}
+
+/// The metrics file of a run directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// `metrics.jsonl`, open for appending one JSON object per line.
+pub struct MetricsLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// Opens the log of `run_dir`, first dropping lines of steps after `keep_until` (left by a
+    /// run that stopped after its last checkpoint).
+    pub fn open(run_dir: &RunDir, keep_until: usize) -> Result<Self, Error> {
+        let path = run_dir.join(METRICS_FILE);
+        let kept: String = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .lines()
+                .filter(|line| {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|step| step as usize <= keep_until)
+                })
+                .map(|line| format!("{line}\n"))
+                .collect(),
+            Err(_) => String::new(),
+        };
+        write_file_atomic(&path, kept.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Self { file, path })
+    }
+
+    /// Appends `line`.
+    pub fn write(&mut self, line: serde_json::Value) -> Result<(), Error> {
+        writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))
+    }
+}

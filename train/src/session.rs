@@ -1,0 +1,124 @@
+//! What a run trains with, loaded and checked before anything is written: the device, the base
+//! model in its configured dtypes, the tokenizer, the examples of both splits and the rows of
+//! the training stream. `train` and `bench` start the same way, from [`Session::prepare`].
+
+use burn::tensor::{DType, Device};
+use feinschliff_data::batch::Batch;
+use feinschliff_data::dataset::{Loaded, load_dataset};
+use feinschliff_data::format::Example;
+use feinschliff_data::tokenize::TextTokenizer;
+use feinschliff_model::backend::DeviceChoice;
+use feinschliff_model::io::hf::HfModel;
+use feinschliff_model::llama::Llama;
+
+use crate::Error;
+use crate::progress::Progress;
+use crate::run_config::RunConfig;
+use crate::stream::{step_batches, training_rows};
+
+/// A run's model, data and devices.
+pub struct Session {
+    /// The `--device` the run computes on.
+    pub choice: DeviceChoice,
+    /// That device with autodiff (where the adapters live).
+    pub device: Device,
+    /// That device without autodiff (where the training pass and evaluation compute).
+    pub plain_device: Device,
+    /// The dtype the frozen base is stored in.
+    pub storage_dtype: DType,
+    /// The dtype the frozen base's products are computed in.
+    pub matmul_dtype: DType,
+    /// The model's EOS ids (generation stops at any).
+    pub eos_ids: Vec<u32>,
+    /// The model's tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// The examples of both splits and how they were obtained.
+    pub data: Loaded,
+    /// The rows of the training stream (example indices).
+    pub rows: Vec<Vec<usize>>,
+}
+
+impl Session {
+    /// Loads the model, tokenizer and data that `config` names and reports the data's counts;
+    /// returns the session and the base model (in its configured dtypes, no adapters yet).
+    pub fn prepare(
+        config: &RunConfig,
+        progress: &mut dyn Progress,
+    ) -> Result<(Self, Llama), Error> {
+        let choice: DeviceChoice = config.model.device.parse().map_err(Error::Usage)?;
+        let (storage_dtype, matmul_dtype) = config.model.base_dtypes(choice)?;
+        let device = choice.device().autodiff();
+        let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
+        let loaded = HfModel::load(&config.model.path, &device)?;
+        if loaded.eos_token_ids.is_empty() {
+            return Err(Error::invalid(
+                &config.model.path,
+                "the model names no EOS token (config.json / generation_config.json)",
+            ));
+        }
+        let mut model = loaded.model;
+        model.set_base_dtypes(storage_dtype, matmul_dtype);
+        let data = load_dataset(&config.data, &config.model.path)?;
+        progress.note(&data_note(&data));
+        let rows = training_rows(&data.data.train, config, progress);
+        if rows.is_empty() {
+            return Err(Error::config(
+                "data.train",
+                "gives no training examples (every record was dropped or empty)",
+            ));
+        }
+        let session = Self {
+            choice,
+            plain_device: device.clone().inner(),
+            device,
+            storage_dtype,
+            matmul_dtype,
+            eos_ids: loaded.eos_token_ids,
+            tokenizer,
+            data,
+            rows,
+        };
+        Ok((session, model))
+    }
+
+    /// The training examples.
+    pub fn examples(&self) -> &[Example] {
+        &self.data.data.train
+    }
+
+    /// The micro-batches of optimizer step `step` (0-based).
+    pub fn batches(&self, config: &RunConfig, step: usize) -> Vec<Batch> {
+        let pad_id = self.tokenizer.pad_id();
+        step_batches(&self.rows, self.examples(), config, step, pad_id)
+    }
+
+    /// Optimizer steps of the whole run: `train.max_steps`, or enough for `train.epochs`.
+    pub fn total_steps(&self, config: &RunConfig) -> usize {
+        let train_cfg = &config.train;
+        let per_step = train_cfg.micro_batch * train_cfg.grad_accum;
+        match train_cfg.max_steps {
+            0 => (train_cfg.epochs * self.rows.len()).div_ceil(per_step),
+            n => n,
+        }
+    }
+}
+
+/// The line that says what the data gave.
+fn data_note(data: &Loaded) -> String {
+    let (train, valid) = (&data.data.train_stats, &data.data.valid_stats);
+    format!(
+        "data: {} training examples from {} records ({} tokens, {} trained; {} truncated, {} dropped), {} validation examples; {} in {:.2} s",
+        train.examples,
+        train.records,
+        train.tokens,
+        train.trained_tokens,
+        train.truncated,
+        train.dropped,
+        valid.examples,
+        match data.from_cache {
+            true => "loaded from the token cache",
+            false => "tokenized",
+        },
+        data.seconds
+    )
+}
