@@ -59,7 +59,7 @@ struct LossSum {
 
 /// One chunk's loss, where it was computed.
 enum ChunkLoss {
-    Device(Tensor<1>),
+    Device(Box<Tensor<1>>),
     Host(f64),
 }
 
@@ -73,7 +73,7 @@ impl LossSum {
 
     fn add(mut self, loss: ChunkLoss) -> Self {
         match loss {
-            ChunkLoss::Device(loss) => self.device = self.device + loss,
+            ChunkLoss::Device(loss) => self.device = self.device + *loss,
             ChunkLoss::Host(loss) => self.host += loss,
         }
         self
@@ -100,7 +100,7 @@ fn chunk_loss_backward(
         }
         false => {
             let (loss, d_hidden) = burn_chunk_loss_backward(logits, head, targets, weights);
-            (ChunkLoss::Device(loss), d_hidden)
+            (ChunkLoss::Device(Box::new(loss)), d_hidden)
         }
     }
 }
