@@ -1,5 +1,5 @@
 //! One optimizer step: every micro-batch of the accumulation window through the training pass
-//! ([`crate::model::backprop`]), the adapter gradients summed and normalised by the trained
+//! ([`crate::pass::backprop`]), the adapter gradients summed and normalised by the trained
 //! tokens of the whole window, clipped to a global L2 norm, and applied by the optimizer.
 
 use std::time::Instant;

@@ -115,20 +115,29 @@ fn train_locked(
         spec: config.lora_spec(),
         total_steps,
     };
-    let (start_step, parameters) = (trainee.start_step, trainee.parameters);
     let outcome = steps.run(trainee, &mut log, stop, progress)?;
     drop(log);
+    finish(run_dir, &session, initial_eval_loss, outcome)
+}
+
+/// Draws the loss plot and writes the summary of a run that ended with `outcome`.
+fn finish(
+    run_dir: &RunDir,
+    session: &Session,
+    initial_eval_loss: Option<f64>,
+    outcome: Outcome,
+) -> Result<TrainSummary, Error> {
     run_dir.plot_losses()?;
     let summary = TrainSummary {
         run_dir: run_dir.path.clone(),
         steps: outcome.steps_done,
-        resumed_from: start_step,
+        resumed_from: outcome.resumed_from,
         final_train_loss: outcome.last_loss,
         initial_eval_loss,
         final_eval_loss: outcome.last_eval_loss,
         examples: session.examples().len(),
         rows: session.rows.len(),
-        trainable_parameters: parameters,
+        trainable_parameters: outcome.trainable_parameters,
         median_tokens_per_second: outcome.median_speed,
         last_checkpoint: outcome.last_checkpoint,
         stopped_by_signal: outcome.stopped_by_signal,
@@ -206,6 +215,8 @@ struct StepLoop<'a> {
 
 /// What the step loop ended with.
 struct Outcome {
+    resumed_from: usize,
+    trainable_parameters: usize,
     steps_done: usize,
     last_loss: f64,
     last_eval_loss: Option<f64>,
@@ -235,11 +246,14 @@ impl StepLoop<'_> {
             mut model,
             mut optim,
             start_step,
+            parameters,
             ..
         } = trainee;
         let started = Instant::now();
         let mut speeds = Vec::new();
         let mut outcome = Outcome {
+            resumed_from: start_step,
+            trainable_parameters: parameters,
             steps_done: self.total_steps,
             last_loss: 0.0,
             last_eval_loss: None,

@@ -1,7 +1,7 @@
 //! Causal attention of the training pass over host tensors (flex, LibTorch's CPU): per
 //! sequence and key/value head, each block of queries against its causal horizon through
 //! `gemm` and the fused softmax kernels, with the probabilities recomputed in the backward
-//! pass. The blocks and formulas are those of the Burn version in `model/backprop.rs`; here the
+//! pass. The blocks and formulas are those of the Burn version in `train/src/pass/ops/`; here the
 //! key/value heads are shared by index instead of being repeated per query head, and no block
 //! is cut out of, padded or concatenated into a larger tensor.
 

@@ -3,7 +3,7 @@
 //! formulation is several operations with a buffer each; rows are spread over all cores
 //! (burn-flex runs element-wise operations on one), and `exp` is a polynomial the compiler
 //! vectorises instead of one libm call per element. The formulas are those of the Burn
-//! versions in `model/backprop.rs`; the backprop tests compare both with autodiff.
+//! versions in `train/src/pass/ops/`; the backprop tests compare both with autodiff.
 
 use multiversion::multiversion;
 use rayon::prelude::*;

@@ -1,5 +1,5 @@
 //! Tensors in host memory as plain `f32` slices, for the fused kernels in
-//! [`crate::cpu_kernels`]: flex tensors always, LibTorch tensors on the CPU. No copy when the
+//! [`super::cpu`]: flex tensors always, LibTorch tensors on the CPU. No copy when the
 //! tensor is contiguous `f32`, writes in place when no other handle shares its buffer. Other
 //! devices have no host view ([`is_host`] is false there) and callers use Burn operations.
 // burn-tch is deprecated upstream; feinschliff uses it on purpose (LibTorch's bf16 kernels).
