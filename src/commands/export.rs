@@ -8,8 +8,6 @@ use clap::{Args, Subcommand};
 use feinschliff_model::io::safetensors_out::StoreDtype;
 use feinschliff_train::export::{export_adapter, export_merged, parse_size};
 
-use super::model_args::parse_store_dtype;
-
 #[derive(Subcommand)]
 /// What `export` writes.
 pub enum ExportCommand {
@@ -25,7 +23,7 @@ pub struct ExportMergedArgs {
     #[command(flatten)]
     source: ExportAdapterArgs,
     /// Storage dtype of the weights.
-    #[arg(long, default_value = "f32", value_parser = parse_store_dtype, value_name = "f32|bf16|f16")]
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
     dtype: StoreDtype,
     /// Largest safetensors shard; bigger models get model.safetensors.index.json.
     #[arg(long, default_value = "5GB", value_parser = parse_size, value_name = "SIZE")]

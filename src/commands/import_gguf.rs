@@ -7,8 +7,6 @@ use clap::Args;
 use feinschliff_model::io::gguf::import::import_gguf;
 use feinschliff_model::io::safetensors_out::StoreDtype;
 
-use super::model_args::parse_store_dtype;
-
 /// Arguments of `import-gguf`.
 #[derive(Args)]
 pub struct ImportGgufArgs {
@@ -19,7 +17,7 @@ pub struct ImportGgufArgs {
     #[arg(value_name = "OUT_DIR")]
     out_dir: PathBuf,
     /// Storage dtype of the weights written.
-    #[arg(long, default_value = "f32", value_parser = parse_store_dtype, value_name = "f32|bf16|f16")]
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
     dtype: StoreDtype,
 }
 

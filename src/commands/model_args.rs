@@ -1,4 +1,4 @@
-//! The arguments that name a model to run (`eval`, `generate`), and storage dtypes.
+//! The arguments that name a model to run (`eval`, `generate`).
 
 use std::path::PathBuf;
 
@@ -7,7 +7,6 @@ use clap::Args;
 use feinschliff_model::backend::{Device, DeviceChoice};
 use feinschliff_model::io::hf::HfModel;
 use feinschliff_model::io::peft::load_adapter;
-use feinschliff_model::io::safetensors_out::StoreDtype;
 
 /// The model, its device and an optional adapter.
 #[derive(Args)]
@@ -32,15 +31,5 @@ impl ModelArgs {
             load_adapter(&mut loaded.model, adapter, &device)?;
         }
         Ok((loaded, device))
-    }
-}
-
-/// `f32`, `bf16` or `f16`, for clap.
-pub fn parse_store_dtype(name: &str) -> Result<StoreDtype, String> {
-    match name {
-        "f32" => Ok(StoreDtype::F32),
-        "bf16" => Ok(StoreDtype::BF16),
-        "f16" => Ok(StoreDtype::F16),
-        other => Err(format!("`{other}` is not one of f32, bf16")),
     }
 }

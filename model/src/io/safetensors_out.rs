@@ -21,6 +21,22 @@ pub enum StoreDtype {
     F16,
 }
 
+impl std::str::FromStr for StoreDtype {
+    type Err = Error;
+
+    /// `f32`, `bf16` or `f16`.
+    fn from_str(name: &str) -> Result<Self, Error> {
+        match name {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::BF16),
+            "f16" => Ok(Self::F16),
+            other => Err(Error::Usage(format!(
+                "`{other}` is not one of f32, bf16, f16"
+            ))),
+        }
+    }
+}
+
 impl StoreDtype {
     fn name(self) -> &'static str {
         match self {
