@@ -222,6 +222,9 @@ fn adamw_with_clipping_matches_pytorch() {
     }
 }
 
+/// A named change of `[train]` keys.
+type Change = (&'static str, fn(&mut TrainKeys));
+
 /// The comparison is sharp enough to see each hyperparameter: replayed with one of them
 /// changed, the parameters leave the tolerance by far.
 #[test]
@@ -232,7 +235,7 @@ fn a_changed_hyperparameter_leaves_the_tolerance() {
         .iter()
         .find(|r| r.name == "every_term")
         .unwrap();
-    let changes: [(&str, fn(&mut TrainKeys)); 5] = [
+    let changes: [Change; 5] = [
         ("eps 1e-8", |k| k.eps = 1e-8),
         ("no weight decay", |k| k.weight_decay = 0.0),
         ("beta1 0.9", |k| k.beta1 = 0.9),
