@@ -1,5 +1,5 @@
 //! The optimizer of the adapters: AdamW with PyTorch's semantics (decoupled weight decay), as
-//! `[train]` configures it.
+//! `[train]` configures it; `train/tests/optim.rs` replays PyTorch's on fixed gradients.
 
 use burn::optim::AdamWConfig;
 

@@ -4,7 +4,8 @@
 
 use crate::run_config::Schedule;
 
-/// The learning rate for optimizer step `step` of `total` steps.
+/// The learning rate for optimizer step `step` of `total` steps: `peak` times the factor of
+/// transformers' schedule, computed as it does (also past `total`, and with `warmup ≥ total`).
 pub fn learning_rate(
     schedule: Schedule,
     peak: f64,
@@ -13,14 +14,18 @@ pub fn learning_rate(
     step: usize,
 ) -> f64 {
     if step < warmup {
-        return peak * step as f64 / warmup.max(1) as f64;
+        return peak * (step as f64 / warmup.max(1) as f64);
     }
-    let progress = (step - warmup) as f64 / total.saturating_sub(warmup).max(1) as f64;
-    match schedule {
-        Schedule::Constant => peak,
-        Schedule::Linear => peak * (1.0 - progress).max(0.0),
-        Schedule::Cosine => peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()).max(0.0),
-    }
+    let decay_steps = total.saturating_sub(warmup).max(1) as f64;
+    let factor = match schedule {
+        Schedule::Constant => 1.0,
+        Schedule::Linear => ((total as f64 - step as f64) / decay_steps).max(0.0),
+        Schedule::Cosine => {
+            let progress = (step - warmup) as f64 / decay_steps;
+            (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
+        }
+    };
+    peak * factor
 }
 
 #[cfg(test)]

@@ -87,7 +87,8 @@ pub fn dropout_seed(seed: u64, step: usize) -> u64 {
 }
 
 /// Scales all gradients so their global L2 norm is at most `max_norm` (0 = no clipping), as
-/// `torch.nn.utils.clip_grad_norm_`; returns the norm before clipping.
+/// `torch.nn.utils.clip_grad_norm_`: by `max_norm / (norm + 1e-6)` wherever that is below 1
+/// (so also for a norm less than 1e-6 below `max_norm`); returns the norm before clipping.
 pub fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: f64) -> f64 {
     let squares: f64 = ids
         .iter()
@@ -95,8 +96,8 @@ pub fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: 
         .map(|g| g.square().sum().into_scalar::<f64>())
         .sum();
     let norm = squares.sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let factor = max_norm / (norm + 1e-6);
+    let factor = max_norm / (norm + 1e-6);
+    if max_norm > 0.0 && factor < 1.0 {
         for id in ids {
             if let Some(g) = grads.remove::<2>(*id) {
                 grads.register::<2>(*id, g.mul_scalar(factor));

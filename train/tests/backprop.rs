@@ -3,23 +3,17 @@
 //! and, with dropout, gradients that agree with finite differences of the loss (so the masks
 //! of the forward and backward passes are the same ones).
 
-#[path = "../../model/tests/common/mod.rs"]
 mod common;
-use common::test_device;
-
-use std::path::Path;
+use common::{model_with_adapters, test_device};
 
 use burn::optim::GradientsParams;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use feinschliff_data::batch::{Batch, IGNORE_INDEX};
-use feinschliff_model::io::hf::HfModel;
 use feinschliff_model::kernels::host_tensor::is_flex;
 use feinschliff_model::llama::Llama;
-use feinschliff_model::lora::{LoraAdapter, LoraSpec, TARGET_MODULES};
+use feinschliff_model::lora::{LoraAdapter, LoraSpec};
 use feinschliff_model::loss::causal_lm_loss_sum;
 use feinschliff_train::pass::backprop::{AdapterGrads, forward_backward};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 /// Two rows of 12 tokens: row 0 packs examples of 5 and 7 tokens, row 1 one example of 9 and
 /// three padding tokens; some labels are not scored.
@@ -48,41 +42,6 @@ fn batch() -> Batch {
         trained_tokens: 15,
         real_tokens: 21,
     }
-}
-
-/// The fixture with adapters on every projection, `A` and `B` random (a fresh `B = 0` would
-/// leave every `A` gradient zero and hide mistakes).
-fn model_with_adapters(name: &str, dropout: f64, device: &Device) -> Llama {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/llama")
-        .join(name);
-    let mut model = HfModel::load(&dir, device).unwrap().model;
-    let spec = LoraSpec {
-        rank: 4,
-        alpha: 8.0,
-        dropout,
-        target_modules: TARGET_MODULES.iter().map(|m| m.to_string()).collect(),
-        layers_to_transform: None,
-        use_rslora: false,
-    };
-    model.attach_lora(&spec, device);
-    // Adapters from a fixed generator of our own: the device RNG is shared with tests running
-    // in parallel, so it would not give the same adapters twice.
-    let mut rng = StdRng::seed_from_u64(3);
-    let plain = device.clone().inner();
-    for (path, proj) in model.projections_mut() {
-        let adapter = proj.lora.take().unwrap();
-        let mut random = |dims: [usize; 2]| {
-            let values: Vec<f32> = (0..dims[0] * dims[1])
-                .map(|_| rng.random_range(-0.2..0.2))
-                .collect();
-            Tensor::<2>::from_data(TensorData::new(values, dims), &plain)
-        };
-        let a = random(adapter.lora_a.val().dims());
-        let b = random(adapter.lora_b.val().dims());
-        proj.lora = Some(LoraAdapter::from_tensors(&path, a, b, &spec, device));
-    }
-    model
 }
 
 fn values(t: Tensor<2>) -> Vec<f32> {
