@@ -131,6 +131,20 @@ impl TokenIds {
     }
 }
 
+/// The projections of a decoder layer, as paths below `model.layers.{i}`.
+pub const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// The norms of a decoder layer, as paths below `model.layers.{i}`.
+const LAYER_NORMS: [&str; 2] = ["input_layernorm", "post_attention_layernorm"];
+
 const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 const DEFAULT_RMS_NORM_EPS: f64 = 1e-6;
 const DEFAULT_MAX_POSITIONS: usize = 2048;
@@ -147,6 +161,110 @@ impl LlamaConfig {
         let raw: RawConfig = parse_json(text)?;
         raw.validate()
     }
+
+    /// Output width of the query projection, `num_attention_heads · head_dim` (which cannot
+    /// overflow in a config that was read and validated).
+    pub fn q_width(&self) -> usize {
+        self.num_attention_heads * self.head_dim
+    }
+
+    /// Output width of the key and value projections, `num_key_value_heads · head_dim`.
+    pub fn kv_width(&self) -> usize {
+        self.num_key_value_heads * self.head_dim
+    }
+
+    /// `[out, in]` of projection `module` of a decoder layer (one of [`PROJECTIONS`]) and
+    /// whether it has a bias; `None` for another name.
+    pub fn projection(&self, module: &str) -> Option<([usize; 2], bool)> {
+        let (hidden, ffn) = (self.hidden_size, self.intermediate_size);
+        let (attn, mlp) = (self.attention_bias, self.mlp_bias);
+        Some(match module {
+            "self_attn.q_proj" => ([self.q_width(), hidden], attn),
+            "self_attn.k_proj" | "self_attn.v_proj" => ([self.kv_width(), hidden], attn),
+            "self_attn.o_proj" => ([hidden, self.q_width()], attn),
+            "mlp.gate_proj" | "mlp.up_proj" => ([ffn, hidden], mlp),
+            "mlp.down_proj" => ([hidden, ffn], mlp),
+            _ => return None,
+        })
+    }
+
+    /// The names transformers gives the tensors of decoder layer `layer`.
+    pub fn layer_tensor_names(&self, layer: usize) -> Vec<String> {
+        let norms = LAYER_NORMS.iter().map(|n| format!("{n}.weight"));
+        let projections = PROJECTIONS.iter().flat_map(|module| {
+            let bias = self.projection(module).is_some_and(|(_, bias)| bias);
+            let params: &[&str] = if bias {
+                &["weight", "bias"]
+            } else {
+                &["weight"]
+            };
+            params.iter().map(move |p| format!("{module}.{p}"))
+        });
+        norms
+            .chain(projections)
+            .map(|name| format!("model.layers.{layer}.{name}"))
+            .collect()
+    }
+
+    /// The shape of checkpoint tensor `name` (as transformers names it) in a model of this
+    /// architecture, or `None` where the model has no such tensor (a layer past the last, a
+    /// bias the config does not ask for, a name that is no Llama tensor).
+    pub fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        match name {
+            "model.embed_tokens.weight" | "lm_head.weight" => {
+                return Some(vec![self.vocab_size, self.hidden_size]);
+            }
+            "model.norm.weight" => return Some(vec![self.hidden_size]),
+            _ => {}
+        }
+        let (layer, rest) = name.strip_prefix("model.layers.")?.split_once('.')?;
+        let index: usize = layer.parse().ok()?;
+        if index >= self.num_hidden_layers || index.to_string() != layer {
+            return None;
+        }
+        let (module, param) = rest.rsplit_once('.')?;
+        if LAYER_NORMS.contains(&module) && param == "weight" {
+            return Some(vec![self.hidden_size]);
+        }
+        let ([out, input], bias) = self.projection(module)?;
+        match param {
+            "weight" => Some(vec![out, input]),
+            "bias" if bias => Some(vec![out]),
+            _ => None,
+        }
+    }
+}
+
+/// Checks that the model's sizes fit in memory arithmetic: the parameter count (bounded from
+/// above) in f32 bytes must fit in `isize`, so that no product of sizes taken from the config
+/// wraps in a release build. The error names the key whose size overflows.
+fn check_sizes(c: &LlamaConfig) -> Result<(), String> {
+    const LIMIT: usize = isize::MAX as usize / 4;
+    let fits = |size: Option<usize>, key: &str| {
+        size.filter(|&s| s <= LIMIT).ok_or_else(|| {
+            format!("key `{key}`: the model's sizes overflow (more than {LIMIT} parameters)")
+        })
+    };
+    let q = fits(c.num_attention_heads.checked_mul(c.head_dim), "head_dim")?;
+    let kv = fits(c.num_key_value_heads.checked_mul(c.head_dim), "head_dim")?;
+    // The output widths of a layer's projections and norms (q, kv <= LIMIT: no overflow)
+    // times one more than the input width (for the biases) bound a layer's parameters.
+    let widths = c.intermediate_size.checked_mul(3);
+    let widths = widths.and_then(|w| w.checked_add(2 * q + 2 * kv + 4));
+    let widths = fits(widths, "intermediate_size")?;
+    let layer = c
+        .hidden_size
+        .checked_add(1)
+        .and_then(|h| h.checked_mul(widths));
+    let layer = fits(layer, "hidden_size")?;
+    let embeddings = c.vocab_size.checked_mul(c.hidden_size);
+    let embeddings = fits(embeddings.and_then(|e| e.checked_mul(2)), "vocab_size")?;
+    let total = c.num_hidden_layers.checked_mul(layer);
+    fits(
+        total.and_then(|t| t.checked_add(embeddings)),
+        "num_hidden_layers",
+    )?;
+    Ok(())
 }
 
 impl RawConfig {
@@ -207,7 +325,7 @@ impl RawConfig {
             return Err(format!("key `rms_norm_eps`: {rms_norm_eps} must be >= 0"));
         }
         let rope = rope_config(self.rope_theta, self.rope_scaling, self.rope_parameters)?;
-        Ok(LlamaConfig {
+        let config = LlamaConfig {
             vocab_size: required(self.vocab_size, "vocab_size")?,
             hidden_size,
             intermediate_size: required(self.intermediate_size, "intermediate_size")?,
@@ -228,7 +346,9 @@ impl RawConfig {
                 .eos_token_id
                 .map(TokenIds::into_vec)
                 .unwrap_or_default(),
-        })
+        };
+        check_sizes(&config)?;
+        Ok(config)
     }
 }
 
@@ -327,6 +447,13 @@ mod tests {
         LlamaConfig::from_json(&format!("{{{BASE}{extra}}}"))
     }
 
+    /// The base config with `key` set to `value`.
+    fn with(key: &str, value: u64) -> Result<LlamaConfig, String> {
+        let mut json: serde_json::Value = serde_json::from_str(&format!("{{{BASE}}}")).unwrap();
+        json[key] = value.into();
+        LlamaConfig::from_json(&json.to_string())
+    }
+
     #[test]
     fn defaults_follow_transformers() {
         let config = parse("").unwrap();
@@ -361,6 +488,58 @@ mod tests {
         assert_eq!(v4.rope.theta, 5e5);
         assert_eq!(v4.eos_token_ids, [1, 2]);
         assert_eq!(v5.eos_token_ids, [2]);
+    }
+
+    #[test]
+    fn sizes_that_overflow_name_their_key() {
+        let huge = u64::MAX / 2;
+        let cases = [
+            ("num_hidden_layers", 100_000_000_000_000_000),
+            // 2 heads of 4 + 2^63 wrap to 8 in 64-bit arithmetic.
+            ("head_dim", 4 + (1 << 63)),
+            ("intermediate_size", huge),
+            ("vocab_size", huge),
+        ];
+        for (key, value) in cases {
+            let message = with(key, value).unwrap_err();
+            assert!(
+                message.starts_with(&format!("key `{key}`: the model's sizes overflow")),
+                "{key} = {value} -> {message}"
+            );
+        }
+        let large = with("num_hidden_layers", 1_000_000).unwrap();
+        assert_eq!(large.num_hidden_layers, 1_000_000);
+    }
+
+    #[test]
+    fn tensor_shapes_follow_the_architecture() {
+        let config = parse(r#", "num_key_value_heads": 1, "attention_bias": true"#).unwrap();
+        let shape = |name: &str| config.tensor_shape(name);
+        assert_eq!(shape("model.embed_tokens.weight"), Some(vec![10, 8]));
+        assert_eq!(
+            shape("model.layers.0.self_attn.k_proj.weight"),
+            Some(vec![4, 8])
+        );
+        assert_eq!(shape("model.layers.0.self_attn.o_proj.bias"), Some(vec![8]));
+        assert_eq!(
+            shape("model.layers.0.mlp.down_proj.weight"),
+            Some(vec![8, 16])
+        );
+        assert_eq!(
+            shape("model.layers.0.input_layernorm.weight"),
+            Some(vec![8])
+        );
+        for none in [
+            "model.layers.1.self_attn.q_proj.weight",
+            "model.layers.00.self_attn.q_proj.weight",
+            "model.layers.0.mlp.up_proj.bias",
+            "model.layers.0.self_attn.qkv_proj.weight",
+        ] {
+            assert_eq!(shape(none), None, "{none}");
+        }
+        let names = config.layer_tensor_names(0);
+        assert_eq!(names.len(), 2 + 7 + 4);
+        assert!(names.iter().all(|n| shape(n).is_some()), "{names:?}");
     }
 
     #[test]

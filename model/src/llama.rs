@@ -12,7 +12,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Int, Tensor};
 
 use crate::Error;
-use crate::config::LlamaConfig;
+use crate::config::{LlamaConfig, PROJECTIONS};
 use crate::linear::{Linear, frozen};
 use crate::lora::{LoraAdapter, LoraSpec, wants_adapter};
 use crate::product::{in_dtype, linear_hf};
@@ -235,17 +235,6 @@ impl KvCache {
     }
 }
 
-/// The projections of a decoder layer, as paths below `model.layers.{i}`.
-const PROJECTION_NAMES: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
-
 impl Llama {
     /// Builds the model from checkpoint tensors named as transformers names them; every tensor is
     /// checked against the config's shapes and taken exactly once.
@@ -255,8 +244,6 @@ impl Llama {
         device: &Device,
     ) -> Result<Self, Error> {
         let hidden = config.hidden_size;
-        let q_width = config.num_attention_heads * config.head_dim;
-        let kv_width = config.num_key_value_heads * config.head_dim;
         let norm = |weights: &mut WeightFiles, name: &str| -> Result<RmsNorm, Error> {
             Ok(RmsNorm {
                 weight: frozen(weights.take(&format!("{name}.weight"), [hidden], device)?),
@@ -268,67 +255,38 @@ impl Llama {
             [config.vocab_size, hidden],
             device,
         )?);
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        // No capacity from the config: a hostile layer count fails at the first missing layer.
+        let mut layers = Vec::new();
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let (attn_bias, mlp_bias) = (config.attention_bias, config.mlp_bias);
-            let ffn = config.intermediate_size;
+            let linear = |module: &&str| {
+                let (shape, bias) = config.projection(module).expect("one of PROJECTIONS");
+                Linear::load(weights, &format!("{p}.{module}"), shape, bias, device)
+            };
+            let loaded: Vec<Linear> = PROJECTIONS.iter().map(linear).collect::<Result<_, _>>()?;
+            let [
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                gate_proj,
+                up_proj,
+                down_proj,
+            ] = <[Linear; 7]>::try_from(loaded).expect("seven projections");
             layers.push(DecoderLayer {
                 self_attn: Attention {
-                    q_proj: Linear::load(
-                        weights,
-                        &format!("{p}.self_attn.q_proj"),
-                        [q_width, hidden],
-                        attn_bias,
-                        device,
-                    )?,
-                    k_proj: Linear::load(
-                        weights,
-                        &format!("{p}.self_attn.k_proj"),
-                        [kv_width, hidden],
-                        attn_bias,
-                        device,
-                    )?,
-                    v_proj: Linear::load(
-                        weights,
-                        &format!("{p}.self_attn.v_proj"),
-                        [kv_width, hidden],
-                        attn_bias,
-                        device,
-                    )?,
-                    o_proj: Linear::load(
-                        weights,
-                        &format!("{p}.self_attn.o_proj"),
-                        [hidden, q_width],
-                        attn_bias,
-                        device,
-                    )?,
+                    q_proj,
+                    k_proj,
+                    v_proj,
+                    o_proj,
                     num_heads: config.num_attention_heads,
                     num_kv_heads: config.num_key_value_heads,
                     head_dim: config.head_dim,
                 },
                 mlp: Mlp {
-                    gate_proj: Linear::load(
-                        weights,
-                        &format!("{p}.mlp.gate_proj"),
-                        [ffn, hidden],
-                        mlp_bias,
-                        device,
-                    )?,
-                    up_proj: Linear::load(
-                        weights,
-                        &format!("{p}.mlp.up_proj"),
-                        [ffn, hidden],
-                        mlp_bias,
-                        device,
-                    )?,
-                    down_proj: Linear::load(
-                        weights,
-                        &format!("{p}.mlp.down_proj"),
-                        [hidden, ffn],
-                        mlp_bias,
-                        device,
-                    )?,
+                    gate_proj,
+                    up_proj,
+                    down_proj,
                 },
                 input_layernorm: norm(weights, &format!("{p}.input_layernorm"))?,
                 post_attention_layernorm: norm(weights, &format!("{p}.post_attention_layernorm"))?,
@@ -372,7 +330,7 @@ impl Llama {
                 &m.up_proj,
                 &m.down_proj,
             ];
-            for (name, proj) in PROJECTION_NAMES.iter().zip(named) {
+            for (name, proj) in PROJECTIONS.iter().zip(named) {
                 out.push((format!("model.layers.{i}.{name}"), proj));
             }
         }
@@ -393,7 +351,7 @@ impl Llama {
                 &mut m.up_proj,
                 &mut m.down_proj,
             ];
-            for (name, proj) in PROJECTION_NAMES.iter().zip(named) {
+            for (name, proj) in PROJECTIONS.iter().zip(named) {
                 out.push((format!("model.layers.{i}.{name}"), proj));
             }
         }

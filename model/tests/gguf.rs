@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use feinschliff_model::io::gguf::GgufFile;
+use feinschliff_model::io::gguf::{GgufFile, MAX_HEADER_BYTES, Value};
 use safetensors::SafeTensors;
 
 fn fixture(name: &str) -> PathBuf {
@@ -122,6 +122,49 @@ fn broken_files_give_clear_errors() {
     let mut huge_count = good.clone();
     huge_count[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(open_error(&huge_count).contains("tensor count"));
+}
+
+/// A GGUF v3 file without tensors whose one metadata entry `key` is an array of `count` items
+/// of type `item_ty`, followed by `payload`.
+fn array_file(key: &str, item_ty: u32, count: u64, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    bytes.extend(1u64.to_le_bytes());
+    bytes.extend((key.len() as u64).to_le_bytes());
+    bytes.extend(key.as_bytes());
+    bytes.extend(9u32.to_le_bytes());
+    bytes.extend(item_ty.to_le_bytes());
+    bytes.extend(count.to_le_bytes());
+    bytes.extend(payload);
+    bytes
+}
+
+/// Array lengths are bounded by the size of their items in the file, and all metadata by
+/// `MAX_HEADER_BYTES` of memory, before anything is allocated.
+#[test]
+fn metadata_arrays_are_bounded_by_item_size_and_in_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = dir.path().join("valid.gguf");
+    std::fs::write(&valid, array_file("ok", 10, 100, &[7; 800])).unwrap();
+    let file = GgufFile::open(&valid).unwrap();
+    assert!(matches!(&file.metadata["ok"], Value::Array(items) if items.len() == 100));
+    // 800 bytes hold 800 u8 values but only 100 u64 ones.
+    let message = open_error(&array_file("u64s", 10, 800, &[7; 800]));
+    assert!(
+        message.contains("array length of `u64s` 800 is larger than the rest of the file"),
+        "{message}"
+    );
+    // 9 Mi u8 values fit in 9 MiB of file but take 288 MiB as `Value`s.
+    let count = 9 << 20;
+    let message = open_error(&array_file("bytes", 0, count, &vec![1; count as usize]));
+    assert!(
+        message.contains("metadata `bytes` (9437184 values)")
+            && message.contains(&format!("more than {} MiB", MAX_HEADER_BYTES >> 20)),
+        "{message}"
+    );
+    let message = open_error(&array_file("line\nbreak", 0, 0, &[]));
+    assert!(message.contains("control characters"), "{message}");
 }
 
 /// A minimal GGUF v3 file with one tensor of type `ty` (no metadata).

@@ -35,6 +35,102 @@ def safetensors(header, data):
     return struct.pack("<Q", len(text)) + text + data
 
 
+# GGUF value types with a fixed size: type id -> bytes.
+GGUF_FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+GGUF_ALIGNMENT = 32
+
+
+def gguf_skip(raw, pos, ty):
+    """The position after the GGUF value of type `ty` at `pos`."""
+    if ty in GGUF_FIXED:
+        return pos + GGUF_FIXED[ty]
+    if ty == 8:
+        return pos + 8 + struct.unpack_from("<Q", raw, pos)[0]
+    item, n = struct.unpack_from("<IQ", raw, pos)
+    pos += 12
+    for _ in range(n):
+        pos = gguf_skip(raw, pos, item)
+    return pos
+
+
+def gguf_parts(raw):
+    """The metadata [(key, type, raw value bytes)], tensors [[name, dims, type, offset]] and data
+    section of a GGUF v3 file with the default alignment."""
+    n_tensors, n_kv = struct.unpack_from("<QQ", raw, 8)
+    pos, metadata, tensors = 24, [], []
+
+    def name():
+        nonlocal pos
+        n = struct.unpack_from("<Q", raw, pos)[0]
+        pos += 8 + n
+        return raw[pos - n:pos].decode()
+
+    for _ in range(n_kv):
+        key = name()
+        ty = struct.unpack_from("<I", raw, pos)[0]
+        end = gguf_skip(raw, pos + 4, ty)
+        metadata.append((key, ty, raw[pos + 4:end]))
+        pos = end
+    for _ in range(n_tensors):
+        tensor = name()
+        n_dims = struct.unpack_from("<I", raw, pos)[0]
+        dims = list(struct.unpack_from("<%dQ" % n_dims, raw, pos + 4))
+        ty, offset = struct.unpack_from("<IQ", raw, pos + 4 + 8 * n_dims)
+        pos += 4 + 8 * n_dims + 12
+        tensors.append([tensor, dims, ty, offset])
+    pos += -pos % GGUF_ALIGNMENT
+    return metadata, tensors, raw[pos:]
+
+
+def gguf_str(text):
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def gguf(metadata, tensors, data):
+    """A GGUF v3 file (default alignment) from the parts of `gguf_parts`."""
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(metadata))
+    for key, ty, value in metadata:
+        out += gguf_str(key) + struct.pack("<I", ty) + value
+    for tensor, dims, ty, offset in tensors:
+        out += gguf_str(tensor) + struct.pack("<I", len(dims))
+        out += struct.pack("<%dQ" % len(dims), *dims) + struct.pack("<IQ", ty, offset)
+    return out + b"\0" * (-len(out) % GGUF_ALIGNMENT) + data
+
+
+def gguf_variant(raw, tensors=None, metadata=None):
+    """tiny_llama.gguf with its tensor records and metadata passed through the given edits."""
+    meta, infos, data = gguf_parts(raw)
+    meta = metadata(meta) if metadata else meta
+    infos = tensors(infos) if tensors else infos
+    return gguf(meta, infos, data)
+
+
+def set_dims(infos, name, dims):
+    return [[n, dims if n == name else d, ty, off] for n, d, ty, off in infos]
+
+
+def write_gguf_cases(raw):
+    # An array of u64 whose count fits the rest of the file at one byte per element, not at
+    # eight: the reader must refuse it before allocating.
+    meta, infos, data = gguf_parts(raw)
+    assert gguf(meta, infos, data) == raw
+    rest = len(gguf([], infos, data))
+    oversized = struct.pack("<IQ", 10, rest // 2)
+    write("gguf/metadata_array_oversized.gguf",
+          gguf(meta + [("feinschliff.oversized", 9, oversized)], infos, data))
+    write("gguf/zero_dims.gguf",
+          gguf_variant(raw, tensors=lambda t: set_dims(t, "blk.0.ffn_up.weight", [32, 0])))
+    write("gguf/absurd_dims.gguf",
+          gguf_variant(raw, tensors=lambda t: set_dims(t, "blk.0.attn_q.weight", [0, 1 << 60])))
+    write("gguf/absurd_block_count.gguf", gguf_variant(raw, metadata=lambda m: [
+        (k, 10, struct.pack("<Q", 10 ** 17)) if k == "llama.block_count" else (k, ty, v)
+        for k, ty, v in m]))
+    write("gguf/duplicate_layer.gguf", gguf_variant(raw, tensors=lambda t: t + [
+        ["blk.01" + n[len("blk.1"):], d, ty, off] for n, d, ty, off in t
+        if n == "blk.1.attn_norm.weight"]))
+
+
 def main():
     rng = random.Random(7)
     raw = open(os.path.join(TINY, "model.safetensors"), "rb").read()
@@ -63,6 +159,11 @@ def main():
     wrong = dict(config)
     wrong["num_attention_heads"] = "four"
     write("config_wrong_type/config.json", json.dumps(wrong, indent=1))
+    layers = dict(config, num_hidden_layers=10 ** 17)
+    write("config_absurd_layers/config.json", json.dumps(layers, indent=1))
+    # 4 and 2 heads of 8 + 2^63 wrap to the real widths 32 and 16 in 64-bit arithmetic.
+    wrapping = dict(config, head_dim=8 + (1 << 63))
+    write("config_wrapping_head_dim/config.json", json.dumps(wrapping, indent=1))
 
     write("data/malformed.jsonl", '{"text": "Der Antrag"}\n{"text": "Bescheid\n')
     write("data/missing_field.jsonl", '{"text": "a"}\n{"body": "b"}\n')
@@ -81,6 +182,7 @@ def main():
     write("gguf/truncated.gguf", gguf[:5000])
     write("gguf/bad_magic.gguf", b"GGML" + gguf[4:4096])
     write("gguf/empty.gguf", b"")
+    write_gguf_cases(gguf)
 
     adapter = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
                "use_dora": True, "task_type": "CAUSAL_LM"}
@@ -97,6 +199,20 @@ def main():
         "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight":
             {"dtype": "F32", "shape": [64, 4], "data_offsets": [len(a), len(a) + len(b)]},
     }, a + b))
+
+    dropout = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 1.5,
+               "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}
+    write("adapter_bad_dropout/adapter_config.json", json.dumps(dropout, indent=1))
+    a = struct.pack("<" + "f" * 4 * 32, *([0.01] * 128))
+    b = struct.pack("<" + "f" * 32 * 4, *([0.0] * 128))
+    tensors, data = {"__metadata__": {"format": "pt"}}, b""
+    for layer in range(2):
+        for kind, shape, values in [("A", [4, 32], a), ("B", [32, 4], b)]:
+            name = f"base_model.model.model.layers.{layer}.self_attn.q_proj.lora_{kind}.weight"
+            tensors[name] = {"dtype": "F32", "shape": shape,
+                             "data_offsets": [len(data), len(data) + len(values)]}
+            data += values
+    write("adapter_bad_dropout/adapter_model.safetensors", safetensors(tensors, data))
 
     write("configs/unknown_key.toml", '[model]\npath = "tests/fixtures/llama/tied_gqa"\n[data]\ntrain = "tests/fixtures/eval_sample.jsonl"\n[train]\nlearning_rate = 1e-4\n')
     write("configs/r_zero.toml", '[model]\npath = "tests/fixtures/llama/tied_gqa"\n[lora]\nr = 0\n[data]\ntrain = "tests/fixtures/eval_sample.jsonl"\n')

@@ -182,11 +182,26 @@ pub fn read_adapter_spec(dir: &Path) -> Result<LoraSpec, Error> {
     Ok(LoraSpec {
         rank: rank as usize,
         alpha,
-        dropout: config["lora_dropout"].as_f64().unwrap_or(0.0),
+        dropout: dropout(&config["lora_dropout"]).map_err(bad)?,
         target_modules,
         layers_to_transform,
         use_rslora: config["use_rslora"].as_bool().unwrap_or(false),
     })
+}
+
+/// `lora_dropout` (PEFT's default 0 where absent): a probability in [0, 1). PyTorch's
+/// `nn.Dropout` also takes 1, which zeroes the adapter's whole input while training, so that
+/// the adapter never learns; feinschliff refuses it, as its run config's `lora.dropout` and
+/// Burn's `Dropout` do (the value matters when training resumes from a checkpoint).
+fn dropout(value: &serde_json::Value) -> Result<f64, String> {
+    match value {
+        serde_json::Value::Null => Ok(0.0),
+        serde_json::Value::Number(n) => n
+            .as_f64()
+            .filter(|p| (0.0..1.0).contains(p))
+            .ok_or_else(|| format!("key `lora_dropout`: {n} is not in [0, 1)")),
+        other => Err(format!("key `lora_dropout`: {other} is not a number")),
+    }
 }
 
 /// Attaches the adapter stored in `dir` to `model`: every adapter tensor must fit a projection
@@ -213,4 +228,34 @@ pub fn load_adapter(model: &mut Llama, dir: &Path, device: &Device) -> Result<Lo
     }
     weights.finish()?;
     Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads an adapter config whose `lora_dropout` is `dropout` (JSON text).
+    fn spec_with_dropout(dropout: &str) -> Result<LoraSpec, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"{{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
+            "lora_dropout": {dropout}}}"#
+        );
+        std::fs::write(dir.path().join(ADAPTER_CONFIG), config).unwrap();
+        read_adapter_spec(dir.path()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn lora_dropout_must_be_a_probability_below_one() {
+        assert_eq!(spec_with_dropout("0.1").unwrap().dropout, 0.1);
+        assert_eq!(spec_with_dropout("0").unwrap().dropout, 0.0);
+        assert_eq!(spec_with_dropout("null").unwrap().dropout, 0.0);
+        for bad in ["1.5", "1", "1.0", "-0.1", "\"0.1\""] {
+            let message = spec_with_dropout(bad).unwrap_err();
+            assert!(
+                message.contains(ADAPTER_CONFIG) && message.contains("key `lora_dropout`"),
+                "{bad}: {message}"
+            );
+        }
+    }
 }

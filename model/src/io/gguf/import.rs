@@ -15,6 +15,7 @@ use serde_json::{Value as Json, json};
 use super::tokenizer::{TokenizerFiles, convert_tokenizer};
 use super::{GgufFile, Value};
 use crate::Error;
+use crate::config::LlamaConfig;
 use crate::io::new_dir::write_new_dir;
 use crate::io::safetensors_out::{StoreDtype, write_safetensors};
 
@@ -31,12 +32,27 @@ pub struct ImportSummary {
     pub notes: Vec<String>,
 }
 
-/// The architecture read from `llama.*` metadata.
+/// The architecture read from `llama.*` metadata: validated, and as `config.json` text.
 struct Arch {
-    heads: usize,
-    kv_heads: usize,
-    config: Json,
+    config: LlamaConfig,
+    json: Json,
 }
+
+/// The `config.json` keys the import derives from GGUF metadata or tensors, with where they
+/// come from, for errors that name what the file says.
+const KEY_SOURCES: [(&str, &str); 11] = [
+    ("vocab_size", "rows of `token_embd.weight`"),
+    ("hidden_size", "`llama.embedding_length`"),
+    ("intermediate_size", "`llama.feed_forward_length`"),
+    ("num_hidden_layers", "`llama.block_count`"),
+    ("num_attention_heads", "`llama.attention.head_count`"),
+    ("num_key_value_heads", "`llama.attention.head_count_kv`"),
+    ("head_dim", "`llama.attention.key_length`"),
+    ("rms_norm_eps", "`llama.attention.layer_norm_rms_epsilon`"),
+    ("rope_theta", "`llama.rope.freq_base`"),
+    ("bos_token_id", "`tokenizer.ggml.bos_token_id`"),
+    ("eos_token_id", "`tokenizer.ggml.eos_token_id`"),
+];
 
 /// Converts `gguf` into a new model directory `out_dir` (which must not exist yet).
 pub fn import_gguf(gguf: &Path, out_dir: &Path, dtype: StoreDtype) -> Result<ImportSummary, Error> {
@@ -49,8 +65,8 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, dtype: StoreDtype) -> Result<Imp
     let file = GgufFile::open(gguf)?;
     let bad = |message: String| Error::invalid(gguf, message);
     let arch = architecture(&file, dtype).map_err(bad)?;
-    let names = hf_names(&file).map_err(bad)?;
-    let tokenizer = convert_tokenizer(&file.metadata, &arch.config).map_err(bad)?;
+    let names = hf_names(&file, &arch.config).map_err(bad)?;
+    let tokenizer = convert_tokenizer(&file.metadata, &arch.json).map_err(bad)?;
 
     write_new_dir(out_dir, |temp| {
         write_model_dir(&file, &arch, &names, &tokenizer, dtype, temp)
@@ -81,11 +97,11 @@ fn write_model_dir(
         let text = serde_json::to_string_pretty(value).expect("JSON serializes") + "\n";
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
     };
-    write_json("config.json", &arch.config)?;
+    write_json("config.json", &arch.json)?;
     let generation = json!({
-        "bos_token_id": arch.config["bos_token_id"],
-        "eos_token_id": arch.config["eos_token_id"],
-        "pad_token_id": arch.config["pad_token_id"],
+        "bos_token_id": arch.json["bos_token_id"],
+        "eos_token_id": arch.json["eos_token_id"],
+        "pad_token_id": arch.json["pad_token_id"],
     });
     write_json("generation_config.json", &generation)?;
     write_json("tokenizer.json", &tokenizer.tokenizer)?;
@@ -104,9 +120,9 @@ fn write_model_dir(
         let (gguf_name, shape) = by_hf[&hf_name.to_string()];
         let values = file.tensor_f32(gguf_name)?;
         Ok(if hf_name.contains(".self_attn.q_proj.") {
-            unpermute_rows(values, shape, arch.heads)
+            unpermute_rows(values, shape, arch.config.num_attention_heads)
         } else if hf_name.contains(".self_attn.k_proj.") {
-            unpermute_rows(values, shape, arch.kv_heads)
+            unpermute_rows(values, shape, arch.config.num_key_value_heads)
         } else {
             values
         })
@@ -137,12 +153,18 @@ fn unpermute_rows(values: Vec<f32>, shape: &[usize], heads: usize) -> Vec<f32> {
 fn uint(meta: &BTreeMap<String, Value>, key: &str) -> Result<Option<usize>, String> {
     match meta.get(key) {
         None => Ok(None),
-        Some(Value::Uint(v)) => Ok(Some(*v as usize)),
-        Some(Value::Int(v)) if *v >= 0 => Ok(Some(*v as usize)),
+        Some(Value::Uint(v)) => usize::try_from(*v).map(Some).map_err(|_| too_big(key, v)),
+        Some(Value::Int(v)) if *v >= 0 => {
+            usize::try_from(*v).map(Some).map_err(|_| too_big(key, v))
+        }
         Some(other) => Err(format!(
             "metadata `{key}` must be an unsigned integer, got {other:?}"
         )),
     }
+}
+
+fn too_big(key: &str, value: impl std::fmt::Display) -> String {
+    format!("metadata `{key}` = {value} does not fit in memory sizes")
 }
 
 fn required(meta: &BTreeMap<String, Value>, key: &str) -> Result<usize, String> {
@@ -228,7 +250,7 @@ fn architecture(file: &GgufFile, dtype: StoreDtype) -> Result<Arch, String> {
     }
     let token_id = |key: &str| uint(meta, key).map(|v| v.map(|id| id as u64));
     let bias = |suffix: &str| file.tensors.keys().any(|name| name.ends_with(suffix));
-    let config = json!({
+    let json = json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": vocab,
@@ -251,22 +273,61 @@ fn architecture(file: &GgufFile, dtype: StoreDtype) -> Result<Arch, String> {
         "pad_token_id": token_id("tokenizer.ggml.padding_token_id")?,
         "torch_dtype": dtype.torch_name(),
     });
-    Ok(Arch {
-        heads,
-        kv_heads,
-        config,
-    })
+    let config = LlamaConfig::from_json(&json.to_string()).map_err(|message| {
+        let source = KEY_SOURCES
+            .iter()
+            .find(|(key, _)| message.contains(&format!("`{key}`")))
+            .map_or(String::new(), |(_, source)| format!(" (from {source})"));
+        format!("the architecture in the metadata is invalid: {message}{source}")
+    })?;
+    Ok(Arch { config, json })
 }
 
-/// GGUF tensor name → (HF name, HF shape); a tensor we do not know is an error naming it.
-fn hf_names(file: &GgufFile) -> Result<BTreeMap<String, (String, Vec<usize>)>, String> {
+/// GGUF tensor name → (HF name, HF shape), every shape checked against the architecture before
+/// any data is read: a tensor we do not know, one with no place in this architecture or of
+/// another shape, two names for one HF tensor and a missing tensor are errors naming them.
+fn hf_names(
+    file: &GgufFile,
+    config: &LlamaConfig,
+) -> Result<BTreeMap<String, (String, Vec<usize>)>, String> {
     let mut names = BTreeMap::new();
+    let mut by_hf: BTreeMap<String, &String> = BTreeMap::new();
     for (name, info) in &file.tensors {
         let hf = hf_name(name)
             .ok_or_else(|| format!("tensor `{name}` has no Hugging Face Llama counterpart"))?;
-        names.insert(name.clone(), (hf, info.shape()));
+        if let Some(other) = by_hf.insert(hf.clone(), name) {
+            return Err(format!("tensors `{other}` and `{name}` are both `{hf}`"));
+        }
+        let expected = config.tensor_shape(&hf).ok_or_else(|| {
+            format!(
+                "tensor `{name}` ({hf}) has no place in this architecture ({} layers, \
+                 attention bias {}, MLP bias {})",
+                config.num_hidden_layers, config.attention_bias, config.mlp_bias
+            )
+        })?;
+        let shape = info.shape();
+        if shape != expected {
+            return Err(format!(
+                "tensor `{name}` has shape {shape:?}, the architecture in the metadata expects {expected:?}"
+            ));
+        }
+        names.insert(name.clone(), (hf, shape));
+    }
+    if let Some(missing) = first_missing(config, &by_hf) {
+        return Err(format!("tensor for `{missing}` is missing"));
     }
     Ok(names)
+}
+
+/// The first tensor of the architecture that `present` (HF names) lacks. Every present name is
+/// a distinct tensor of the architecture, so the search ends within a layer past the last
+/// complete one, however many layers the metadata claims.
+fn first_missing<T>(config: &LlamaConfig, present: &BTreeMap<String, T>) -> Option<String> {
+    let top = ["model.embed_tokens.weight", "model.norm.weight"].map(String::from);
+    let layers = (0..config.num_hidden_layers).flat_map(|i| config.layer_tensor_names(i));
+    top.into_iter()
+        .chain(layers)
+        .find(|name| !present.contains_key(name))
 }
 
 fn hf_name(gguf: &str) -> Option<String> {
@@ -320,6 +381,62 @@ mod tests {
         }
         assert_ne!(permuted, hf);
         assert_eq!(unpermute_rows(permuted, &[rows, width], heads), hf);
+    }
+
+    /// tiny_llama.gguf (2 layers) with its architecture.
+    fn tiny() -> (GgufFile, LlamaConfig) {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf/tiny_llama.gguf");
+        let file = GgufFile::open(&path).unwrap();
+        let arch = architecture(&file, StoreDtype::F32).unwrap();
+        (file, arch.config)
+    }
+
+    #[test]
+    fn every_tensor_is_checked_against_the_architecture() {
+        let (mut file, config) = tiny();
+        assert_eq!(hf_names(&file, &config).unwrap().len(), file.tensors.len());
+        let norm = file.tensors["blk.1.attn_norm.weight"].clone();
+        let error = |file: &GgufFile| hf_names(file, &config).unwrap_err();
+
+        file.tensors
+            .insert("blk.2.attn_norm.weight".into(), norm.clone());
+        assert!(error(&file).starts_with(
+            "tensor `blk.2.attn_norm.weight` (model.layers.2.input_layernorm.weight) has no place"
+        ));
+        file.tensors.remove("blk.2.attn_norm.weight");
+
+        file.tensors
+            .insert("blk.+1.attn_norm.weight".into(), norm.clone());
+        assert_eq!(
+            error(&file),
+            "tensors `blk.+1.attn_norm.weight` and `blk.1.attn_norm.weight` are both `model.layers.1.input_layernorm.weight`"
+        );
+        file.tensors.remove("blk.+1.attn_norm.weight");
+
+        file.tensors.remove("blk.1.ffn_up.weight");
+        assert_eq!(
+            error(&file),
+            "tensor for `model.layers.1.mlp.up_proj.weight` is missing"
+        );
+        file.tensors.insert("blk.1.ffn_up.weight".into(), norm);
+        assert_eq!(
+            error(&file),
+            "tensor `blk.1.ffn_up.weight` has shape [32], the architecture in the metadata expects [64, 32]"
+        );
+    }
+
+    #[test]
+    fn absurd_sizes_in_the_metadata_name_their_key() {
+        let (mut file, _) = tiny();
+        file.metadata
+            .insert("llama.block_count".into(), Value::Uint(1 << 60));
+        let message = architecture(&file, StoreDtype::F32).err().unwrap();
+        assert!(
+            message.contains("key `num_hidden_layers`: the model's sizes overflow")
+                && message.ends_with("(from `llama.block_count`)"),
+            "{message}"
+        );
     }
 
     #[test]

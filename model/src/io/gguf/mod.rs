@@ -19,6 +19,19 @@ const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// Arrays may hold arrays; deeper nesting than this is taken as corruption.
 const MAX_ARRAY_DEPTH: usize = 8;
+/// The memory the parsed header (metadata and tensor directory) may take, estimated while it is
+/// read: `size_of::<Value>()` per array element, a string's bytes plus [`STRING_OVERHEAD`], and
+/// [`ENTRY_BYTES`] per metadata entry or tensor. A Llama 3 vocabulary (128k tokens, 280k merges)
+/// takes about 30 MiB; more than this limit is refused, so that no file, however large or
+/// hostile, makes the reader hold more than about twice this much (the heap plus the file
+/// pages read, which are fewer bytes than charged).
+pub const MAX_HEADER_BYTES: usize = 256 << 20;
+/// Longest metadata key or tensor name (the GGUF specification's limit for keys).
+const MAX_NAME_BYTES: usize = 65_535;
+/// Charged per string on top of its bytes (allocator overhead).
+const STRING_OVERHEAD: usize = 16;
+/// Charged per metadata entry and per tensor (map node, key, directory record).
+const ENTRY_BYTES: usize = 256;
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +116,8 @@ impl GgufFile {
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// What is left of [`MAX_HEADER_BYTES`].
+    budget: usize,
 }
 
 impl<'a> Cursor<'a> {
@@ -152,10 +167,36 @@ impl<'a> Cursor<'a> {
         Ok(n as usize)
     }
 
+    /// Charges `bytes` of memory to the header's budget; `what` names the culprit.
+    fn charge(&mut self, bytes: usize, what: &str) -> Result<(), String> {
+        self.budget = self.budget.checked_sub(bytes).ok_or_else(|| {
+            format!(
+                "{what}: the metadata and tensor directory would take more than {} MiB of memory \
+                 (the limit); the file is corrupt or not a model",
+                MAX_HEADER_BYTES >> 20
+            )
+        })?;
+        Ok(())
+    }
+
     fn string(&mut self, what: &str) -> Result<String, String> {
         let len = self.count(&format!("length of {what}"), 1)?;
+        self.charge(len.saturating_add(STRING_OVERHEAD), what)?;
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+    }
+
+    /// A metadata key or tensor name: short, without control characters, so that an error
+    /// naming it stays one line.
+    fn name(&mut self, what: &str) -> Result<String, String> {
+        let at = self.pos;
+        let name = self.string(what)?;
+        if name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+            return Err(format!(
+                "{what} at byte {at} is longer than {MAX_NAME_BYTES} bytes or holds control characters"
+            ));
+        }
+        Ok(name)
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<Value, String> {
@@ -172,7 +213,11 @@ impl<'a> Cursor<'a> {
             8 => Value::String(self.string(what)?),
             9 if depth < MAX_ARRAY_DEPTH => {
                 let item_ty = self.u32(what)?;
-                let n = self.count(&format!("array length of `{key}`"), 1)?;
+                let item_bytes = file_bytes(item_ty)
+                    .ok_or_else(|| format!("metadata `{key}` has unknown value type {item_ty}"))?;
+                let n = self.count(&format!("array length of `{key}`"), item_bytes)?;
+                let what = format!("metadata `{key}` ({n} values)");
+                self.charge(n.saturating_mul(size_of::<Value>()), &what)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
                     items.push(self.value(item_ty, key, depth + 1)?);
@@ -192,10 +237,27 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The fewest bytes a value of type `ty` takes in the file (a string its length, an array its
+/// item type and count), or `None` for an unknown type.
+fn file_bytes(ty: u32) -> Option<usize> {
+    match ty {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        8 | 10..=12 => Some(8),
+        9 => Some(12),
+        _ => None,
+    }
+}
+
 type Parsed = (u32, BTreeMap<String, Value>, BTreeMap<String, TensorInfo>);
 
 fn parse(bytes: &[u8]) -> Result<Parsed, String> {
-    let mut cur = Cursor { bytes, pos: 0 };
+    let mut cur = Cursor {
+        bytes,
+        pos: 0,
+        budget: MAX_HEADER_BYTES,
+    };
     let magic = cur.take(4, "magic")?;
     if magic != MAGIC {
         return Err(format!(
@@ -208,11 +270,19 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
             "GGUF version {version} is not supported (2 and 3 are)"
         ));
     }
-    let tensor_count = cur.count("tensor count", 24)?;
-    let kv_count = cur.count("metadata count", 12)?;
+    // A tensor record takes at least 32 bytes (name length, one dimension, type, offset), a
+    // metadata entry 13 (key length, type, one byte of value).
+    let tensor_count = cur.count("tensor count", 32)?;
+    let kv_count = cur.count("metadata count", 13)?;
+    cur.charge(
+        tensor_count
+            .saturating_add(kv_count)
+            .saturating_mul(ENTRY_BYTES),
+        &format!("{tensor_count} tensors and {kv_count} metadata entries"),
+    )?;
     let mut metadata = BTreeMap::new();
     for _ in 0..kv_count {
-        let key = cur.string("metadata key")?;
+        let key = cur.name("metadata key")?;
         let ty = cur.u32(&format!("type of `{key}`"))?;
         let value = cur.value(ty, &key, 0)?;
         if metadata.insert(key.clone(), value).is_some() {
@@ -230,7 +300,7 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     };
     let mut raw = Vec::with_capacity(tensor_count);
     for _ in 0..tensor_count {
-        let name = cur.string("tensor name")?;
+        let name = cur.name("tensor name")?;
         let n_dims = cur.u32(&format!("dimension count of `{name}`"))? as usize;
         if n_dims == 0 || n_dims > 4 {
             return Err(format!("tensor `{name}` has {n_dims} dimensions"));
