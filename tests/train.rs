@@ -584,9 +584,34 @@ fn two_fresh_runs_on_one_directory_never_mix() {
     assert_eq!(checkpoints, 1, "checkpoints of another run");
 }
 
+/// The step of the newest checkpoint of `run_dir`, if any.
+fn newest_checkpoint(run_dir: &Path) -> Option<usize> {
+    std::fs::read_dir(run_dir.join("checkpoints"))
+        .ok()?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            name.to_str()?.strip_prefix("step-")?.parse().ok()
+        })
+        .max()
+}
+
+/// Waits until `child` ended or `run_dir` has a checkpoint newer than `before`.
+fn wait_for_checkpoint(child: &mut std::process::Child, run_dir: &Path, before: Option<usize>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() && newest_checkpoint(run_dir) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new checkpoint in 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// `kill -9` at pseudo-random moments, resume each time: the final adapter and every step's
-/// loss equal those of a run that was never interrupted. `FEINSCHLIFF_KILLS` sets how many
-/// kills (default 3; 10 for the full version).
+/// loss equal those of a run that was never interrupted. Each run is killed only after it
+/// wrote a checkpoint of its own (then at a pseudo-random moment within 300 ms), so every run
+/// after the first resumes from a checkpoint, and the test checks that it said so.
+/// `FEINSCHLIFF_KILLS` sets how many kills (default 3; 10 for the full version).
 #[test]
 fn killed_and_resumed_runs_end_bit_identical() {
     let kills: usize = std::env::var("FEINSCHLIFF_KILLS")
@@ -604,47 +629,67 @@ fn killed_and_resumed_runs_end_bit_identical() {
     let killed = dir.path().join("killed");
     let run_arg = format!("output.run_dir={:?}", killed.display().to_string());
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let (mut done_kills, mut finished) = (0, false);
-    while done_kills < kills && !finished {
+    let (mut runs, mut resumes, mut last_summary) = (0, 0, None);
+    while runs < kills && last_summary.is_none() {
         let mut args = vec!["train", "--config", "configs/tiny.toml", "--set", &run_arg];
         for set in sets {
             args.extend(["--set", set]);
         }
-        if killed.join("checkpoints").exists() {
+        let before = newest_checkpoint(&killed);
+        if before.is_some() {
             args.push("--resume");
             args.push(killed.to_str().unwrap());
         }
+        let (out, err) = (dir.path().join("out"), dir.path().join("err"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_feinschliff"))
             .current_dir(root())
             .args(&args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .unwrap();
+        wait_for_checkpoint(&mut child, &killed, before);
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        std::thread::sleep(std::time::Duration::from_millis(50 + state % 700));
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "a resumed run failed");
-            finished = true; // it ended before the kill: nothing left to interrupt
-            continue;
+        std::thread::sleep(std::time::Duration::from_millis(state % 300));
+        let stderr = || std::fs::read_to_string(&err).unwrap();
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                assert!(status.success(), "a run failed: {}", stderr());
+                // It ended before the kill: nothing left to interrupt.
+                let text = std::fs::read_to_string(&out).unwrap();
+                last_summary = Some(serde_json::from_str::<Value>(&text).unwrap());
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                runs += 1;
+            }
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        done_kills += 1;
+        if let Some(step) = before {
+            let note = format!("resuming {} at step {step}\n", killed.display());
+            assert!(stderr().contains(&note), "no `{note}` in: {}", stderr());
+            resumes += 1;
+        }
     }
+    assert!(runs > 0, "every run finished before it could be killed");
+    assert!(resumes > 0, "no run resumed from a checkpoint");
+    eprintln!("killed {runs} times, resumed {resumes} times, then resumed to the end");
+    let summary = last_summary.unwrap_or_else(|| train(&killed, &sets, true));
+    assert_eq!(summary["steps"], 400);
     assert!(
-        done_kills > 0,
-        "every run finished before it could be killed"
+        summary["resumed_from"].as_u64().unwrap() > 0,
+        "the last run did not resume: {summary}"
     );
-    eprintln!("killed {done_kills} times, then resumed to the end");
-    if !finished {
-        let summary = train(&killed, &sets, killed.join("checkpoints").exists());
-        assert_eq!(summary["steps"], 400);
-    }
     assert_eq!(adapter_bytes(&straight, 400), adapter_bytes(&killed, 400));
     assert_eq!(step_losses(&straight), step_losses(&killed));
+    let leftovers: Vec<_> = std::fs::read_dir(killed.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "killed runs' temporary checkpoints: {leftovers:?}");
 }
 
 /// A file-size limit (`ulimit -f`, standing in for a full disk) hit while a checkpoint is
