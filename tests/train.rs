@@ -485,35 +485,80 @@ fn diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     assert!(!run.join("checkpoints/step-000002").exists());
 }
 
+/// A damage done to checkpoint step 4: the file it changes, and what the note names.
+type Damage = fn(&Path) -> &'static str;
+
+/// Cuts 100 bytes off the optimizer state.
+fn truncate_optimizer(step: &Path) -> &'static str {
+    let optimizer = step.join("optimizer.bpk");
+    let bytes = std::fs::read(&optimizer).unwrap();
+    std::fs::write(&optimizer, &bytes[..bytes.len() - 100]).unwrap();
+    "optimizer.bpk"
+}
+
+/// Adds `/dev/zero` (stated as empty) to the manifest: a reader that followed the name would
+/// read forever.
+fn manifest_names_dev_zero(step: &Path) -> &'static str {
+    let manifest = step.join("manifest.json");
+    let mut entries: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    entries["/dev/zero"] = serde_json::json!({ "bytes": 0, "sha256": empty });
+    std::fs::write(&manifest, entries.to_string()).unwrap();
+    "manifest.json: lists `/dev/zero`"
+}
+
 #[test]
 fn damaged_last_checkpoint_is_passed_over_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
     train(&straight, &[], false);
-    // The interrupted run kept steps 2 and 4, and step 4 was damaged afterwards.
-    let resumed = dir.path().join("resumed");
-    copy_checkpoints(&straight, &resumed, &[2, 4]);
-    let optimizer = resumed.join("checkpoints/step-000004/optimizer.bpk");
-    let bytes = std::fs::read(&optimizer).unwrap();
-    std::fs::write(&optimizer, &bytes[..bytes.len() - 100]).unwrap();
-    let output = feinschliff(&[
-        "train",
-        "--config",
-        "configs/tiny.toml",
-        "--set",
-        "train.keep_last=10",
-        "--resume",
-        resumed.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{err}");
-    assert!(
-        err.contains("passing over damaged checkpoint") && err.contains("optimizer.bpk"),
-        "{err}"
-    );
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(summary["resumed_from"], 2);
-    assert_eq!(adapter_bytes(&straight, 6), adapter_bytes(&resumed, 6));
+    let damages: [Damage; 2] = [truncate_optimizer, manifest_names_dev_zero];
+    for (i, damage) in damages.into_iter().enumerate() {
+        // The interrupted run kept steps 2 and 4, and step 4 was damaged afterwards.
+        let resumed = dir.path().join(format!("resumed-{i}"));
+        copy_checkpoints(&straight, &resumed, &[2, 4]);
+        let named = damage(&resumed.join("checkpoints/step-000004"));
+        let output = feinschliff(&[
+            "train",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            "train.keep_last=10",
+            "--resume",
+            resumed.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{err}");
+        assert!(
+            err.contains("passing over damaged checkpoint") && err.contains(named),
+            "{err}"
+        );
+        let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(summary["resumed_from"], 2);
+        assert_eq!(adapter_bytes(&straight, 6), adapter_bytes(&resumed, 6));
+    }
+}
+
+/// Links planted in a run directory: a `.lock` link is not followed (no file is created where
+/// it points), and a `metrics.jsonl` link is refused, not replaced, its target untouched.
+#[test]
+fn links_planted_in_a_run_directory_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    let cases = [(".lock", "symbolic links"), ("metrics.jsonl", "symbolic link")];
+    for (name, expected) in cases {
+        let run = dir.path().join(format!("run{name}"));
+        std::fs::create_dir(&run).unwrap();
+        std::os::unix::fs::symlink(&victim, run.join(name)).unwrap();
+        let run_set = format!("output.run_dir={:?}", run.display().to_string());
+        let output = feinschliff(&["train", "--config", "configs/tiny.toml", "--set", &run_set]);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}: the run succeeded");
+        let named = err.contains(&format!("{name}: ")) && err.to_lowercase().contains(expected);
+        assert!(named, "{name}: {err}");
+        assert!(!victim.exists(), "{name}: written through to {}", victim.display());
+        assert!(std::fs::symlink_metadata(run.join(name)).unwrap().is_symlink());
+    }
 }
 
 #[test]
