@@ -1,10 +1,12 @@
 //! The bad-input corpus (`tests/bad_inputs/cases.toml`, broken files made by
 //! `tests/bad_inputs/make.py`): every case is a CLI call on broken input that must fail with
 //! exit code != 0 and a single line on stderr naming the file, line, key or tensor, without a
-//! panic, and must leave nothing under its output's final name (an existing file untouched).
+//! panic, within [`TIME_LIMIT`] and [`MEMORY_LIMIT_KIB`], and must leave nothing under its
+//! output's final name (an existing file untouched).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -23,6 +25,48 @@ struct Case {
     overlay: Option<String>,
     #[serde(default)]
     remove: Vec<String>,
+}
+
+/// The longest a case may run.
+const TIME_LIMIT: Duration = Duration::from_secs(10);
+/// The most resident memory a case may use.
+const MEMORY_LIMIT_KIB: i64 = 1024 * 1024;
+
+/// Runs the CLI with `args`, its stderr into `stderr`; returns the exit code. Fails the case
+/// when it runs past [`TIME_LIMIT`] (then killed) or its peak resident memory, or any earlier
+/// case's, exceeded [`MEMORY_LIMIT_KIB`].
+fn run_bounded(name: &str, args: &[String], stderr: &Path) -> Option<i32> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_feinschliff"))
+        .current_dir(root())
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > TIME_LIMIT {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{name}: still running after {TIME_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is valid for writes of one `rusage`, which getrusage fills on success.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) } == 0;
+    assert!(ok, "getrusage failed");
+    // SAFETY: getrusage succeeded, so it initialized `usage`.
+    let peak_kib = unsafe { usage.assume_init() }.ru_maxrss;
+    assert!(
+        peak_kib <= MEMORY_LIMIT_KIB,
+        "{name}: peak resident memory {peak_kib} KiB"
+    );
+    status.code()
 }
 
 fn root() -> PathBuf {
@@ -72,16 +116,13 @@ fn every_bad_input_gets_a_one_line_error_and_damages_nothing() {
                     .replace("{dir}", &text(&dir))
             })
             .collect();
-        let output = Command::new(env!("CARGO_BIN_EXE_feinschliff"))
-            .current_dir(root())
-            .args(&args)
-            .env("RUST_BACKTRACE", "1")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
         let name = &case.name;
-        assert!(!output.status.success(), "{name}: succeeded");
-        assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
+        let stderr_file = temp.path().join("stderr");
+        let code = run_bounded(name, &args, &stderr_file);
+        let stderr = String::from_utf8_lossy(&std::fs::read(&stderr_file).unwrap()).into_owned();
+        std::fs::remove_file(&stderr_file).unwrap();
+        assert_ne!(code, Some(0), "{name}: succeeded");
+        assert_eq!(code, Some(1), "{name}: {stderr}");
         assert!(
             stderr.contains(&case.expect),
             "{name}: `{}` not in {stderr}",

@@ -485,35 +485,80 @@ fn diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     assert!(!run.join("checkpoints/step-000002").exists());
 }
 
+/// A damage done to checkpoint step 4: the file it changes, and what the note names.
+type Damage = fn(&Path) -> &'static str;
+
+/// Cuts 100 bytes off the optimizer state.
+fn truncate_optimizer(step: &Path) -> &'static str {
+    let optimizer = step.join("optimizer.bpk");
+    let bytes = std::fs::read(&optimizer).unwrap();
+    std::fs::write(&optimizer, &bytes[..bytes.len() - 100]).unwrap();
+    "optimizer.bpk"
+}
+
+/// Adds `/dev/zero` (stated as empty) to the manifest: a reader that followed the name would
+/// read forever.
+fn manifest_names_dev_zero(step: &Path) -> &'static str {
+    let manifest = step.join("manifest.json");
+    let mut entries: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    entries["/dev/zero"] = serde_json::json!({ "bytes": 0, "sha256": empty });
+    std::fs::write(&manifest, entries.to_string()).unwrap();
+    "manifest.json: lists `/dev/zero`"
+}
+
 #[test]
 fn damaged_last_checkpoint_is_passed_over_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
     train(&straight, &[], false);
-    // The interrupted run kept steps 2 and 4, and step 4 was damaged afterwards.
-    let resumed = dir.path().join("resumed");
-    copy_checkpoints(&straight, &resumed, &[2, 4]);
-    let optimizer = resumed.join("checkpoints/step-000004/optimizer.bpk");
-    let bytes = std::fs::read(&optimizer).unwrap();
-    std::fs::write(&optimizer, &bytes[..bytes.len() - 100]).unwrap();
-    let output = feinschliff(&[
-        "train",
-        "--config",
-        "configs/tiny.toml",
-        "--set",
-        "train.keep_last=10",
-        "--resume",
-        resumed.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{err}");
-    assert!(
-        err.contains("passing over damaged checkpoint") && err.contains("optimizer.bpk"),
-        "{err}"
-    );
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(summary["resumed_from"], 2);
-    assert_eq!(adapter_bytes(&straight, 6), adapter_bytes(&resumed, 6));
+    let damages: [Damage; 2] = [truncate_optimizer, manifest_names_dev_zero];
+    for (i, damage) in damages.into_iter().enumerate() {
+        // The interrupted run kept steps 2 and 4, and step 4 was damaged afterwards.
+        let resumed = dir.path().join(format!("resumed-{i}"));
+        copy_checkpoints(&straight, &resumed, &[2, 4]);
+        let named = damage(&resumed.join("checkpoints/step-000004"));
+        let output = feinschliff(&[
+            "train",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            "train.keep_last=10",
+            "--resume",
+            resumed.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{err}");
+        assert!(
+            err.contains("passing over damaged checkpoint") && err.contains(named),
+            "{err}"
+        );
+        let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(summary["resumed_from"], 2);
+        assert_eq!(adapter_bytes(&straight, 6), adapter_bytes(&resumed, 6));
+    }
+}
+
+/// Links planted in a run directory: a `.lock` link is not followed (no file is created where
+/// it points), and a `metrics.jsonl` link is refused, not replaced, its target untouched.
+#[test]
+fn links_planted_in_a_run_directory_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    let cases = [(".lock", "symbolic links"), ("metrics.jsonl", "symbolic link")];
+    for (name, expected) in cases {
+        let run = dir.path().join(format!("run{name}"));
+        std::fs::create_dir(&run).unwrap();
+        std::os::unix::fs::symlink(&victim, run.join(name)).unwrap();
+        let run_set = format!("output.run_dir={:?}", run.display().to_string());
+        let output = feinschliff(&["train", "--config", "configs/tiny.toml", "--set", &run_set]);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}: the run succeeded");
+        let named = err.contains(&format!("{name}: ")) && err.to_lowercase().contains(expected);
+        assert!(named, "{name}: {err}");
+        assert!(!victim.exists(), "{name}: written through to {}", victim.display());
+        assert!(std::fs::symlink_metadata(run.join(name)).unwrap().is_symlink());
+    }
 }
 
 #[test]
@@ -584,9 +629,34 @@ fn two_fresh_runs_on_one_directory_never_mix() {
     assert_eq!(checkpoints, 1, "checkpoints of another run");
 }
 
+/// The step of the newest checkpoint of `run_dir`, if any.
+fn newest_checkpoint(run_dir: &Path) -> Option<usize> {
+    std::fs::read_dir(run_dir.join("checkpoints"))
+        .ok()?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            name.to_str()?.strip_prefix("step-")?.parse().ok()
+        })
+        .max()
+}
+
+/// Waits until `child` ended or `run_dir` has a checkpoint newer than `before`.
+fn wait_for_checkpoint(child: &mut std::process::Child, run_dir: &Path, before: Option<usize>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() && newest_checkpoint(run_dir) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new checkpoint in 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// `kill -9` at pseudo-random moments, resume each time: the final adapter and every step's
-/// loss equal those of a run that was never interrupted. `FEINSCHLIFF_KILLS` sets how many
-/// kills (default 3; 10 for the full version).
+/// loss equal those of a run that was never interrupted. Each run is killed only after it
+/// wrote a checkpoint of its own (then at a pseudo-random moment within 300 ms), so every run
+/// after the first resumes from a checkpoint, and the test checks that it said so.
+/// `FEINSCHLIFF_KILLS` sets how many kills (default 3; 10 for the full version).
 #[test]
 fn killed_and_resumed_runs_end_bit_identical() {
     let kills: usize = std::env::var("FEINSCHLIFF_KILLS")
@@ -604,47 +674,67 @@ fn killed_and_resumed_runs_end_bit_identical() {
     let killed = dir.path().join("killed");
     let run_arg = format!("output.run_dir={:?}", killed.display().to_string());
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let (mut done_kills, mut finished) = (0, false);
-    while done_kills < kills && !finished {
+    let (mut runs, mut resumes, mut last_summary) = (0, 0, None);
+    while runs < kills && last_summary.is_none() {
         let mut args = vec!["train", "--config", "configs/tiny.toml", "--set", &run_arg];
         for set in sets {
             args.extend(["--set", set]);
         }
-        if killed.join("checkpoints").exists() {
+        let before = newest_checkpoint(&killed);
+        if before.is_some() {
             args.push("--resume");
             args.push(killed.to_str().unwrap());
         }
+        let (out, err) = (dir.path().join("out"), dir.path().join("err"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_feinschliff"))
             .current_dir(root())
             .args(&args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .unwrap();
+        wait_for_checkpoint(&mut child, &killed, before);
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        std::thread::sleep(std::time::Duration::from_millis(50 + state % 700));
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "a resumed run failed");
-            finished = true; // it ended before the kill: nothing left to interrupt
-            continue;
+        std::thread::sleep(std::time::Duration::from_millis(state % 300));
+        let stderr = || std::fs::read_to_string(&err).unwrap();
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                assert!(status.success(), "a run failed: {}", stderr());
+                // It ended before the kill: nothing left to interrupt.
+                let text = std::fs::read_to_string(&out).unwrap();
+                last_summary = Some(serde_json::from_str::<Value>(&text).unwrap());
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                runs += 1;
+            }
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        done_kills += 1;
+        if let Some(step) = before {
+            let note = format!("resuming {} at step {step}\n", killed.display());
+            assert!(stderr().contains(&note), "no `{note}` in: {}", stderr());
+            resumes += 1;
+        }
     }
+    assert!(runs > 0, "every run finished before it could be killed");
+    assert!(resumes > 0, "no run resumed from a checkpoint");
+    eprintln!("killed {runs} times, resumed {resumes} times, then resumed to the end");
+    let summary = last_summary.unwrap_or_else(|| train(&killed, &sets, true));
+    assert_eq!(summary["steps"], 400);
     assert!(
-        done_kills > 0,
-        "every run finished before it could be killed"
+        summary["resumed_from"].as_u64().unwrap() > 0,
+        "the last run did not resume: {summary}"
     );
-    eprintln!("killed {done_kills} times, then resumed to the end");
-    if !finished {
-        let summary = train(&killed, &sets, killed.join("checkpoints").exists());
-        assert_eq!(summary["steps"], 400);
-    }
     assert_eq!(adapter_bytes(&straight, 400), adapter_bytes(&killed, 400));
     assert_eq!(step_losses(&straight), step_losses(&killed));
+    let leftovers: Vec<_> = std::fs::read_dir(killed.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "killed runs' temporary checkpoints: {leftovers:?}");
 }
 
 /// A file-size limit (`ulimit -f`, standing in for a full disk) hit while a checkpoint is

@@ -42,11 +42,12 @@ impl CacheEntry {
     }
 
     /// The cached examples, or `None` when the entry is not there (or unreadable, which is
-    /// reported by rebuilding it).
+    /// reported by rebuilding it). Only regular files are read: a symbolic link, FIFO or
+    /// device under an entry's name in a shared cache directory counts as no entry.
     pub fn load(&self) -> Option<Prepared> {
-        let stats: (SplitStats, SplitStats) =
-            serde_json::from_slice(&std::fs::read(&self.stats).ok()?).ok()?;
-        let file = std::fs::File::open(&self.examples).ok()?;
+        let stats = open_regular_file(&self.stats)?;
+        let stats: (SplitStats, SplitStats) = serde_json::from_reader(std::io::BufReader::new(stats)).ok()?;
+        let file = open_regular_file(&self.examples)?;
         let frame = IpcReader::new(file).finish().ok()?;
         let split = frame.column("split").ok()?.u32().ok()?.clone();
         let ids = frame.column("ids").ok()?.list().ok()?.clone();
@@ -116,6 +117,12 @@ impl CacheEntry {
             .expect("JSON");
         write_file_atomic(&self.stats, &stats)
     }
+}
+
+/// `path` opened for reading if it is a regular file (not followed if a symbolic link).
+fn open_regular_file(path: &Path) -> Option<std::fs::File> {
+    let regular = std::fs::symlink_metadata(path).ok()?.is_file();
+    regular.then(|| std::fs::File::open(path).ok()).flatten()
 }
 
 /// The cache key: a hash of every input that shapes the examples.

@@ -53,6 +53,33 @@ fn second_load_comes_from_the_cache_and_changes_retokenize() {
 }
 
 #[test]
+fn links_planted_in_a_shared_cache_dir_are_neither_read_nor_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(&data, "{\"text\": \"Der Antrag.\"}\n").unwrap();
+    let model = root().join("tests/fixtures/llama/tied_gqa");
+    let mut config = DataConfig::new(data.display().to_string());
+    config.cache_dir = dir.path().join("first").display().to_string();
+    let entry = load_dataset(&config, &model).unwrap().cache_file.unwrap();
+    // Another user's links under this entry's names in a shared cache directory.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    let examples = shared.join(entry.file_name().unwrap());
+    std::os::unix::fs::symlink(&victim, &examples).unwrap();
+    std::os::unix::fs::symlink(&victim, examples.with_extension("json")).unwrap();
+    config.cache_dir = shared.display().to_string();
+    let err = load_dataset(&config, &model).unwrap_err().to_string();
+    assert!(
+        err.contains(&examples.display().to_string()) && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    assert!(std::fs::symlink_metadata(&examples).unwrap().is_symlink());
+}
+
+#[test]
 #[ignore = "needs scripts/fetch-smollm2.sh and scripts/make_law_forms.py"]
 fn de_admin_chat_from_the_cache_in_under_a_second() {
     let dir = tempfile::tempdir().unwrap();

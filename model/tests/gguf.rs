@@ -29,6 +29,10 @@ fn expected(file: &str) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         .collect()
 }
 
+/// The largest error allowed by [`check`]: |ours − reference| / max(|reference|, 1), an
+/// absolute error for references below 1 in magnitude and a relative one above.
+const MAX_MIXED_ERROR: f32 = 1e-6;
+
 fn check(gguf: &str, expected_file: &str, prefix: &str) -> usize {
     let file = GgufFile::open(&fixture(gguf)).unwrap();
     let mut checked = 0;
@@ -42,13 +46,14 @@ fn check(gguf: &str, expected_file: &str, prefix: &str) -> usize {
         let info = &file.tensors[tensor_name];
         assert_eq!(info.shape(), shape, "{gguf}: {tensor_name}");
         let ours = file.tensor_f32(tensor_name).unwrap();
+        assert_eq!(ours.len(), values.len(), "{gguf}: {tensor_name}: values");
         let worst = ours
             .iter()
             .zip(&values)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs() / b.abs().max(1.0)));
         assert!(
-            worst <= 1e-6,
-            "{gguf}: {tensor_name} ({:?}): max relative Δ {worst:e}",
+            worst <= MAX_MIXED_ERROR,
+            "{gguf}: {tensor_name} ({:?}): max |Δ| / max(|reference|, 1) = {worst:e}",
             info.ty
         );
         assert!(
@@ -245,6 +250,7 @@ fn check_import(name: &str, dir: &Path) -> PathBuf {
         .forward(input, positions, None)
         .try_into_vec_as::<f32>()
         .unwrap();
+    assert_eq!(ours.len(), logits.len(), "{name}: logits");
     let worst = ours
         .iter()
         .zip(&logits)

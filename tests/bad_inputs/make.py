@@ -5,6 +5,7 @@ cases.toml and run by tests/bad_inputs.rs.
 
 Usage: python3 tests/bad_inputs/make.py
 """
+import hashlib
 import json
 import os
 import random
@@ -131,6 +132,11 @@ def write_gguf_cases(raw):
         if n == "blk.1.attn_norm.weight"]))
 
 
+def file_sum(data):
+    """A checkpoint manifest's entry for a file holding `data`."""
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def main():
     rng = random.Random(7)
     raw = open(os.path.join(TINY, "model.safetensors"), "rb").read()
@@ -221,6 +227,18 @@ def main():
     write("configs/toml_syntax.toml", '[model]\npath = "tests/fixtures/llama/tied_gqa\n')
     write("configs/missing_model.toml", '[model]\npath = "tests/bad_inputs/files/nothing_here"\n[data]\ntrain = "tests/fixtures/eval_sample.jsonl"\n')
     write("configs/empty.toml", "")
+
+    # A run whose only checkpoint has a manifest naming a file outside it: /dev/zero, which a
+    # reader that follows the name reads forever.
+    step = "run_manifest_dev_zero/checkpoints/step-000001/"
+    files = {"state.json": '{"step": 1, "seed": 42, "config_hash": "x", "train_loss": 1.0, "eval_loss": null}\n',
+             "optimizer.bpk": bytes(64)}
+    manifest = {"/dev/zero": file_sum(b"")}
+    for name, data in files.items():
+        data = data.encode() if isinstance(data, str) else data
+        write(step + name, data)
+        manifest[name] = file_sum(data)
+    write(step + "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

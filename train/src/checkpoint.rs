@@ -8,10 +8,13 @@
 //! besides the tensors.
 
 use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use burn::optim::ModuleOptimizer;
-use feinschliff_data::atomic_file::{sync_dir, sync_dir_files};
+use feinschliff_data::atomic_file::{create_temp_dir, sync_dir, sync_dir_files};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -26,6 +29,10 @@ pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 pub const STATE_FILE: &str = "state.json";
 /// The manifest of a checkpoint: size and SHA-256 of every other file.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The largest manifest read; a real one lists a handful of files in well under 1 KiB.
+const MANIFEST_LIMIT: u64 = 64 * 1024;
+/// Bytes hashed at a time.
+const HASH_BUFFER: usize = 64 * 1024;
 
 /// Size and SHA-256 of one file of a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,7 +70,9 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
 
-/// Writes a checkpoint for `state.step` and returns its directory.
+/// Writes a checkpoint for `state.step` and returns its directory. The caller holds the run
+/// directory's lock, so temporary checkpoint directories found there are left by a run that
+/// was killed, and are removed first.
 pub fn write_checkpoint(
     run_dir: &Path,
     model: &Llama,
@@ -74,12 +83,10 @@ pub fn write_checkpoint(
 ) -> Result<PathBuf, Error> {
     let parent = checkpoints_dir(run_dir);
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let name = format!("step-{:06}", state.step);
-    let final_dir = parent.join(&name);
-    let temp = parent.join(format!(".{name}.partial"));
-    let _ = std::fs::remove_dir_all(&temp);
+    remove_partial_checkpoints(&parent)?;
+    let final_dir = parent.join(format!("step-{:06}", state.step));
+    let temp = create_temp_dir(&final_dir)?;
     let write = || -> Result<(), Error> {
-        std::fs::create_dir(&temp).map_err(|e| Error::io(&temp, e))?;
         save_adapter(model, spec, base_model, &temp)?;
         let optim_path = temp.join(OPTIMIZER_FILE);
         optim.save(&optim_path).map_err(|e| {
@@ -89,7 +96,7 @@ pub fn write_checkpoint(
         let text = serde_json::to_string_pretty(state).expect("state serializes") + "\n";
         std::fs::write(&state_path, text).map_err(|e| Error::io(&state_path, e))?;
         write_manifest(&temp)?;
-        if final_dir.exists() {
+        if std::fs::symlink_metadata(&final_dir).is_ok() {
             std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
         }
         std::fs::rename(&temp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
@@ -99,6 +106,24 @@ pub fn write_checkpoint(
         let _ = std::fs::remove_dir_all(&temp);
     })?;
     Ok(final_dir)
+}
+
+/// Removes the temporary directories (`.step-NNNNNN.partial-…`) in `checkpoints`; a symbolic
+/// link among them is removed, not followed.
+fn remove_partial_checkpoints(checkpoints: &Path) -> Result<(), Error> {
+    for entry in std::fs::read_dir(checkpoints).map_err(|e| Error::io(checkpoints, e))? {
+        let path = entry.map_err(|e| Error::io(checkpoints, e))?.path();
+        let partial = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".step-") && n.contains(".partial-"));
+        if partial {
+            std::fs::remove_dir_all(&path)
+                .or_else(|_| std::fs::remove_file(&path))
+                .map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The checkpoints of a run: those that pass their manifest, oldest first, and those that do
@@ -129,12 +154,17 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Checkpoints, Error> {
 }
 
 /// Checks every file of a checkpoint against its manifest; the error names the file at fault.
+/// The manifest may name only regular files directly inside `dir` (no path, no symbolic
+/// link, no FIFO or device), and no file is read past the size the manifest states.
 pub fn verify_checkpoint(dir: &Path) -> Result<(), Error> {
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::checkpoint(&path, format!("{e} (an incomplete checkpoint)")))?;
-    let manifest: BTreeMap<String, FileSum> = serde_json::from_str(&text)
-        .map_err(|e| Error::checkpoint(&path, format!("not a manifest: {e}")))?;
+    let manifest = read_manifest(&path)?;
+    if let Some(name) = manifest.keys().find(|name| !is_plain_file_name(name)) {
+        return Err(Error::checkpoint(
+            &path,
+            format!("lists `{name}`, which is not the name of a file inside the checkpoint"),
+        ));
+    }
     for name in [STATE_FILE, OPTIMIZER_FILE] {
         if !manifest.contains_key(name) {
             return Err(Error::checkpoint(&path, format!("does not list {name}")));
@@ -142,18 +172,95 @@ pub fn verify_checkpoint(dir: &Path) -> Result<(), Error> {
     }
     for (name, expected) in &manifest {
         let file = dir.join(name);
-        let actual = file_sum(&file).map_err(|e| Error::checkpoint(&file, e.to_string()))?;
-        if &actual != expected {
-            return Err(Error::checkpoint(
-                &file,
-                format!(
-                    "{} bytes with SHA-256 {}, the manifest says {} bytes with {}",
-                    actual.bytes, actual.sha256, expected.bytes, expected.sha256
-                ),
-            ));
-        }
+        check_file(&file, expected).map_err(|message| Error::checkpoint(&file, message))?;
     }
     Ok(())
+}
+
+/// The manifest at `path`, read only if it is a regular file of at most [`MANIFEST_LIMIT`]
+/// bytes.
+fn read_manifest(path: &Path) -> Result<BTreeMap<String, FileSum>, Error> {
+    let incomplete = |e: std::io::Error| {
+        Error::checkpoint(path, format!("{e} (an incomplete checkpoint)"))
+    };
+    let file = open_regular_file(path).map_err(incomplete)?;
+    let mut text = String::new();
+    file.take(MANIFEST_LIMIT + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::checkpoint(path, format!("not a manifest: {e}")))?;
+    if text.len() as u64 > MANIFEST_LIMIT {
+        return Err(Error::checkpoint(
+            path,
+            format!("not a manifest: larger than {MANIFEST_LIMIT} bytes"),
+        ));
+    }
+    serde_json::from_str(&text).map_err(|e| Error::checkpoint(path, format!("not a manifest: {e}")))
+}
+
+/// Whether `name` names an entry directly inside a directory: not empty, no separator, not
+/// `.` or `..`.
+fn is_plain_file_name(name: &str) -> bool {
+    !matches!(name, "" | "." | "..") && !name.contains(['/', '\\', '\0'])
+}
+
+/// Checks one file against its manifest entry; reads at most one byte more than it states.
+fn check_file(file: &Path, expected: &FileSum) -> Result<(), String> {
+    let metadata = std::fs::symlink_metadata(file).map_err(|e| e.to_string())?;
+    if !metadata.is_file() {
+        return Err(format!(
+            "is not a regular file but a {}",
+            kind_of(&metadata.file_type())
+        ));
+    }
+    if metadata.len() != expected.bytes {
+        return Err(format!(
+            "{} bytes, the manifest says {} bytes",
+            metadata.len(),
+            expected.bytes
+        ));
+    }
+    let opened = open_regular_file(file).map_err(|e| e.to_string())?;
+    let actual =
+        stream_sum(opened, expected.bytes.saturating_add(1)).map_err(|e| e.to_string())?;
+    if &actual == expected {
+        return Ok(());
+    }
+    let more = match actual.bytes > expected.bytes {
+        true => "more than ",
+        false => "",
+    };
+    Err(format!(
+        "{more}{} bytes with SHA-256 {}, the manifest says {} bytes with {}",
+        actual.bytes, actual.sha256, expected.bytes, expected.sha256
+    ))
+}
+
+/// What a directory entry that is not a regular file is, for messages.
+fn kind_of(file_type: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    match file_type {
+        t if t.is_symlink() => "symbolic link",
+        t if t.is_dir() => "directory",
+        t if t.is_fifo() => "FIFO",
+        t if t.is_socket() => "socket",
+        _ => "device",
+    }
+}
+
+/// Opens `path` for reading if it is a regular file: a symbolic link is not followed, and a
+/// FIFO put there after a check neither blocks the open nor is read.
+fn open_regular_file(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    match file.metadata()?.is_file() {
+        true => Ok(file),
+        false => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )),
+    }
 }
 
 /// Writes the manifest of `dir` and flushes every file of it to disk.
@@ -166,7 +273,8 @@ fn write_manifest(dir: &Path) -> Result<(), Error> {
             .expect("a file")
             .to_string_lossy()
             .into_owned();
-        manifest.insert(name, file_sum(&path).map_err(|e| Error::io(&path, e))?);
+        let sum = File::open(&path).and_then(|file| stream_sum(file, u64::MAX));
+        manifest.insert(name, sum.map_err(|e| Error::io(&path, e))?);
     }
     let path = dir.join(MANIFEST_FILE);
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
@@ -174,13 +282,26 @@ fn write_manifest(dir: &Path) -> Result<(), Error> {
     sync_dir_files(dir)
 }
 
-/// Size and SHA-256 of a file.
-fn file_sum(path: &Path) -> std::io::Result<FileSum> {
-    let bytes = std::fs::read(path)?;
-    let digest = Sha256::digest(&bytes);
+/// Size and SHA-256 of the first `limit` bytes of `file`, read a fixed-size buffer at a time.
+fn stream_sum(file: impl Read, limit: u64) -> std::io::Result<FileSum> {
+    let mut reader = file.take(limit);
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; HASH_BUFFER];
+    let mut bytes = 0u64;
+    loop {
+        match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buffer[..n]);
+                bytes += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(FileSum {
-        bytes: bytes.len() as u64,
-        sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        bytes,
+        sha256: hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(),
     })
 }
 
@@ -207,4 +328,127 @@ pub fn prune_checkpoints(run_dir: &Path, keep_last: usize) -> Result<(), Error> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A checkpoint directory with a state, an optimizer file and their manifest, plus the
+    /// entries `extra` (name, sum) added to the manifest.
+    fn checkpoint(root: &Path, extra: &[(&str, FileSum)]) -> PathBuf {
+        let dir = root.join("step-000001");
+        std::fs::create_dir(&dir).unwrap();
+        let state = r#"{"step":1,"seed":0,"config_hash":"x","train_loss":1.0,"eval_loss":null}"#;
+        std::fs::write(dir.join(STATE_FILE), state).unwrap();
+        std::fs::write(dir.join(OPTIMIZER_FILE), [7u8; 1000]).unwrap();
+        write_manifest(&dir).unwrap();
+        let path = dir.join(MANIFEST_FILE);
+        let mut manifest = read_manifest(&path).unwrap();
+        for (name, sum) in extra {
+            manifest.insert(name.to_string(), sum.clone());
+        }
+        std::fs::write(&path, serde_json::to_string(&manifest).unwrap()).unwrap();
+        dir
+    }
+
+    /// The sum of `bytes`.
+    fn sum_of(bytes: &[u8]) -> FileSum {
+        stream_sum(bytes, u64::MAX).unwrap()
+    }
+
+    /// `verify_checkpoint(dir)`'s error, which must come within five seconds.
+    fn refusal(dir: &Path) -> String {
+        let (send, receive) = mpsc::channel();
+        let dir = dir.to_path_buf();
+        std::thread::spawn(move || send.send(verify_checkpoint(&dir)).unwrap());
+        let result = receive
+            .recv_timeout(Duration::from_secs(5))
+            .expect("verify_checkpoint hangs");
+        result.expect_err("a hostile manifest passed").to_string()
+    }
+
+    #[test]
+    fn an_intact_checkpoint_passes() {
+        let root = tempfile::tempdir().unwrap();
+        verify_checkpoint(&checkpoint(root.path(), &[])).unwrap();
+    }
+
+    #[test]
+    fn manifests_naming_paths_outside_the_checkpoint_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        // A file outside whose size and hash the manifest states correctly.
+        std::fs::write(root.path().join("x"), "outside").unwrap();
+        let outside = sum_of(b"outside");
+        let hostile = [
+            ("/dev/zero", sum_of(b"")),
+            ("../x", outside.clone()),
+            ("../step-000001/../x", outside.clone()),
+            (".", outside.clone()),
+            ("", outside),
+        ];
+        for (i, (name, sum)) in hostile.into_iter().enumerate() {
+            let case = root.path().join(format!("case-{i}"));
+            std::fs::create_dir(&case).unwrap();
+            std::fs::write(case.join("x"), "outside").unwrap();
+            let dir = checkpoint(&case, &[(name, sum)]);
+            let err = refusal(&dir);
+            assert!(
+                err.contains(MANIFEST_FILE) && err.contains(&format!("lists `{name}`")),
+                "{name}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn links_fifos_and_directories_inside_the_checkpoint_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("outside"), "outside").unwrap();
+        let cases: [(&str, &str, fn(&Path)); 3] = [
+            ("link", "symbolic link", |dir| {
+                symlink(dir.join("../../outside"), dir.join("link")).unwrap()
+            }),
+            ("fifo", "FIFO", |dir| {
+                let path = std::ffi::CString::new(dir.join("fifo").to_str().unwrap()).unwrap();
+                // SAFETY: `path` is a NUL-terminated string that outlives the call.
+                assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+            }),
+            ("sub", "directory", |dir| {
+                std::fs::create_dir(dir.join("sub")).unwrap()
+            }),
+        ];
+        for (name, kind, make) in cases {
+            let case = root.path().join(name);
+            std::fs::create_dir(&case).unwrap();
+            let dir = checkpoint(&case, &[(name, sum_of(b"outside"))]);
+            make(&dir);
+            let err = refusal(&dir);
+            assert!(
+                err.contains(&format!("{name}: is not a regular file but a {kind}")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_manifest_that_is_not_a_regular_file_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = checkpoint(root.path(), &[]);
+        let manifest = dir.join(MANIFEST_FILE);
+        std::fs::remove_file(&manifest).unwrap();
+        symlink("/dev/zero", &manifest).unwrap();
+        let err = refusal(&dir);
+        assert!(err.contains(MANIFEST_FILE), "{err}");
+    }
+
+    #[test]
+    fn hashing_reads_no_more_than_its_limit() {
+        let sum = stream_sum(std::io::repeat(1), 3 * HASH_BUFFER as u64 + 5).unwrap();
+        assert_eq!(sum.bytes, 3 * HASH_BUFFER as u64 + 5);
+        assert_eq!(sum, sum_of(&vec![1u8; 3 * HASH_BUFFER + 5]));
+    }
 }

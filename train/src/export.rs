@@ -70,7 +70,6 @@ pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf, Error>
 pub fn export_adapter(run_dir: &Path, which: &str, out: &Path) -> Result<PathBuf, Error> {
     let source = resolve_checkpoint(run_dir, which)?;
     write_new_dir(out, |temp| {
-        std::fs::create_dir(temp).map_err(|e| Error::io(temp, e))?;
         for file in [ADAPTER_WEIGHTS, ADAPTER_CONFIG] {
             std::fs::copy(source.join(file), temp.join(file))
                 .map_err(|e| Error::io(source.join(file), e))?;

@@ -4,9 +4,10 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use feinschliff_data::atomic_file::write_file_atomic;
+use feinschliff_data::atomic_file::{write_file_atomic, write_file_atomic_for_append};
 
 use crate::Error;
 use crate::plot::write_loss_plot;
@@ -37,10 +38,13 @@ impl RunDir {
         let created = !path.exists();
         std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
         let lock_path = path.join(LOCK_FILE);
+        // A symbolic link planted as the lock file is not followed (nor a file created
+        // where it points): the open fails.
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|e| Error::io(&lock_path, e))?;
         match file.try_lock() {
@@ -133,11 +137,7 @@ impl MetricsLog {
                 .collect(),
             Err(_) => String::new(),
         };
-        write_file_atomic(&path, kept.as_bytes())?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = write_file_atomic_for_append(&path, kept.as_bytes())?;
         Ok(Self { file, path })
     }
 

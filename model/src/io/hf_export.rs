@@ -63,7 +63,7 @@ pub fn merged_tensors(model: &Llama) -> BTreeMap<String, Tensor<2>> {
     out
 }
 
-/// Writes the merged model into the new directory `dir` (created here), in `dtype`, in shards
+/// Writes the merged model into the empty directory `dir`, in `dtype`, in shards
 /// of at most `max_shard_bytes` (one `model.safetensors` when it all fits).
 pub fn write_merged(
     model: &Llama,
@@ -73,7 +73,6 @@ pub fn write_merged(
     dtype: StoreDtype,
     max_shard_bytes: usize,
 ) -> Result<(), Error> {
-    std::fs::create_dir(dir).map_err(|e| Error::io(dir, e))?;
     let tensors = merged_tensors(model);
     // Vectors were widened to [1, n] for one map; the file keeps their real shapes.
     let shape_of = |name: &str, t: &Tensor<2>| -> Vec<usize> {

@@ -51,9 +51,12 @@ fn is_libtorch_cpu(device: &Device) -> bool {
 enum Buffer {
     #[cfg(feature = "flex")]
     Flex(FlexTensor),
-    /// A contiguous `f32` CPU tensor; `owned` when no other handle can see its storage.
+    /// A contiguous `f32` CPU tensor, kept as Burn's handle: its storage reference count
+    /// counts this view, so while it lives no other Burn handle of the same storage sees
+    /// itself alone and writes in place, and [`HostTensor::values_mut`] writes in place only
+    /// when this handle is alone.
     #[cfg(feature = "tch")]
-    Torch { tensor: tch::Tensor, owned: bool },
+    Torch(TchTensor),
 }
 
 /// A host tensor's values, contiguous `f32` in row-major order.
@@ -91,16 +94,19 @@ impl<const D: usize> HostTensor<D> {
             let inner: TchTensor = tensor
                 .try_into_primitive::<LibTorch>()
                 .expect("HostTensor::of is called for host tensors only");
+            // Shares the storage count of `inner` when `contiguous` made no copy, so the
+            // count still sees every handle of the storage.
+            let inner = TchTensor::from_existing(inner.tensor.contiguous(), inner.storage);
+            let element_count = dims.iter().product::<usize>();
             assert!(
-                inner.tensor.device() == tch::Device::Cpu,
-                "HostTensor::of is called for CPU tensors only"
+                inner.tensor.device() == tch::Device::Cpu
+                    && inner.tensor.kind() == tch::Kind::Float
+                    && inner.tensor.is_contiguous()
+                    && usize::try_from(inner.tensor.numel()) == Ok(element_count),
+                "HostTensor::of: not a contiguous f32 CPU tensor of {dims:?}"
             );
-            let unshared = inner.can_mut();
-            let original = inner.tensor.data_ptr();
-            let tensor = inner.tensor.contiguous();
-            let owned = unshared || tensor.data_ptr() != original;
             Self {
-                buffer: Buffer::Torch { tensor, owned },
+                buffer: Buffer::Torch(inner),
                 dims,
             }
         }
@@ -120,12 +126,11 @@ impl<const D: usize> HostTensor<D> {
                 values, dims,
             ))),
             #[cfg(feature = "tch")]
-            Buffer::Torch { .. } => {
+            Buffer::Torch(_) => {
                 let shape: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
-                Buffer::Torch {
-                    tensor: tch::Tensor::from_slice(&values).reshape(shape),
-                    owned: true,
-                }
+                Buffer::Torch(TchTensor::new(
+                    tch::Tensor::from_slice(&values).reshape(shape),
+                ))
             }
         };
         Self { buffer, dims }
@@ -146,10 +151,21 @@ impl<const D: usize> HostTensor<D> {
         match &self.buffer {
             #[cfg(feature = "flex")]
             Buffer::Flex(inner) => &inner.storage::<f32>()[..len],
-            // SAFETY: a contiguous f32 CPU tensor of `len` elements, alive as long as `self`.
+            // LibTorch may give a zero-element tensor a null data pointer, which no slice may
+            // have, not even an empty one.
             #[cfg(feature = "tch")]
-            Buffer::Torch { tensor, .. } => unsafe {
-                std::slice::from_raw_parts(tensor.data_ptr() as *const f32, len)
+            Buffer::Torch(_) if len == 0 => &[],
+            // SAFETY: the tensor is a contiguous `Kind::Float` (f32) CPU tensor of exactly `len`
+            // elements (`of` asserts it; `new_like` makes one from `len` f32 values, and its
+            // `reshape` fails on any other count), so `data_ptr` is non-null (len > 0
+            // here), aligned for f32 by LibTorch's allocator, and `len` f32 values from it are
+            // initialized memory of one allocation. `self` holds Burn's handle, whose storage
+            // count includes this view, so no Burn operation writes the storage in place while
+            // it is shared (and `values_mut` needs `&mut self`): the memory stays alive and
+            // unchanged for the slice's lifetime, the lifetime of `&self`.
+            #[cfg(feature = "tch")]
+            Buffer::Torch(inner) => unsafe {
+                std::slice::from_raw_parts(inner.tensor.data_ptr() as *const f32, len)
             },
         }
     }
@@ -161,14 +177,19 @@ impl<const D: usize> HostTensor<D> {
             #[cfg(feature = "flex")]
             Buffer::Flex(inner) => &mut inner.storage_mut::<f32>()[..len],
             #[cfg(feature = "tch")]
-            Buffer::Torch { tensor, owned } => {
-                if !*owned {
-                    *tensor = tensor.copy();
-                    *owned = true;
+            Buffer::Torch(_) if len == 0 => &mut [],
+            #[cfg(feature = "tch")]
+            Buffer::Torch(inner) => {
+                if !inner.can_mut() {
+                    *inner = TchTensor::new(inner.tensor.copy());
                 }
-                // SAFETY: a contiguous f32 CPU tensor of `len` elements that no other handle
-                // sees, borrowed mutably through `self`.
-                unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut f32, len) }
+                // SAFETY: as in `values` (contiguous f32 CPU tensor of `len` > 0 elements,
+                // non-null, aligned, initialized, alive while `self` is), and after the copy
+                // above the storage count is one: no other Burn handle shares this memory, so
+                // nothing else reads or writes it while `&mut self` is borrowed.
+                unsafe {
+                    std::slice::from_raw_parts_mut(inner.tensor.data_ptr() as *mut f32, len)
+                }
             }
         }
     }
@@ -179,9 +200,58 @@ impl<const D: usize> HostTensor<D> {
             #[cfg(feature = "flex")]
             Buffer::Flex(inner) => Tensor::from_primitive::<Flex>(inner),
             #[cfg(feature = "tch")]
-            Buffer::Torch { tensor, .. } => {
-                Tensor::from_primitive::<LibTorch>(TchTensor::new(tensor))
-            }
+            Buffer::Torch(inner) => Tensor::from_primitive::<LibTorch>(inner),
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::*;
+
+    /// The host devices of the enabled backends.
+    fn host_devices() -> Vec<Device> {
+        let mut devices = Vec::new();
+        #[cfg(feature = "flex")]
+        devices.push(Device::flex());
+        #[cfg(feature = "tch")]
+        devices.push(Device::libtorch());
+        devices
+    }
+
+    fn values_of(tensor: Tensor<1>) -> Vec<f32> {
+        tensor.try_into_vec_as::<f32>().unwrap()
+    }
+
+    #[test]
+    fn zero_element_tensors_have_empty_values() {
+        for device in host_devices() {
+            let empty = TensorData::new(Vec::<f32>::new(), [0, 3]);
+            let mut host = HostTensor::of(Tensor::<2>::from_data(empty, &device));
+            assert!(host.values().is_empty());
+            assert!(host.values_mut().is_empty());
+            let made = HostTensor::<2>::new_like(&host, Vec::new(), [3, 0]);
+            assert!(made.values().is_empty());
+            assert_eq!(made.into_tensor().dims(), [3, 0]);
+            assert_eq!(host.into_tensor().dims(), [0, 3]);
+        }
+    }
+
+    #[test]
+    fn writes_through_a_view_never_reach_a_tensor_sharing_its_buffer() {
+        for device in host_devices() {
+            let data = TensorData::new(vec![1.0f32, 2.0], [2]);
+            let original = Tensor::<1>::from_data(data, &device);
+            let mut host = HostTensor::of(original.clone());
+            host.values_mut()[0] = 5.0;
+            assert_eq!(host.values(), &[5.0, 2.0]);
+            // Back in Burn, an operation that may write in place when its input is alone.
+            let back = HostTensor::of(original.clone()).into_tensor().add_scalar(10.0);
+            assert_eq!(values_of(back), [11.0, 12.0]);
+            assert_eq!(values_of(original), [1.0, 2.0], "on {device:?}");
         }
     }
 }

@@ -21,20 +21,20 @@ const PARALLEL_WORK: usize = 256 * 1024;
 
 /// A matrix inside a slice: `[rows, cols]`, element `(i, j)` at `i · row_stride + j · col_stride`.
 #[derive(Clone, Copy)]
-pub struct Operand<'a> {
+pub(crate) struct Operand<'a> {
     /// The slice holding the matrix.
-    pub values: &'a [f32],
+    pub(crate) values: &'a [f32],
     /// Rows and columns.
-    pub dims: [usize; 2],
+    pub(crate) dims: [usize; 2],
     /// Distance between rows.
-    pub row_stride: usize,
+    pub(crate) row_stride: usize,
     /// Distance between columns.
-    pub col_stride: usize,
+    pub(crate) col_stride: usize,
 }
 
 impl<'a> Operand<'a> {
     /// A row-major `[rows, cols]` matrix starting at `values[0]`, read as `read`.
-    pub fn dense(values: &'a [f32], [rows, cols]: [usize; 2], read: Read) -> Self {
+    pub(crate) fn dense(values: &'a [f32], [rows, cols]: [usize; 2], read: Read) -> Self {
         match read {
             Read::AsIs => Self {
                 values,
@@ -51,13 +51,29 @@ impl<'a> Operand<'a> {
         }
     }
 
-    /// Whether every element lies inside the slice.
+    /// Whether every element lies inside the slice (an offset past `usize::MAX` does not) and
+    /// both strides fit the `isize` that `gemm` takes.
     fn in_bounds(&self) -> bool {
         let [rows, cols] = self.dims;
-        rows == 0
-            || cols == 0
-            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.values.len()
+        let last = (rows.saturating_sub(1).checked_mul(self.row_stride))
+            .zip(cols.saturating_sub(1).checked_mul(self.col_stride))
+            .and_then(|(row, col)| row.checked_add(col));
+        let strides_fit = isize::try_from(self.row_stride).is_ok()
+            && isize::try_from(self.col_stride).is_ok();
+        rows == 0 || cols == 0 || (strides_fit && last.is_some_and(|at| at < self.values.len()))
     }
+}
+
+/// Whether an `[m, n]` output with rows `row_stride` apart lies inside `len` values with every
+/// element at its own place: rows at least `n` apart never overlap, and the last row ends
+/// inside (checked arithmetic, so no offset wraps around).
+fn output_fits([m, n]: [usize; 2], row_stride: usize, len: usize) -> bool {
+    let end = (m.saturating_sub(1).checked_mul(row_stride)).and_then(|at| at.checked_add(n));
+    m == 0
+        || n == 0
+        || (row_stride >= n
+            && isize::try_from(row_stride).is_ok()
+            && end.is_some_and(|end| end <= len))
 }
 
 /// `scale · op(a) · op(b)`.
@@ -98,7 +114,9 @@ pub fn matmul_add(
 
 /// `out = scale · a · b` (or `out += …` when `accumulate`) for `out` row-major with rows
 /// `out_row_stride` apart; split over all cores when `parallel` and the product is large.
-pub fn gemm_into(
+/// Panics when an operand reaches outside its slice, or when the output does or its rows
+/// overlap (`out_row_stride < n`).
+pub(crate) fn gemm_into(
     out: &mut [f32],
     out_row_stride: usize,
     accumulate: bool,
@@ -114,8 +132,8 @@ pub fn gemm_into(
         "matmul: operand outside its slice"
     );
     assert!(
-        m == 0 || n == 0 || (m - 1) * out_row_stride + n <= out.len(),
-        "matmul: output outside its slice"
+        output_fits([m, n], out_row_stride, out.len()),
+        "matmul: output rows overlap or lie outside its slice"
     );
     if m == 0 || n == 0 {
         return;
@@ -128,11 +146,21 @@ pub fn gemm_into(
         }
         return;
     }
-    let parallelism = match parallel && m * n * k >= PARALLEL_WORK {
+    let work = m.saturating_mul(n).saturating_mul(k);
+    let parallelism = match parallel && work >= PARALLEL_WORK {
         true => gemm::Parallelism::Rayon(0),
         false => gemm::Parallelism::None,
     };
-    // SAFETY: the asserts above keep every element of `a`, `b` and `out` inside its slice.
+    // SAFETY: `gemm` reads `a` at `a.values[i · row_stride + j · col_stride]` for i < m,
+    // j < k, `b` likewise for i < k, j < n, and reads (when `accumulate`) and writes `out` at
+    // `out[i · out_row_stride + j]` for i < m, j < n, nothing else. `in_bounds` proved with
+    // checked arithmetic that the largest offset of each operand lies inside its slice, and
+    // `output_fits` that the largest output offset does; all offsets are non-negative, and
+    // each stride fits in `isize`, so the casts below keep their values. Since
+    // `out_row_stride >= n`, distinct (i, j) are distinct output elements, so the tiles that
+    // `gemm` hands to different threads never write the same element. `out` is borrowed
+    // mutably and the operands shared, so they cannot alias one another, and nothing else
+    // touches them until the call returns. m, n, k > 0 here, so no pointer is dangling.
     unsafe {
         gemm::gemm(
             m,
@@ -169,6 +197,56 @@ mod tests {
             TensorData::new(values, dims),
             &Device::flex(),
         ))
+    }
+
+    /// `gemm_into` into `out` of an `[m, 1] · [1, n]` product of ones.
+    fn ones_into(out: &mut [f32], [m, n]: [usize; 2], out_row_stride: usize) {
+        let ones = [1.0; 64];
+        let a = Operand::dense(&ones[..m], [m, 1], Read::AsIs);
+        let b = Operand::dense(&ones[..n], [1, n], Read::AsIs);
+        gemm_into(out, out_row_stride, false, a, b, 1.0, true);
+    }
+
+    #[test]
+    fn strided_output_rows_are_written_and_the_gaps_kept() {
+        let mut out = [9.0; 8];
+        ones_into(&mut out, [3, 2], 3);
+        assert_eq!(out, [1.0, 1.0, 9.0, 1.0, 1.0, 9.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "matmul: output rows overlap or lie outside its slice")]
+    fn overlapping_output_rows_are_refused() {
+        // Rows one apart but two long: row i's second element is row i + 1's first.
+        ones_into(&mut [0.0; 64], [8, 2], 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "matmul: output rows overlap or lie outside its slice")]
+    fn an_output_past_its_slice_is_refused() {
+        ones_into(&mut [0.0; 5], [3, 2], 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "matmul: output rows overlap or lie outside its slice")]
+    fn an_output_stride_that_wraps_around_is_refused() {
+        // (m − 1) · stride + n = usize::MAX + 2 wraps to 1 without checked arithmetic.
+        ones_into(&mut [0.0; 4], [2, 2], usize::MAX);
+    }
+
+    #[test]
+    #[should_panic(expected = "matmul: operand outside its slice")]
+    fn an_operand_stride_that_wraps_around_is_refused() {
+        // (rows − 1) · row_stride = 2 · 2⁶³ wraps to 0 without checked arithmetic.
+        let values = [1.0; 4];
+        let a = Operand {
+            values: &values,
+            dims: [3, 1],
+            row_stride: 1 << (usize::BITS - 1),
+            col_stride: 1,
+        };
+        let b = Operand::dense(&values[..1], [1, 1], Read::AsIs);
+        gemm_into(&mut [0.0; 3], 1, false, a, b, 1.0, false);
     }
 
     #[test]

@@ -56,7 +56,7 @@ const KEY_SOURCES: [(&str, &str); 11] = [
 
 /// Converts `gguf` into a new model directory `out_dir` (which must not exist yet).
 pub fn import_gguf(gguf: &Path, out_dir: &Path, dtype: StoreDtype) -> Result<ImportSummary, Error> {
-    if out_dir.exists() {
+    if std::fs::symlink_metadata(out_dir).is_ok() {
         return Err(Error::invalid(
             out_dir,
             "already exists; remove it or choose another output directory",
@@ -91,7 +91,6 @@ fn write_model_dir(
     dtype: StoreDtype,
     dir: &Path,
 ) -> Result<(), Error> {
-    std::fs::create_dir(dir).map_err(|e| Error::io(dir, e))?;
     let write_json = |name: &str, value: &Json| {
         let path = dir.join(name);
         let text = serde_json::to_string_pretty(value).expect("JSON serializes") + "\n";
