@@ -153,7 +153,10 @@ mod tests {
         let entry = cache.join("entry.json");
         symlink(&victim, &entry).unwrap();
         let err = write_file_atomic(&entry, b"new").unwrap_err().to_string();
-        assert!(err.contains("entry.json") && err.contains("symbolic link"), "{err}");
+        assert!(
+            err.contains("entry.json") && err.contains("symbolic link"),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
         assert!(std::fs::symlink_metadata(&entry).unwrap().is_symlink());
         assert_eq!(names(&cache), ["entry.json"], "a temporary file was left");

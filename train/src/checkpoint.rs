@@ -180,9 +180,8 @@ pub fn verify_checkpoint(dir: &Path) -> Result<(), Error> {
 /// The manifest at `path`, read only if it is a regular file of at most [`MANIFEST_LIMIT`]
 /// bytes.
 fn read_manifest(path: &Path) -> Result<BTreeMap<String, FileSum>, Error> {
-    let incomplete = |e: std::io::Error| {
-        Error::checkpoint(path, format!("{e} (an incomplete checkpoint)"))
-    };
+    let incomplete =
+        |e: std::io::Error| Error::checkpoint(path, format!("{e} (an incomplete checkpoint)"));
     let file = open_regular_file(path).map_err(incomplete)?;
     let mut text = String::new();
     file.take(MANIFEST_LIMIT + 1)
@@ -220,8 +219,7 @@ fn check_file(file: &Path, expected: &FileSum) -> Result<(), String> {
         ));
     }
     let opened = open_regular_file(file).map_err(|e| e.to_string())?;
-    let actual =
-        stream_sum(opened, expected.bytes.saturating_add(1)).map_err(|e| e.to_string())?;
+    let actual = stream_sum(opened, expected.bytes.saturating_add(1)).map_err(|e| e.to_string())?;
     if &actual == expected {
         return Ok(());
     }
@@ -301,7 +299,11 @@ fn stream_sum(file: impl Read, limit: u64) -> std::io::Result<FileSum> {
     }
     Ok(FileSum {
         bytes,
-        sha256: hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
     })
 }
 
@@ -404,11 +406,14 @@ mod tests {
         }
     }
 
+    /// A file name, the word its refusal must use, and how to plant it in a checkpoint.
+    type HostileEntry = (&'static str, &'static str, fn(&Path));
+
     #[test]
     fn links_fifos_and_directories_inside_the_checkpoint_are_refused() {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("outside"), "outside").unwrap();
-        let cases: [(&str, &str, fn(&Path)); 3] = [
+        let cases: [HostileEntry; 3] = [
             ("link", "symbolic link", |dir| {
                 symlink(dir.join("../../outside"), dir.join("link")).unwrap()
             }),

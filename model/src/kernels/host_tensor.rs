@@ -187,9 +187,7 @@ impl<const D: usize> HostTensor<D> {
                 // non-null, aligned, initialized, alive while `self` is), and after the copy
                 // above the storage count is one: no other Burn handle shares this memory, so
                 // nothing else reads or writes it while `&mut self` is borrowed.
-                unsafe {
-                    std::slice::from_raw_parts_mut(inner.tensor.data_ptr() as *mut f32, len)
-                }
+                unsafe { std::slice::from_raw_parts_mut(inner.tensor.data_ptr() as *mut f32, len) }
             }
         }
     }
@@ -205,7 +203,6 @@ impl<const D: usize> HostTensor<D> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use burn::tensor::{Device, Tensor, TensorData};
@@ -214,12 +211,13 @@ mod tests {
 
     /// The host devices of the enabled backends.
     fn host_devices() -> Vec<Device> {
-        let mut devices = Vec::new();
-        #[cfg(feature = "flex")]
-        devices.push(Device::flex());
-        #[cfg(feature = "tch")]
-        devices.push(Device::libtorch());
-        devices
+        [
+            #[cfg(feature = "flex")]
+            Device::flex(),
+            #[cfg(feature = "tch")]
+            Device::libtorch(),
+        ]
+        .into()
     }
 
     fn values_of(tensor: Tensor<1>) -> Vec<f32> {
@@ -249,7 +247,9 @@ mod tests {
             host.values_mut()[0] = 5.0;
             assert_eq!(host.values(), &[5.0, 2.0]);
             // Back in Burn, an operation that may write in place when its input is alone.
-            let back = HostTensor::of(original.clone()).into_tensor().add_scalar(10.0);
+            let back = HostTensor::of(original.clone())
+                .into_tensor()
+                .add_scalar(10.0);
             assert_eq!(values_of(back), [11.0, 12.0]);
             assert_eq!(values_of(original), [1.0, 2.0], "on {device:?}");
         }
