@@ -1,10 +1,12 @@
 //! The bad-input corpus (`tests/bad_inputs/cases.toml`, broken files made by
 //! `tests/bad_inputs/make.py`): every case is a CLI call on broken input that must fail with
 //! exit code != 0 and a single line on stderr naming the file, line, key or tensor, without a
-//! panic, and must leave nothing under its output's final name (an existing file untouched).
+//! panic, within 10 s and 1 GiB of memory, and must leave nothing under its output's final
+//! name (an existing file untouched).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -27,6 +29,44 @@ struct Case {
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the CLI with `args`, its stderr into `stderr_file`, killed after a minute (so a case
+/// that hangs fails the time bound instead of hanging the test); returns its exit status,
+/// stderr and seconds.
+fn run_cli(args: &[String], stderr_file: &Path) -> (ExitStatus, String, f64) {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_feinschliff"))
+        .current_dir(root())
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(stderr_file).unwrap())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = String::from_utf8_lossy(&std::fs::read(stderr_file).unwrap()).into_owned();
+    (status, stderr, started.elapsed().as_secs_f64())
+}
+
+/// The highest peak memory (RSS, MiB) of the child processes waited for so far.
+fn children_peak_rss_mib() -> i64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    usage.ru_maxrss / 1024
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -72,16 +112,13 @@ fn every_bad_input_gets_a_one_line_error_and_damages_nothing() {
                     .replace("{dir}", &text(&dir))
             })
             .collect();
-        let output = Command::new(env!("CARGO_BIN_EXE_feinschliff"))
-            .current_dir(root())
-            .args(&args)
-            .env("RUST_BACKTRACE", "1")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let (status, stderr, seconds) = run_cli(&args, &temp.path().join("stderr.txt"));
         let name = &case.name;
-        assert!(!output.status.success(), "{name}: succeeded");
-        assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
+        assert!(seconds < 10.0, "{name}: took {seconds:.1} s");
+        let rss = children_peak_rss_mib();
+        assert!(rss < 1024, "{name}: peak memory {rss} MiB");
+        assert!(!status.success(), "{name}: succeeded");
+        assert_eq!(status.code(), Some(1), "{name}: {stderr}");
         assert!(
             stderr.contains(&case.expect),
             "{name}: `{}` not in {stderr}",
