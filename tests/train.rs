@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use feinschliff_data::cache::CacheEntry;
+use feinschliff_data::format::Example;
+use feinschliff_data::prepared::{Prepared, SplitStats};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -591,6 +594,88 @@ fn a_run_directory_in_use_is_refused() {
     );
     assert!(!run.join("checkpoints").exists(), "the refused run wrote");
     drop(lock);
+}
+
+/// Replaces the one entry of the token cache in `cache` with `prepared` (a damaged entry, one
+/// from an older version, or one made for another model).
+fn replace_cache_entry(cache: &Path, prepared: &Prepared) {
+    let entries: Vec<PathBuf> = std::fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "arrow"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let key = entries[0].file_stem().unwrap().to_str().unwrap();
+    CacheEntry::new(cache, key).store(prepared).unwrap();
+}
+
+/// Cached examples the model cannot take: an empty training split (the run would divide by
+/// zero) and a token id past the model's `vocab_size` (Burn's embedding lookup would panic).
+/// `train` and `eval --config` refuse both with an error line naming the cause (and the cache
+/// file), and the refused run leaves no run directory.
+#[test]
+fn cached_examples_the_model_cannot_take_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = format!(
+        "data.cache_dir={:?}",
+        dir.path().join("cache").display().to_string()
+    );
+    let run_dir = dir.path().join("run");
+    let run = format!("output.run_dir={:?}", run_dir.display().to_string());
+    let config = ["--config", "configs/tiny.toml", "--set", &cache];
+    ok(&[&["data", "inspect"], &config[..]].concat());
+    let example = |ids: Vec<u32>| Example {
+        trained: ids.iter().map(|_| true).collect(),
+        ids,
+    };
+    let stats = |examples: usize| SplitStats {
+        examples,
+        ..SplitStats::default()
+    };
+    let empty_train = Prepared {
+        train: Vec::new(),
+        valid: vec![example(vec![1, 5, 6])],
+        train_stats: stats(0),
+        valid_stats: stats(1),
+    };
+    let past_vocab = Prepared {
+        train: vec![example(vec![1, 5, 6])],
+        valid: vec![example(vec![1, 96, 7])],
+        train_stats: stats(1),
+        valid_stats: stats(1),
+    };
+    let train = [&["train"], &config[..], &["--set", &run]].concat();
+    let eval = [
+        &["eval", "--model", "tests/fixtures/llama/tied_gqa"],
+        &config[..],
+    ]
+    .concat();
+    let past_vocab_error = ".arrow: the cached examples (from another model, or damaged: delete the file) hold token ids up to 96 (a vocabulary of 97), but the model's vocab_size is 96";
+    let cases = [
+        (
+            &empty_train,
+            &train,
+            "key `data.train`: gives no training examples",
+        ),
+        (&past_vocab, &train, past_vocab_error),
+        (&past_vocab, &eval, past_vocab_error),
+    ];
+    for (prepared, args, expected) in cases {
+        replace_cache_entry(&dir.path().join("cache"), prepared);
+        let output = feinschliff(args);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {err}");
+        // Progress notes may come first; the error is the last line, and a line of its own.
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: "), "{err}");
+        assert!(last.contains(expected), "`{expected}` not in: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            !run_dir.exists(),
+            "the refused run left {}",
+            run_dir.display()
+        );
+    }
 }
 
 /// Two fresh runs on one run directory, the first slow to load (the whole law corpus to

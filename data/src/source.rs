@@ -7,13 +7,19 @@
 //! named exactly.
 
 use std::fmt;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Cursor};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use polars_buffer::Buffer;
 use polars_core::prelude::{AnyValue, DataFrame};
 use polars_io::SerReader;
 use polars_io::csv::read::CsvReadOptions;
 use polars_io::parquet::read::ParquetReader;
+use polars_parquet::parquet::page::CompressedPage;
+use polars_parquet::parquet::read::{get_page_iterator, read_metadata};
 use serde_json::{Map, Value};
 
 use crate::Error;
@@ -116,10 +122,7 @@ pub fn read_records(files: &[PathBuf]) -> Result<Vec<Record>, Error> {
             Some("jsonl" | "ndjson") => read_jsonl(path, &mut records)?,
             Some("json") => read_json_array(path, &mut records)?,
             Some("parquet") => {
-                let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-                let frame = ParquetReader::new(file)
-                    .finish()
-                    .map_err(|e| Error::invalid(path, format!("cannot read Parquet: {e}")))?;
+                let frame = read_parquet(path)?;
                 frame_records(path, &frame, Position::Record, &mut records)?;
             }
             Some("csv") => {
@@ -254,6 +257,79 @@ fn frame_records(
         });
     }
     Ok(())
+}
+
+/// A Parquet file as a data frame. polars-parquet panics on some damaged files (a thrift
+/// field of the wrong type, an offset past the end of the file); such a panic becomes an error
+/// naming the file. Page headers are checked first (see [`check_page_headers`]).
+fn read_parquet(path: &Path) -> Result<DataFrame, Error> {
+    let bytes = Buffer::from(std::fs::read(path).map_err(|e| Error::io(path, e))?);
+    let cannot = |message: String| Error::invalid(path, format!("cannot read Parquet: {message}"));
+    let read = || {
+        check_page_headers(&bytes)?;
+        ParquetReader::new(Cursor::new(bytes.clone()))
+            .finish()
+            .map_err(|e| e.to_string())
+    };
+    match catch_quietly(read) {
+        Ok(read) => read.map_err(cannot),
+        Err(panic) => Err(cannot(format!("the file is damaged ({panic})"))),
+    }
+}
+
+/// Refuses a Parquet file with a data page that claims a negative number of values:
+/// polars-parquet (0.55) takes that for a count near 2^64 and aborts the process allocating
+/// for it, past any error handling. Reads only the footer and the page headers.
+fn check_page_headers(bytes: &Buffer<u8>) -> Result<(), String> {
+    let metadata = read_metadata(&mut Cursor::new(bytes.clone())).map_err(|e| e.to_string())?;
+    for (group, row_group) in metadata.row_groups.iter().enumerate() {
+        for column in row_group.parquet_columns() {
+            let pages =
+                get_page_iterator(column, Cursor::new(bytes.clone()), Vec::new(), bytes.len())
+                    .map_err(|e| e.to_string())?;
+            for page in pages {
+                let CompressedPage::Data(page) = page.map_err(|e| e.to_string())? else {
+                    continue;
+                };
+                if page.num_values() > i32::MAX as usize {
+                    return Err(format!(
+                        "row group {group}, column `{}`: a data page claims a negative number of values",
+                        column.descriptor().path_in_schema.join(".")
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f`, turning a panic into its message. While any such call runs, no panic message is
+/// printed: polars panics on its own worker threads too, so the hook cannot tell whose it is.
+fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static QUIET: AtomicUsize = AtomicUsize::new(0);
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.load(Ordering::SeqCst) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.fetch_add(1, Ordering::SeqCst);
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    QUIET.fetch_sub(1, Ordering::SeqCst);
+    result.map_err(|payload| {
+        let text = match (
+            payload.downcast_ref::<&str>(),
+            payload.downcast_ref::<String>(),
+        ) {
+            (Some(text), _) => text.to_string(),
+            (None, Some(text)) => text.clone(),
+            (None, None) => "a panic without a message".into(),
+        };
+        text.replace('\n', " ")
+    })
 }
 
 /// A polars value as JSON (strings, numbers, booleans, lists, structs, nulls); other types give

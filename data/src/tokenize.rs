@@ -106,6 +106,7 @@ pub type Span = (usize, usize);
 /// A model's tokenizer with its special tokens.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
+    path: PathBuf,
     config: TokenizerConfig,
     bos_id: Option<u32>,
 }
@@ -142,6 +143,7 @@ impl TextTokenizer {
         };
         Ok(Self {
             inner,
+            path,
             config,
             bos_id,
         })
@@ -208,6 +210,17 @@ impl TextTokenizer {
     /// The vocabulary size, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// The highest token id the tokenizer can give, added tokens included (`None` for an
+    /// empty vocabulary).
+    pub fn highest_id(&self) -> Option<u32> {
+        self.inner.get_vocab(true).into_values().max()
+    }
+
+    /// The `tokenizer.json` it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The special tokens and chat template of `tokenizer_config.json`.

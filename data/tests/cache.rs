@@ -52,6 +52,73 @@ fn second_load_comes_from_the_cache_and_changes_retokenize() {
     assert!(load_dataset(&config, &model).unwrap().from_cache);
 }
 
+/// Rewrites the JSON file `path` with `edit` applied.
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+}
+
+#[test]
+fn a_changed_tokenizer_or_chat_template_retokenizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(root().join("tests/fixtures/llama/tied_gqa")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let data = dir.path().join("chat.jsonl");
+    std::fs::write(
+        &data,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Frist?\"}, {\"role\": \"assistant\", \"content\": \"Ein Monat.\"}]}\n",
+    )
+    .unwrap();
+    let mut config = DataConfig::new(data.display().to_string());
+    config.format = Format::Chat;
+    config.max_len = 512;
+    config.cache_dir = dir.path().join("cache").display().to_string();
+    let mut previous = load_dataset(&config, &model).unwrap();
+    assert!(!previous.from_cache);
+    assert!(load_dataset(&config, &model).unwrap().from_cache);
+
+    type Edit = Box<dyn Fn(&Path)>;
+    let edits: [(&str, Edit); 3] = [
+        // Without merges, every word splits into single characters.
+        (
+            "tokenizer.json",
+            Box::new(|path| {
+                edit_json(path, |json| {
+                    json["model"]["merges"].as_array_mut().unwrap().clear();
+                })
+            }),
+        ),
+        (
+            "tokenizer_config.json",
+            Box::new(|path| edit_json(path, |json| json["add_bos_token"] = true.into())),
+        ),
+        (
+            "chat_template.jinja",
+            Box::new(|path| {
+                let template = std::fs::read_to_string(path).unwrap();
+                std::fs::write(path, template.replace("<|im_start|>", "<|im_start|> ")).unwrap();
+            }),
+        ),
+    ];
+    for (file, edit) in edits {
+        edit(&model.join(file));
+        let changed = load_dataset(&config, &model).unwrap();
+        assert!(
+            !changed.from_cache,
+            "{file} changed, yet the cache was used"
+        );
+        assert_ne!(changed.cache_file, previous.cache_file, "{file}");
+        assert!(load_dataset(&config, &model).unwrap().from_cache, "{file}");
+        previous = changed;
+    }
+}
+
 #[test]
 fn links_planted_in_a_shared_cache_dir_are_neither_read_nor_written_through() {
     let dir = tempfile::tempdir().unwrap();

@@ -45,7 +45,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let report = match (&args.config, &args.data) {
         (Some(config), _) => {
             let config = RunConfig::load(config, &args.overrides)?;
-            let data = load_dataset(&config.data, &args.model.model)?.data;
+            let loaded_data = load_dataset(&config.data, &args.model.model)?;
+            let data = &loaded_data.data;
             if data.valid.is_empty() {
                 anyhow::bail!(
                     "{}: the configuration has no validation data (data.valid or data.valid_fraction)",
@@ -53,7 +54,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 );
             }
             let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
-            let (loaded, device) = args.model.load()?;
+            let (loaded, device) = args.model.load(&tokenizer)?;
+            loaded.check_examples(&loaded_data)?;
             let batch = config.train.micro_batch;
             evaluate_examples(
                 &loaded.model,
@@ -66,7 +68,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (None, Some(data)) => {
             let texts = read_texts(std::slice::from_ref(data), &args.field)?;
             let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
-            let (loaded, device) = args.model.load()?;
+            let (loaded, device) = args.model.load(&tokenizer)?;
             evaluate(&loaded.model, &tokenizer, &texts, args.max_len, &device)
                 .with_context(|| format!("evaluating {}", data.display()))?
         }

@@ -50,7 +50,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         tokenizer.encode(&args.prompt, true)?
     };
-    let (loaded, device) = args.model.load()?;
+    let (loaded, device) = args.model.load(&tokenizer)?;
     let mut stream = TextStream::new(&tokenizer);
     let mut stdout = std::io::stdout();
     generate(

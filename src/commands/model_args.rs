@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_model::backend::{Device, DeviceChoice};
 use feinschliff_model::io::hf::HfModel;
 use feinschliff_model::io::peft::load_adapter;
@@ -23,10 +24,12 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The model, with the adapter applied when one is given.
-    pub fn load(&self) -> Result<(HfModel, Device)> {
+    /// The model, with the adapter applied when one is given; refused when `tokenizer` can give
+    /// ids past its vocabulary.
+    pub fn load(&self, tokenizer: &TextTokenizer) -> Result<(HfModel, Device)> {
         let device = self.device.device();
         let mut loaded = HfModel::load(&self.model, &device)?;
+        loaded.check_tokenizer(tokenizer)?;
         if let Some(adapter) = &self.adapter {
             load_adapter(&mut loaded.model, adapter, &device)?;
         }

@@ -183,6 +183,22 @@ def main():
           '{"messages": [{"role": "user", "content": "Hallo"}, {"role": "assistant", "content": "Guten Tag"}]}\n')
 
     write("template_syntax/chat_template.jinja", "{% for m in messages %}\n{{ m.content }}\n{% if %}\n{% endfor %}\n")
+    # Nested loops of 10^10 steps: rendering must stop at the template fuel, naming the file.
+    hostile = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+    write("template_hostile_jinja/chat_template.jinja", hostile)
+    tokenizer_config = json.load(open(os.path.join(TINY, "tokenizer_config.json")))
+    tokenizer_config["chat_template"] = hostile
+    write("template_hostile_config/tokenizer_config.json", json.dumps(tokenizer_config, indent=2))
+
+    # A tokenizer with four tokens more than the model's vocab_size (96): ids 96..99.
+    tokenizer = json.load(open(os.path.join(TINY, "tokenizer.json")))
+    vocab_size = config["vocab_size"]
+    for i in range(4):
+        tokenizer["added_tokens"].append({
+            "id": vocab_size + i, "content": f"<|extra_{i}|>", "single_word": False, "lstrip": False,
+            "rstrip": False, "normalized": False, "special": True})
+    write("tokenizer_over_vocab/tokenizer.json", json.dumps(tokenizer, indent=2, ensure_ascii=False))
+    write("data/over_vocab.jsonl", '{"text": "Der Antrag <|extra_3|> ist fristgerecht einzureichen."}\n')
 
     gguf = open(os.path.join(ROOT, "tests", "fixtures", "gguf", "tiny_llama.gguf"), "rb").read()
     write("gguf/truncated.gguf", gguf[:5000])

@@ -50,15 +50,17 @@ impl Session {
         let device = choice.device().autodiff();
         let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
         let loaded = HfModel::load(&config.model.path, &device)?;
+        loaded.check_tokenizer(&tokenizer)?;
         if loaded.eos_token_ids.is_empty() {
             return Err(Error::invalid(
                 &config.model.path,
                 "the model names no EOS token (config.json / generation_config.json)",
             ));
         }
+        let data = load_dataset(&config.data, &config.model.path)?;
+        loaded.check_examples(&data)?;
         let mut model = loaded.model;
         model.set_base_dtypes(storage_dtype, matmul_dtype);
-        let data = load_dataset(&config.data, &config.model.path)?;
         progress.note(&data_note(&data));
         let rows = training_rows(&data.data.train, config, progress);
         if rows.is_empty() {

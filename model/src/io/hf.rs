@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
+use feinschliff_data::dataset::Loaded;
+use feinschliff_data::tokenize::TextTokenizer;
 use serde::Deserialize;
 
 use crate::Error;
@@ -49,6 +51,58 @@ impl HfModel {
             model,
             eos_token_ids,
         })
+    }
+
+    /// Refuses a tokenizer that can give ids the model has no embedding row for (one with more
+    /// tokens than `vocab_size`), naming both sizes.
+    pub fn check_tokenizer(&self, tokenizer: &TextTokenizer) -> Result<(), Error> {
+        self.check_highest_id(
+            tokenizer.path(),
+            "the tokenizer gives",
+            tokenizer.highest_id(),
+        )
+    }
+
+    /// Refuses prepared examples (tokenized, or read back from the token cache) holding an id
+    /// the model has no embedding row for, naming the cache file and both sizes.
+    pub fn check_examples(&self, data: &Loaded) -> Result<(), Error> {
+        let examples = data.data.train.iter().chain(&data.data.valid);
+        let highest = examples.flat_map(|e| e.ids.iter().copied()).max();
+        match (&data.cache_file, data.from_cache) {
+            (Some(cache), true) => self.check_highest_id(
+                cache,
+                "the cached examples (from another model, or damaged: delete the file) hold",
+                highest,
+            ),
+            _ => self.check_highest_id(
+                &self.dir.join("tokenizer.json"),
+                "the examples hold",
+                highest,
+            ),
+        }
+    }
+
+    /// The one check behind both: ids up to `highest` from `source` must be below
+    /// `vocab_size`, else Burn's embedding lookup (or a host kernel) would index past the
+    /// table mid-run.
+    fn check_highest_id(
+        &self,
+        source: &Path,
+        what: &str,
+        highest: Option<u32>,
+    ) -> Result<(), Error> {
+        let vocab_size = self.config.vocab_size;
+        match highest {
+            Some(id) if id as usize >= vocab_size => Err(Error::invalid(
+                source,
+                format!(
+                    "{what} token ids up to {id} (a vocabulary of {}), but the model's vocab_size is {vocab_size} ({})",
+                    id as usize + 1,
+                    self.dir.join("config.json").display()
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

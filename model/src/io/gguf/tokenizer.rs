@@ -332,7 +332,7 @@ fn sentencepiece_bpe(
                     tokens.len()
                 ));
             }
-            merges_from_scores(tokens, &scores)
+            merges_from_scores(tokens, &scores)?
         }
     };
     let vocab: serde_json::Map<String, Json> = tokens
@@ -358,10 +358,31 @@ fn sentencepiece_bpe(
     Ok((model, pre_tokenizer, decoder))
 }
 
+/// The longest token, in characters, whose merges are recovered from the scores: recovery
+/// looks up both halves of every split of every token, so its work grows with the square of a
+/// token's length. Real SentencePiece vocabularies stay far below (their longest tokens are
+/// runs of a few dozen spaces or punctuation marks).
+const MAX_MERGE_TOKEN_CHARS: usize = 256;
+
 /// The merges a SentencePiece vocabulary implies (transformers' `generate_merges`): every split
 /// of a token into two tokens of the vocabulary, ordered by the token's score (best first),
 /// then by the lengths of the two halves (longer first); ties keep the vocabulary's order.
-fn merges_from_scores(tokens: &[&str], scores: &[f64]) -> Vec<(String, String)> {
+/// A NaN score (which has no order) and a token longer than [`MAX_MERGE_TOKEN_CHARS`] are
+/// refused, naming the entry.
+fn merges_from_scores(tokens: &[&str], scores: &[f64]) -> Result<Vec<(String, String)>, String> {
+    if let Some(i) = scores.iter().position(|s| s.is_nan()) {
+        return Err(format!(
+            "`tokenizer.ggml.scores` entry {i} (token {:?}) is NaN, which has no order to recover merges by",
+            tokens[i]
+        ));
+    }
+    if let Some((i, chars)) = (tokens.iter().map(|t| t.chars().count()).enumerate())
+        .find(|&(_, chars)| chars > MAX_MERGE_TOKEN_CHARS)
+    {
+        return Err(format!(
+            "token {i} of `tokenizer.ggml.tokens` has {chars} characters; merges are recovered from `tokenizer.ggml.scores` only for tokens of up to {MAX_MERGE_TOKEN_CHARS} (the work grows with the square of the length)"
+        ));
+    }
     let index: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
     let mut merges: Vec<(&str, &str, f64)> = Vec::new();
     for (token, &score) in tokens.iter().zip(scores) {
@@ -378,16 +399,17 @@ fn merges_from_scores(tokens: &[&str], scores: &[f64]) -> Vec<(String, String)> 
     let key = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
     merges.sort_by(|a, b| {
         let (ka, kb) = (key(a), key(b));
-        // `partial_cmp`, not `total_cmp`: a score of -0.0 ties with 0.0, as in Python.
+        // `partial_cmp`, not `total_cmp`: a score of -0.0 ties with 0.0, as in Python (no NaN
+        // is left, so this is a total order).
         kb.0.partial_cmp(&ka.0)
             .unwrap_or(std::cmp::Ordering::Equal)
             .then(kb.1.cmp(&ka.1))
             .then(kb.2.cmp(&ka.2))
     });
-    merges
+    Ok(merges
         .into_iter()
         .map(|(l, r, _)| (l.to_string(), r.to_string()))
-        .collect()
+        .collect())
 }
 
 /// `TemplateProcessing` that puts BOS before and EOS after each sequence, where asked.
@@ -427,5 +449,93 @@ mod tests {
         assert_eq!(map[b'A' as usize], 'A');
         let distinct: std::collections::HashSet<char> = map.iter().copied().collect();
         assert_eq!(distinct.len(), 256);
+    }
+
+    /// SentencePiece metadata without merges: `tokens` with `scores`.
+    fn sentencepiece(tokens: &[String], scores: &[f64]) -> BTreeMap<String, Value> {
+        let strings = tokens.iter().map(|t| Value::String(t.clone())).collect();
+        let floats = scores.iter().map(|&s| Value::Float(s)).collect();
+        BTreeMap::from([
+            ("tokenizer.ggml.model".into(), Value::String("llama".into())),
+            ("tokenizer.ggml.tokens".into(), Value::Array(strings)),
+            ("tokenizer.ggml.scores".into(), Value::Array(floats)),
+        ])
+    }
+
+    fn merges_of(meta: &BTreeMap<String, Value>) -> Result<Json, String> {
+        convert_tokenizer(meta, &json!({})).map(|files| files.tokenizer["model"]["merges"].clone())
+    }
+
+    #[test]
+    fn merges_are_recovered_from_scores_best_first() {
+        let tokens = ["a", "b", "ab", "ba", "aba"].map(String::from);
+        let merges = merges_of(&sentencepiece(&tokens, &[0.0, 0.0, -1.0, -0.5, -2.0])).unwrap();
+        assert_eq!(
+            merges,
+            json!([["b", "a"], ["a", "b"], ["ab", "a"], ["a", "ba"]])
+        );
+    }
+
+    #[test]
+    fn a_nan_score_is_refused_naming_the_entry() {
+        let tokens: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+        let mut scores: Vec<f64> = (0..40).map(|i| -(i as f64)).collect();
+        scores[17] = f64::NAN;
+        let message = merges_of(&sentencepiece(&tokens, &scores)).unwrap_err();
+        assert!(
+            message.contains("`tokenizer.ggml.scores` entry 17"),
+            "{message}"
+        );
+        assert!(message.contains("NaN"), "{message}");
+        assert!(!message.contains('\n'));
+    }
+
+    #[test]
+    fn a_token_too_long_for_merge_recovery_is_refused_naming_it() {
+        let mut tokens: Vec<String> = ["a", "aa"].map(String::from).to_vec();
+        tokens.push("a".repeat(MAX_MERGE_TOKEN_CHARS));
+        tokens.push("a".repeat(200_000));
+        let scores = vec![0.0; tokens.len()];
+        let started = std::time::Instant::now();
+        let message = merges_of(&sentencepiece(&tokens, &scores)).unwrap_err();
+        assert!(
+            started.elapsed().as_secs() < 1,
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            message.starts_with("token 3 of `tokenizer.ggml.tokens` has 200000 characters"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&MAX_MERGE_TOKEN_CHARS.to_string()),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn tokens_at_the_length_cap_are_recovered_quickly() {
+        // Every run of `a` up to the cap, in many copies that differ in their last character:
+        // each token splits at every position, the worst case the cap allows.
+        let mut tokens: Vec<String> = (1..=MAX_MERGE_TOKEN_CHARS).map(|n| "a".repeat(n)).collect();
+        let stem = "a".repeat(MAX_MERGE_TOKEN_CHARS - 1);
+        tokens.extend(('\u{100}'..'\u{1100}').map(|c| format!("{stem}{c}")));
+        tokens.extend(('\u{100}'..'\u{1100}').map(String::from));
+        let scores: Vec<f64> = (0..tokens.len()).map(|i| -(i as f64)).collect();
+        let started = std::time::Instant::now();
+        let merges = merges_from_scores(
+            &tokens.iter().map(String::as_str).collect::<Vec<_>>(),
+            &scores,
+        )
+        .unwrap();
+        assert_eq!(
+            merges.len(),
+            4096 + MAX_MERGE_TOKEN_CHARS * (MAX_MERGE_TOKEN_CHARS - 1) / 2
+        );
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "took {:?}",
+            started.elapsed()
+        );
     }
 }
