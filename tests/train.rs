@@ -545,7 +545,10 @@ fn damaged_last_checkpoint_is_passed_over_on_resume() {
 fn links_planted_in_a_run_directory_are_not_followed() {
     let dir = tempfile::tempdir().unwrap();
     let victim = dir.path().join("victim");
-    let cases = [(".lock", "symbolic links"), ("metrics.jsonl", "symbolic link")];
+    let cases = [
+        (".lock", "symbolic links"),
+        ("metrics.jsonl", "symbolic link"),
+    ];
     for (name, expected) in cases {
         let run = dir.path().join(format!("run{name}"));
         std::fs::create_dir(&run).unwrap();
@@ -556,8 +559,16 @@ fn links_planted_in_a_run_directory_are_not_followed() {
         assert!(!output.status.success(), "{name}: the run succeeded");
         let named = err.contains(&format!("{name}: ")) && err.to_lowercase().contains(expected);
         assert!(named, "{name}: {err}");
-        assert!(!victim.exists(), "{name}: written through to {}", victim.display());
-        assert!(std::fs::symlink_metadata(run.join(name)).unwrap().is_symlink());
+        assert!(
+            !victim.exists(),
+            "{name}: written through to {}",
+            victim.display()
+        );
+        assert!(
+            std::fs::symlink_metadata(run.join(name))
+                .unwrap()
+                .is_symlink()
+        );
     }
 }
 
@@ -734,7 +745,10 @@ fn killed_and_resumed_runs_end_bit_identical() {
         .map(|e| e.unwrap().file_name())
         .filter(|name| name.to_string_lossy().starts_with('.'))
         .collect();
-    assert!(leftovers.is_empty(), "killed runs' temporary checkpoints: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "killed runs' temporary checkpoints: {leftovers:?}"
+    );
 }
 
 /// A file-size limit (`ulimit -f`, standing in for a full disk) hit while a checkpoint is

@@ -56,7 +56,7 @@ pub fn write_file_atomic_for_append(path: &Path, bytes: &[u8]) -> Result<File, E
 
 /// Creates a new empty file, open for appending, under a fresh temporary name beside `path`;
 /// returns it and its name.
-pub fn create_temp_file(path: &Path) -> Result<(File, PathBuf), Error> {
+fn create_temp_file(path: &Path) -> Result<(File, PathBuf), Error> {
     with_fresh_name(path, |temp| {
         OpenOptions::new().append(true).create_new(true).open(temp)
     })
@@ -153,7 +153,10 @@ mod tests {
         let entry = cache.join("entry.json");
         symlink(&victim, &entry).unwrap();
         let err = write_file_atomic(&entry, b"new").unwrap_err().to_string();
-        assert!(err.contains("entry.json") && err.contains("symbolic link"), "{err}");
+        assert!(
+            err.contains("entry.json") && err.contains("symbolic link"),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
         assert!(std::fs::symlink_metadata(&entry).unwrap().is_symlink());
         assert_eq!(names(&cache), ["entry.json"], "a temporary file was left");

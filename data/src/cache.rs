@@ -46,7 +46,8 @@ impl CacheEntry {
     /// device under an entry's name in a shared cache directory counts as no entry.
     pub fn load(&self) -> Option<Prepared> {
         let stats = open_regular_file(&self.stats)?;
-        let stats: (SplitStats, SplitStats) = serde_json::from_reader(std::io::BufReader::new(stats)).ok()?;
+        let stats: (SplitStats, SplitStats) =
+            serde_json::from_reader(std::io::BufReader::new(stats)).ok()?;
         let file = open_regular_file(&self.examples)?;
         let frame = IpcReader::new(file).finish().ok()?;
         let split = frame.column("split").ok()?.u32().ok()?.clone();

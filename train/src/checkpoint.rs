@@ -154,9 +154,18 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Checkpoints, Error> {
 }
 
 /// Checks every file of a checkpoint against its manifest; the error names the file at fault.
-/// The manifest may name only regular files directly inside `dir` (no path, no symbolic
-/// link, no FIFO or device), and no file is read past the size the manifest states.
+/// `dir` must be a directory itself, not a symbolic link to one; the manifest may name only
+/// regular files directly inside it (no path, no symbolic link, no FIFO or device), and no
+/// file is read past the size the manifest states.
 pub fn verify_checkpoint(dir: &Path) -> Result<(), Error> {
+    let metadata = std::fs::symlink_metadata(dir).map_err(|e| Error::io(dir, e))?;
+    if !metadata.is_dir() {
+        let kind = kind_of(&metadata.file_type());
+        return Err(Error::checkpoint(
+            dir,
+            format!("is a {kind}, not a directory"),
+        ));
+    }
     let path = dir.join(MANIFEST_FILE);
     let manifest = read_manifest(&path)?;
     if let Some(name) = manifest.keys().find(|name| !is_plain_file_name(name)) {
@@ -180,9 +189,8 @@ pub fn verify_checkpoint(dir: &Path) -> Result<(), Error> {
 /// The manifest at `path`, read only if it is a regular file of at most [`MANIFEST_LIMIT`]
 /// bytes.
 fn read_manifest(path: &Path) -> Result<BTreeMap<String, FileSum>, Error> {
-    let incomplete = |e: std::io::Error| {
-        Error::checkpoint(path, format!("{e} (an incomplete checkpoint)"))
-    };
+    let incomplete =
+        |e: std::io::Error| Error::checkpoint(path, format!("{e} (an incomplete checkpoint)"));
     let file = open_regular_file(path).map_err(incomplete)?;
     let mut text = String::new();
     file.take(MANIFEST_LIMIT + 1)
@@ -220,8 +228,7 @@ fn check_file(file: &Path, expected: &FileSum) -> Result<(), String> {
         ));
     }
     let opened = open_regular_file(file).map_err(|e| e.to_string())?;
-    let actual =
-        stream_sum(opened, expected.bytes.saturating_add(1)).map_err(|e| e.to_string())?;
+    let actual = stream_sum(opened, expected.bytes.saturating_add(1)).map_err(|e| e.to_string())?;
     if &actual == expected {
         return Ok(());
     }
@@ -235,10 +242,11 @@ fn check_file(file: &Path, expected: &FileSum) -> Result<(), String> {
     ))
 }
 
-/// What a directory entry that is not a regular file is, for messages.
+/// What a directory entry is, for messages.
 fn kind_of(file_type: &std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     match file_type {
+        t if t.is_file() => "regular file",
         t if t.is_symlink() => "symbolic link",
         t if t.is_dir() => "directory",
         t if t.is_fifo() => "FIFO",
@@ -301,7 +309,11 @@ fn stream_sum(file: impl Read, limit: u64) -> std::io::Result<FileSum> {
     }
     Ok(FileSum {
         bytes,
-        sha256: hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
     })
 }
 
@@ -432,6 +444,21 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_checkpoint_directory_that_is_a_link_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = checkpoint(root.path(), &[]);
+        let checkpoints = root.path().join("checkpoints");
+        std::fs::create_dir(&checkpoints).unwrap();
+        let link = checkpoints.join("step-000001");
+        symlink(&elsewhere, &link).unwrap();
+        let err = refusal(&link);
+        assert!(
+            err.contains("step-000001: is a symbolic link, not a directory"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -102,7 +102,7 @@ impl<const D: usize> HostTensor<D> {
                 inner.tensor.device() == tch::Device::Cpu
                     && inner.tensor.kind() == tch::Kind::Float
                     && inner.tensor.is_contiguous()
-                    && usize::try_from(inner.tensor.numel()) == Ok(element_count),
+                    && inner.tensor.numel() == element_count,
                 "HostTensor::of: not a contiguous f32 CPU tensor of {dims:?}"
             );
             Self {
@@ -187,9 +187,7 @@ impl<const D: usize> HostTensor<D> {
                 // non-null, aligned, initialized, alive while `self` is), and after the copy
                 // above the storage count is one: no other Burn handle shares this memory, so
                 // nothing else reads or writes it while `&mut self` is borrowed.
-                unsafe {
-                    std::slice::from_raw_parts_mut(inner.tensor.data_ptr() as *mut f32, len)
-                }
+                unsafe { std::slice::from_raw_parts_mut(inner.tensor.data_ptr() as *mut f32, len) }
             }
         }
     }
@@ -205,7 +203,6 @@ impl<const D: usize> HostTensor<D> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use burn::tensor::{Device, Tensor, TensorData};
@@ -213,6 +210,10 @@ mod tests {
     use super::*;
 
     /// The host devices of the enabled backends.
+    #[allow(
+        clippy::vec_init_then_push,
+        reason = "the features decide which pushes exist"
+    )]
     fn host_devices() -> Vec<Device> {
         let mut devices = Vec::new();
         #[cfg(feature = "flex")]
@@ -249,7 +250,9 @@ mod tests {
             host.values_mut()[0] = 5.0;
             assert_eq!(host.values(), &[5.0, 2.0]);
             // Back in Burn, an operation that may write in place when its input is alone.
-            let back = HostTensor::of(original.clone()).into_tensor().add_scalar(10.0);
+            let back = HostTensor::of(original.clone())
+                .into_tensor()
+                .add_scalar(10.0);
             assert_eq!(values_of(back), [11.0, 12.0]);
             assert_eq!(values_of(original), [1.0, 2.0], "on {device:?}");
         }

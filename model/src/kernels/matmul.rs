@@ -58,8 +58,8 @@ impl<'a> Operand<'a> {
         let last = (rows.saturating_sub(1).checked_mul(self.row_stride))
             .zip(cols.saturating_sub(1).checked_mul(self.col_stride))
             .and_then(|(row, col)| row.checked_add(col));
-        let strides_fit = isize::try_from(self.row_stride).is_ok()
-            && isize::try_from(self.col_stride).is_ok();
+        let strides_fit =
+            isize::try_from(self.row_stride).is_ok() && isize::try_from(self.col_stride).is_ok();
         rows == 0 || cols == 0 || (strides_fit && last.is_some_and(|at| at < self.values.len()))
     }
 }
