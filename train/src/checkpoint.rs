@@ -420,7 +420,9 @@ mod tests {
     fn links_fifos_and_directories_inside_the_checkpoint_are_refused() {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("outside"), "outside").unwrap();
-        let cases: [(&str, &str, fn(&Path)); 3] = [
+        // (name, what it is, how to make it in the checkpoint directory)
+        type Plant = fn(&Path);
+        let cases: [(&str, &str, Plant); 3] = [
             ("link", "symbolic link", |dir| {
                 symlink(dir.join("../../outside"), dir.join("link")).unwrap()
             }),
