@@ -56,7 +56,7 @@ pub fn write_file_atomic_for_append(path: &Path, bytes: &[u8]) -> Result<File, E
 
 /// Creates a new empty file, open for appending, under a fresh temporary name beside `path`;
 /// returns it and its name.
-pub fn create_temp_file(path: &Path) -> Result<(File, PathBuf), Error> {
+fn create_temp_file(path: &Path) -> Result<(File, PathBuf), Error> {
     with_fresh_name(path, |temp| {
         OpenOptions::new().append(true).create_new(true).open(temp)
     })

@@ -102,7 +102,7 @@ impl<const D: usize> HostTensor<D> {
                 inner.tensor.device() == tch::Device::Cpu
                     && inner.tensor.kind() == tch::Kind::Float
                     && inner.tensor.is_contiguous()
-                    && usize::try_from(inner.tensor.numel()) == Ok(element_count),
+                    && inner.tensor.numel() == element_count,
                 "HostTensor::of: not a contiguous f32 CPU tensor of {dims:?}"
             );
             Self {
@@ -210,6 +210,10 @@ mod tests {
     use super::*;
 
     /// The host devices of the enabled backends.
+    #[allow(
+        clippy::vec_init_then_push,
+        reason = "the features decide which pushes exist"
+    )]
     fn host_devices() -> Vec<Device> {
         [
             #[cfg(feature = "flex")]
