@@ -94,8 +94,8 @@ impl RunDir {
         let metrics = self.join(METRICS_FILE);
         let text = std::fs::read_to_string(&metrics).map_err(|e| Error::io(&metrics, e))?;
         let (mut train, mut eval) = (Vec::new(), Vec::new());
-        for value in text.lines().filter_map(|l| serde_json::from_str(l).ok()) {
-            let value: serde_json::Value = value;
+        let lines = text.lines();
+        for value in lines.filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
             let Some(step) = value["step"].as_f64() else {
                 continue;
             };
