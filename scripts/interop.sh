@@ -9,10 +9,12 @@
 #      reused when $INTEROP_VENV/bin/python imports them (torch 2.9.0), otherwise made by
 #      scripts/setup-venv.sh (the project's reference venv, filled from PyPI; the torch wheel
 #      there is the CUDA build, ~7 GB);
-#   2. in a temporary directory: a 20-step LoRA run on the tiny fixture (configs/tiny.toml,
-#      no intermediate saves or evals), `export adapter` and `export merged --dtype f32`;
+#   2. for each base of BASES (the tiny Llama fixture, a Qwen2 one with q/k/v biases and a
+#      sliding window, a Mistral one with a sliding window), in a temporary directory: a 20-step
+#      LoRA run (configs/tiny.toml with that base, no intermediate saves or evals),
+#      `export adapter` and `export merged --dtype f32`;
 #   3. scripts/interop_check.py with those paths: one JSON line per check, then
-#      "interop: N passed, N failed". The exit status is non-zero on any mismatch.
+#      "interop: N passed, N failed" per base. The exit status is non-zero on any mismatch.
 #
 # Environment:
 #   INTEROP_VENV   the venv (default ~/.cache/peft-bench/venv)
@@ -25,7 +27,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${INTEROP_VENV:-$HOME/.cache/peft-bench/venv}"
-BASE=tests/fixtures/llama/tied_gqa
+BASES=(tests/fixtures/llama/tied_gqa tests/fixtures/llama/qwen2_window tests/fixtures/llama/mistral_window)
 DATA=tests/fixtures/eval_sample.jsonl
 
 summary_fail() {
@@ -57,7 +59,7 @@ if ! venv_ok; then
     venv_ok || summary_fail "the new venv does not import torch 2.9.0/transformers/peft"
 fi
 
-# --- a run and its exports ----------------------------------------------------------------
+# --- runs, exports and checks, one base at a time ---------------------------------------------
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/interop.XXXXXX")"
 if [[ "${INTEROP_KEEP:-0}" == 1 ]]; then
     echo "interop: keeping $TMP" >&2
@@ -65,21 +67,33 @@ else
     trap 'rm -rf "$TMP"' EXIT
 fi
 
-"$BIN" train --config configs/tiny.toml --set output.run_dir="$TMP/run" \
-    --set train.max_steps=20 --set train.save_every=0 --set train.eval_every=0 \
-    >"$TMP/train.json" 2>"$TMP/train.log" || { cat "$TMP/train.log" >&2; summary_fail "train"; }
-"$BIN" export adapter --run "$TMP/run" --checkpoint last --out "$TMP/adapter" >&2 \
-    || summary_fail "export adapter"
-"$BIN" export merged --run "$TMP/run" --checkpoint last --out "$TMP/merged" --dtype f32 >&2 \
-    || summary_fail "export merged"
+# One base: train, export, check; the exit status of interop_check.py (1 on a mismatch).
+check_base() {
+    local base=$1 work
+    work="$TMP/$(basename "$base")"
+    mkdir -p "$work"
+    echo "interop: base $base" >&2
+    "$BIN" train --config configs/tiny.toml --set model.path="$base" --set output.run_dir="$work/run" \
+        --set train.max_steps=20 --set train.save_every=0 --set train.eval_every=0 \
+        >"$work/train.json" 2>"$work/train.log" || { cat "$work/train.log" >&2; summary_fail "train on $base"; }
+    "$BIN" export adapter --run "$work/run" --checkpoint last --out "$work/adapter" >&2 \
+        || summary_fail "export adapter of $base"
+    "$BIN" export merged --run "$work/run" --checkpoint last --out "$work/merged" --dtype f32 >&2 \
+        || summary_fail "export merged of $base"
+    local rc=0
+    "$VENV/bin/python" scripts/interop_check.py --bin "$BIN" --base "$base" --data "$DATA" \
+        --ours-adapter "$work/adapter" --ours-merged "$work/merged" --work "$work/peft" \
+        --max-len 16 || rc=$?
+    if [[ $rc -gt 1 ]]; then  # crashed before its own summary line
+        echo "interop: interop_check.py exited with $rc" >&2
+        echo "interop: 0 passed, 1 failed"
+    fi
+    return "$rc"
+}
 
 # --- the checks ---------------------------------------------------------------------------
-rc=0
-"$VENV/bin/python" scripts/interop_check.py --bin "$BIN" --base "$BASE" --data "$DATA" \
-    --ours-adapter "$TMP/adapter" --ours-merged "$TMP/merged" --work "$TMP/peft" \
-    --max-len 16 || rc=$?
-if [[ $rc -gt 1 ]]; then  # crashed before its own summary line
-    echo "interop: interop_check.py exited with $rc" >&2
-    echo "interop: 0 passed, 1 failed"
-fi
-exit "$rc"
+status=0
+for base in "${BASES[@]}"; do
+    check_base "$base" || status=1
+done
+exit "$status"

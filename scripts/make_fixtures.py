@@ -11,7 +11,11 @@ with `save_pretrained` into `OUT/NAME/`, plus `OUT/NAME/expected.safetensors`:
                                   use_cache=False, no position_ids)
 
 Fixtures: tied_gqa, untied_mha, llama3_rope, bf16_sharded, v5_rope_parameters, f16 (see
-FIXTURES). "v4" fixtures get their config.json rewritten into the transformers-4 form (top-level
+FIXTURES), and the other families of the same sizes (FAMILY_FIXTURES): qwen2_tied (q/k/v biases,
+tied), qwen2_window (untied, sliding window 5 on layer 1 only, config without `layer_types` so
+that `max_window_layers` decides), qwen3 (per-head q/k norms, head_dim 16 != hidden/heads),
+qwen3_tied_bias_window (tied, attention_bias, window 4 on every layer), mistral_window (window 5,
+GQA) and mistral_no_window (`sliding_window: null`). "v4" fixtures get their config.json rewritten into the transformers-4 form (top-level
 `rope_theta`, `rope_scaling`, `torch_dtype`); transformers 5 itself writes `rope_parameters`.
 
 `tied_gqa` also gets a byte-level BPE tokenizer (96 tokens, SmolLM2's special tokens and
@@ -34,7 +38,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedTokenizerFast)
+                          MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 from reference_eval import evaluate, load_model
 
@@ -82,6 +87,40 @@ FIXTURES = [
          config=dict(tie_word_embeddings=False, num_key_value_heads=2),
          rope=dict(rope_type="default", rope_theta=10000.0)),
 ]
+
+# The other families, at the sizes of BASE_CONFIG; "window" fixtures have sequences (12) longer
+# than their sliding window, so the window changes the logits (checked by write_fixture).
+FAMILY_FIXTURES = [
+    dict(name="qwen2_tied", seed=11, form="v5", dtype=torch.float32, family="qwen2",
+         config=dict(tie_word_embeddings=True, num_key_value_heads=2),
+         rope=dict(rope_type="default", rope_theta=1000000.0)),
+    dict(name="qwen2_window", seed=12, form="v4", dtype=torch.float32, family="qwen2",
+         drop_layer_types=True,
+         config=dict(tie_word_embeddings=False, num_key_value_heads=2, use_sliding_window=True,
+                     sliding_window=5, max_window_layers=1),
+         rope=dict(rope_type="default", rope_theta=10000.0)),
+    dict(name="qwen3", seed=13, form="v5", dtype=torch.float32, family="qwen3",
+         config=dict(tie_word_embeddings=False, num_key_value_heads=2, head_dim=16),
+         rope=dict(rope_type="default", rope_theta=1000000.0)),
+    dict(name="qwen3_tied_bias_window", seed=14, form="v5", dtype=torch.float32, family="qwen3",
+         config=dict(tie_word_embeddings=True, num_key_value_heads=4, head_dim=8,
+                     attention_bias=True, use_sliding_window=True, sliding_window=4,
+                     max_window_layers=0),
+         rope=dict(rope_type="default", rope_theta=10000.0)),
+    dict(name="mistral_window", seed=15, form="v5", dtype=torch.float32, family="mistral",
+         config=dict(tie_word_embeddings=False, num_key_value_heads=2, sliding_window=5),
+         rope=dict(rope_type="default", rope_theta=10000.0)),
+    dict(name="mistral_no_window", seed=16, form="v5", dtype=torch.float32, family="mistral",
+         config=dict(tie_word_embeddings=True, num_key_value_heads=2, sliding_window=None),
+         rope=dict(rope_type="default", rope_theta=10000.0)),
+]
+
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+}
 
 # SmolLM2's first three special tokens, with the same ids
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -164,8 +203,9 @@ def build_model(spec):
     """Random model of `spec`; norm weights and biases randomised too, so that a loader that
     ignores them (ones / zeros by default) fails the logits comparison."""
     torch.manual_seed(spec["seed"])
-    config = LlamaConfig(**{**BASE_CONFIG, **spec["config"]}, rope_parameters=dict(spec["rope"]))
-    model = LlamaForCausalLM(config)
+    config_class, model_class = FAMILIES[spec.get("family", "llama")]
+    config = config_class(**{**BASE_CONFIG, **spec["config"]}, rope_parameters=dict(spec["rope"]))
+    model = model_class(config)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:
@@ -181,12 +221,15 @@ def logits_from_disk(path, input_ids, attention_mask):
         return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
-def to_v4_config(path):
+def to_v4_config(path, drop_layer_types=False):
     """Rewrites config.json as transformers 4 wrote it: top-level rope_theta, rope_scaling
-    (null for default RoPE), torch_dtype instead of dtype."""
+    (null for default RoPE), torch_dtype instead of dtype; without `layer_types` if asked (Qwen
+    configs of transformers 4 had none)."""
     config_path = os.path.join(path, "config.json")
     with open(config_path) as f:
         config = json.load(f)
+    if drop_layer_types:
+        config.pop("layer_types")
     rope = config.pop("rope_parameters")
     config["rope_theta"] = rope.pop("rope_theta")
     config["rope_scaling"] = None if rope["rope_type"] == "default" else rope
@@ -220,6 +263,17 @@ def check_llama3_inv_freq(path):
     print(f"  llama3 inv_freq: {kept} kept, {smoothed} smoothed, {scaled} scaled (default/llama3 = {ratio.tolist()})")
 
 
+def check_window_matters(path, input_ids, attention_mask, logits):
+    """The sliding window must change the logits of the fixture's sequences."""
+    model = load_model(path, torch.float32, "eager")
+    model.config.sliding_window = 10**6  # longer than any sequence: the same as no window
+    with torch.no_grad():
+        full = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    diff = (full - logits).abs().max().item()
+    print(f"  without the sliding window the logits move by up to {diff:.3f}")
+    assert diff > 1e-2, "the sliding window does not change the logits"
+
+
 def write_fixture(spec, out_dir):
     path = os.path.join(out_dir, spec["name"])
     shutil.rmtree(path, ignore_errors=True)
@@ -239,8 +293,10 @@ def write_fixture(spec, out_dir):
     generator = torch.Generator().manual_seed(spec["seed"])
     input_ids, attention_mask = random_batch(generator)
     logits = logits_from_disk(path, input_ids, attention_mask)
+    if spec["config"].get("sliding_window"):
+        check_window_matters(path, input_ids, attention_mask, logits)
     if spec["form"] == "v4":
-        to_v4_config(path)
+        to_v4_config(path, spec.get("drop_layer_types", False))
         v4_logits = logits_from_disk(path, input_ids, attention_mask)
         assert torch.equal(logits, v4_logits), f"{spec['name']}: v4 config changes the logits"
     if spec["rope"]["rope_type"] == "llama3":
@@ -339,24 +395,29 @@ def main():
                     help="SmolLM2-135M-Instruct folder from scripts/fetch-smollm2.sh "
                          "(source of the chat template)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="+", help="write only these fixtures")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
 
-    for spec in FIXTURES:
+    specs = [s for s in FIXTURES + FAMILY_FIXTURES if not args.only or s["name"] in args.only]
+    for spec in specs:
         path = write_fixture(spec, args.out)
         if spec["name"] == "tied_gqa":
             chat_template = chat_template_of(args.smollm2)
             raw_tokenizer = write_tokenizer(path, chat_template)
             eval_path = os.path.join(os.path.dirname(os.path.abspath(args.out)), "eval_sample.jsonl")
             write_eval_expected(path, eval_path, raw_tokenizer, chat_template)
+        elif spec in FAMILY_FIXTURES:  # tied_gqa's tokenizer (same vocabulary), for training runs
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copy(os.path.join(args.out, "tied_gqa", name), os.path.join(path, name))
 
-    for spec in FIXTURES:
+    for spec in specs:
         path = os.path.join(args.out, spec["name"])
         print(f"{path}: {dir_size(path)} bytes: {', '.join(sorted(os.listdir(path)))}")
     fixtures_root = os.path.dirname(os.path.abspath(args.out))
     print(f"total size of {fixtures_root}: {dir_size(fixtures_root)} bytes")
-    assert dir_size(fixtures_root) < 2_000_000
+    assert dir_size(fixtures_root) < 3_000_000
 
 
 if __name__ == "__main__":

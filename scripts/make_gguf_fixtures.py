@@ -82,6 +82,7 @@ import argparse
 import hashlib
 import io
 import json
+import math
 import os
 import struct
 import tempfile
@@ -294,6 +295,13 @@ LAYER_TENSORS = {
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    # Qwen2 (and Qwen3 with attention_bias): biases; Qwen3: per-head q/k norms
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.bias": "attn_output.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
 }
 F16_TENSORS = {"blk.0.attn_v.weight", "blk.1.attn_v.weight", "blk.1.ffn_up.weight"}
 
@@ -315,6 +323,8 @@ def gguf_tensors(hf_dir, config, permute_qk=True, all_f32=False, storage=None):
     named = [("token_embd.weight", hf["model.embed_tokens.weight"])]
     for layer in range(config["num_hidden_layers"]):
         for hf_suffix, gguf_suffix in LAYER_TENSORS.items():
+            if f"model.layers.{layer}.{hf_suffix}" not in hf:
+                continue  # a bias or norm this family has not
             values = hf[f"model.layers.{layer}.{hf_suffix}"]
             heads = {"attn_q.weight": n_head, "attn_k.weight": n_kv}.get(gguf_suffix)
             if permute_qk and heads is not None:
@@ -355,8 +365,13 @@ def tokenizer_metadata(hf_dir):
 
 
 def add_llama_hparams(writer, config, name, file_type):
-    """general.* and llama.* keys of a converted LlamaForCausalLM (HF config.json `config`)."""
-    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    """general.* and ARCH.* keys of a converted LlamaForCausalLM (HF config.json `config`);
+    Qwen's converters write the same keys under their architecture's name, and key_length /
+    value_length where head_dim is not hidden / heads."""
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    if head_dim != config["hidden_size"] // config["num_attention_heads"]:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     writer.add_type("model")
     writer.add_name(name)
     writer.add_block_count(config["num_hidden_layers"])
@@ -449,7 +464,8 @@ CONFIG_KEYS = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_att
 
 def derived_config(model):
     config = model.config
-    result = {key: getattr(config, key, None) for key in CONFIG_KEYS}
+    # keys the class does not have (Qwen2Config has no head_dim) are left out
+    result = {key: getattr(config, key) for key in CONFIG_KEYS if hasattr(config, key)}
     result["model_type"] = config.model_type
     result["rope_parameters"] = dict(config.rope_parameters)
     result["rope_theta"] = config.rope_parameters["rope_theta"]
@@ -502,6 +518,111 @@ def write_tiny_llama(out, hf_dir):
     expected = {"config": derived_config(model), "tokenizer_checks": checks}
     write_json(expected, os.path.join(out, "tiny_llama_expected.json"))
     print(f"  config: {expected['config']}")
+
+def write_family_gguf(path, hf_dir, tok_dir, arch, all_f32=True, rope_freqs=None):
+    """The HF fixture `hf_dir` converted the way convert_hf_to_gguf.py converts its class:
+    architecture `arch`, q/k permuted for `llama` only (Qwen's GGUFs keep HF's NEOX layout),
+    all tensors F32, `tok_dir`'s tokenizer (pre "qwen2" for Qwen), and `rope_freqs` (Llama 3.x's
+    frequency factors) as `rope_freqs.weight` before the other tensors."""
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        config = json.load(f)
+    tokens, token_types, merges, ids, chat_template = tokenizer_metadata(tok_dir)
+    writer = GGUFWriter(path, arch=arch)
+    add_llama_hparams(writer, config, os.path.basename(hf_dir), LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm" if arch == "llama" else "qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(ids["bos_token"])
+    writer.add_eos_token_id(ids["eos_token"])
+    writer.add_pad_token_id(ids["pad_token"])
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(chat_template)
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, dtype=np.float32))
+    for name, qtype, raw in gguf_tensors(hf_dir, config, permute_qk=arch == "llama", all_f32=all_f32):
+        writer.add_tensor(name, raw, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def llama3_rope_factors(config):
+    """convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors for rope_type llama3."""
+    rope = config.get("rope_scaling") or config["rope_parameters"]
+    base = config.get("rope_theta") or rope["rope_theta"]
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old_len = rope["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_len / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(factors, dtype=torch.float32).numpy()
+
+
+# name, HF fixture (tests/fixtures/llama/...), GGUF architecture
+FAMILY_GGUFS = [("tiny_qwen2", "qwen2_tied", "qwen2"), ("tiny_qwen3", "qwen3", "qwen3")]
+
+
+def write_family_ggufs(out, llama_fixtures):
+    """tiny_qwen2.gguf, tiny_qwen3.gguf: the expected logits are the HF fixture's, which
+    transformers' own GGUF loader must reproduce (all tensors F32) where it loads the file; it
+    does not load tiny_qwen3 (head_dim 16, see below), whose config is then the HF fixture's.
+    tiny_llama3_rope.gguf:
+    Llama 3.1-style RoPE as `rope_freqs.weight`; transformers' GGUF loader ignores that tensor
+    (its logits are those of unscaled RoPE), llama.cpp divides each frequency by its factor,
+    which is the HF fixture's llama3 RoPE: the expected logits are the HF fixture's."""
+    tok_dir = os.path.join(llama_fixtures, "tied_gqa")
+    input_ids = torch.randint(0, 96, (1, 12), generator=torch.Generator().manual_seed(SEED))
+    for name, hf_name, arch in FAMILY_GGUFS + [("tiny_llama3_rope", "llama3_rope", "llama")]:
+        hf_dir = os.path.join(llama_fixtures, hf_name)
+        path = os.path.join(out, f"{name}.gguf")
+        with open(os.path.join(hf_dir, "config.json")) as f:
+            config = json.load(f)
+        freqs = llama3_rope_factors(config) if arch == "llama" else None
+        write_family_gguf(path, hf_dir, tok_dir, arch, rope_freqs=freqs)
+        hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32,
+                                                        attn_implementation="eager").eval()
+        hf_logits = logits_of(hf_model, input_ids)
+        try:
+            model = gguf_model(path)
+        except RuntimeError as error:
+            # transformers 5.23 builds Qwen3 from GGUF with its default head_dim (128), ignoring
+            # qwen3.attention.key_length: the fixture's head_dim 16 does not load
+            print(f"  {name}: transformers' GGUF loader fails: {str(error).splitlines()[-1]}")
+            assert arch == "qwen3", error
+            model = None
+        if model is not None:
+            diff = (logits_of(model, input_ids) - hf_logits).abs().max().item()
+            print(f"  {name}: {os.path.getsize(path)} bytes; max |transformers GGUF - HF| {diff:.2e}")
+        if freqs is not None:
+            print(f"    rope_freqs {freqs.tolist()}")
+            assert diff > 1e-3, "transformers' GGUF loader was expected to ignore rope_freqs"
+        elif model is not None:
+            assert diff < 1e-5, f"{name}: transformers' GGUF loading must give the HF logits"
+        save_file({"input_ids": input_ids.numpy(), "logits": hf_logits.numpy()},
+                  os.path.join(out, f"{name}_expected.safetensors"))
+        tok = load_gguf_tokenizer(path)
+        config = derived_config(model or hf_model)
+        if model is None:  # the HF fixture's config, with the pad id and f32 epsilon of the GGUF
+            fields = GGUFReader(path).fields
+            config["pad_token_id"] = fields["tokenizer.ggml.padding_token_id"].contents()
+            config["rms_norm_eps"] = fields[f"{arch}.attention.layer_norm_rms_epsilon"].contents()
+        expected = {"config": config, "tokenizer_checks": tricky_checks(tok),
+                    "transformers_gguf": "fails to load" if model is None else
+                    f"max |logit - HF fixture's| = {diff:.3e}"}
+        write_json(expected, os.path.join(out, f"{name}_expected.json"))
 
 # ---------------------------------------------------------------------------------------------
 # 3. a SentencePiece (llama) vocabulary
@@ -691,16 +812,23 @@ def main():
     ap.add_argument("--out", default="tests/fixtures/gguf")
     ap.add_argument("--hf", default="tests/fixtures/llama/tied_gqa", help="HF model to convert")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--families-only", action="store_true",
+                    help="write only the family fixtures (tiny_qwen2, tiny_qwen3, tiny_llama3_rope)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
 
+    if args.families_only:
+        write_family_ggufs(args.out, os.path.dirname(os.path.abspath(args.hf)))
+        return
     print("tensor formats:")
     write_quant_fixtures(args.out, np.random.default_rng(SEED))
     print("tiny llama:")
     write_tiny_llama(args.out, args.hf)
     print("tiny spm:")
     write_tiny_spm(args.out)
+    print("families:")
+    write_family_ggufs(args.out, os.path.dirname(os.path.abspath(args.hf)))
 
     total = 0
     for name in sorted(os.listdir(args.out)):
@@ -708,7 +836,7 @@ def main():
         total += size
         print(f"  {name}: {size} bytes")
     print(f"total {total} bytes in {args.out}")
-    assert total < 600_000
+    assert total < 1_000_000
 
 
 if __name__ == "__main__":

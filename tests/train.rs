@@ -91,13 +91,29 @@ fn copy_checkpoints(from: &Path, to: &Path, steps: &[usize]) {
 
 #[test]
 fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
+    check_exact_resume(&[]);
+}
+
+/// Qwen2 (biases, a sliding window shorter than the rows), Qwen3 (q/k norms) and Mistral
+/// (sliding window) train and resume exactly like the Llama fixture.
+#[test]
+fn every_family_trains_and_resumes_exactly() {
+    for name in ["qwen2_window", "qwen3", "mistral_window"] {
+        let model = format!("model.path=\"tests/fixtures/llama/{name}\"");
+        check_exact_resume(&[&model, "data.max_len=32"]);
+    }
+}
+
+/// A run of `configs/tiny.toml` with `sets`, resumed from its step-2 checkpoint, ends with the
+/// adapters and losses of the uninterrupted run.
+fn check_exact_resume(sets: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
-    train(&straight, &[], false);
+    train(&straight, sets, false);
     // The interrupted run: only the step-2 checkpoint of the same configuration survives.
     let resumed = dir.path().join("resumed");
     copy_checkpoints(&straight, &resumed, &[2]);
-    let summary = train(&resumed, &[], true);
+    let summary = train(&resumed, sets, true);
     assert_eq!(summary["resumed_from"], 2);
     assert_eq!(
         adapter_bytes(&straight, 6),

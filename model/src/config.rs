@@ -1,4 +1,5 @@
-//! The architecture of a Llama-family model, read from a Hugging Face `config.json`.
+//! The architecture of a Llama-family model, read from a Hugging Face `config.json`: Llama,
+//! Mistral, Qwen2/2.5 and Qwen3, each with the defaults of its transformers config class.
 //!
 //! Both forms of the RoPE settings are read: transformers v4 (top-level `rope_theta` and
 //! `rope_scaling`) and v5 (`rope_parameters`). Size keys have no defaults: a config that lacks
@@ -11,9 +12,64 @@ use serde::Deserialize;
 use crate::Error;
 use crate::json::parse_json;
 
+/// The model families we compute, each as its transformers class computes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `LlamaForCausalLM`.
+    Llama,
+    /// `MistralForCausalLM`: sliding-window attention in every layer when `sliding_window` is set.
+    Mistral,
+    /// `Qwen2ForCausalLM` (Qwen2 and Qwen2.5): biases on q/k/v, none on o.
+    Qwen2,
+    /// `Qwen3ForCausalLM`: RMSNorm over each query and key head before RoPE.
+    Qwen3,
+}
+
+impl Family {
+    /// Every family, in the order the docs list them.
+    pub const ALL: [Family; 4] = [Family::Llama, Family::Mistral, Family::Qwen2, Family::Qwen3];
+
+    /// `model_type` in `config.json`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+        }
+    }
+
+    /// The transformers class, as `architectures` in `config.json` names it.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Family::Llama => "LlamaForCausalLM",
+            Family::Mistral => "MistralForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+
+    fn from_model_type(model_type: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.model_type() == model_type)
+    }
+}
+
+/// Which layers attend through the sliding window (when the config sets one).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SlidingLayers {
+    /// Every layer (Mistral).
+    All,
+    /// Layers from this index on (Qwen's `max_window_layers`).
+    From(usize),
+    /// As `layer_types` lists them (true = `sliding_attention`).
+    Listed(Vec<bool>),
+}
+
 /// Everything the model code needs to know about the architecture.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
+    /// The family, which decides the class and `model_type` written on export.
+    pub family: Family,
     /// Number of token embeddings.
     pub vocab_size: usize,
     /// Width of the residual stream.
@@ -36,8 +92,17 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     /// When true, the output head is the token embedding (no `lm_head.weight` in the files).
     pub tie_word_embeddings: bool,
-    /// Bias on q/k/v/o projections.
-    pub attention_bias: bool,
+    /// Bias on the q/k/v projections.
+    pub qkv_bias: bool,
+    /// Bias on the o projection.
+    pub o_bias: bool,
+    /// RMSNorm over each query and key head before RoPE (`q_norm`, `k_norm`; Qwen3).
+    pub qk_norm: bool,
+    /// Keys older than this many positions are out of a sliding layer's reach: query `i` sees
+    /// keys `j` with `i − window < j ≤ i`.
+    pub sliding_window: Option<usize>,
+    /// Which layers slide (only read when `sliding_window` is set).
+    pub sliding_layers: SlidingLayers,
     /// Bias on gate/up/down projections.
     pub mlp_bias: bool,
     /// BOS token id, if any.
@@ -97,6 +162,21 @@ struct RawConfig {
     mlp_bias: Option<bool>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<TokenIds>,
+    /// Absent and `null` differ: Mistral defaults an absent window to 4096.
+    #[serde(default, deserialize_with = "present")]
+    sliding_window: Option<Option<usize>>,
+    use_sliding_window: Option<bool>,
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<String>>,
+}
+
+/// `Some(value)` for a key that is present, `null` included (`Some(None)`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// `rope_scaling` (v4) or `rope_parameters` (v5).
@@ -145,6 +225,16 @@ pub const PROJECTIONS: [&str; 7] = [
 /// The norms of a decoder layer, as paths below `model.layers.{i}`.
 const LAYER_NORMS: [&str; 2] = ["input_layernorm", "post_attention_layernorm"];
 
+/// The per-head norms of a Qwen3 layer, as paths below `model.layers.{i}`.
+const HEAD_NORMS: [&str; 2] = ["self_attn.q_norm", "self_attn.k_norm"];
+
+/// The window Mistral's config class assumes when `sliding_window` is absent.
+const MISTRAL_DEFAULT_WINDOW: usize = 4096;
+/// Qwen's default `max_window_layers`.
+const QWEN_DEFAULT_MAX_WINDOW_LAYERS: usize = 28;
+/// Qwen3's default `head_dim`.
+const QWEN3_DEFAULT_HEAD_DIM: usize = 128;
+
 const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 const DEFAULT_RMS_NORM_EPS: f64 = 1e-6;
 const DEFAULT_MAX_POSITIONS: usize = 2048;
@@ -177,20 +267,41 @@ impl LlamaConfig {
     /// whether it has a bias; `None` for another name.
     pub fn projection(&self, module: &str) -> Option<([usize; 2], bool)> {
         let (hidden, ffn) = (self.hidden_size, self.intermediate_size);
-        let (attn, mlp) = (self.attention_bias, self.mlp_bias);
+        let (qkv, mlp) = (self.qkv_bias, self.mlp_bias);
         Some(match module {
-            "self_attn.q_proj" => ([self.q_width(), hidden], attn),
-            "self_attn.k_proj" | "self_attn.v_proj" => ([self.kv_width(), hidden], attn),
-            "self_attn.o_proj" => ([hidden, self.q_width()], attn),
+            "self_attn.q_proj" => ([self.q_width(), hidden], qkv),
+            "self_attn.k_proj" | "self_attn.v_proj" => ([self.kv_width(), hidden], qkv),
+            "self_attn.o_proj" => ([hidden, self.q_width()], self.o_bias),
             "mlp.gate_proj" | "mlp.up_proj" => ([ffn, hidden], mlp),
             "mlp.down_proj" => ([hidden, ffn], mlp),
             _ => return None,
         })
     }
 
+    /// The sliding window of decoder layer `layer`, `None` where it attends to every earlier key.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        let slides = match &self.sliding_layers {
+            SlidingLayers::All => true,
+            SlidingLayers::From(first) => layer >= *first,
+            SlidingLayers::Listed(listed) => listed.get(layer).copied().unwrap_or(false),
+        };
+        self.sliding_window.filter(|_| slides)
+    }
+
+    /// The per-head norms of a layer (`self_attn.q_norm`, `self_attn.k_norm`), if it has them.
+    fn head_norms(&self) -> &'static [&'static str] {
+        match self.qk_norm {
+            true => &HEAD_NORMS,
+            false => &[],
+        }
+    }
+
     /// The names transformers gives the tensors of decoder layer `layer`.
     pub fn layer_tensor_names(&self, layer: usize) -> Vec<String> {
-        let norms = LAYER_NORMS.iter().map(|n| format!("{n}.weight"));
+        let norms = LAYER_NORMS
+            .iter()
+            .chain(self.head_norms())
+            .map(|n| format!("{n}.weight"));
         let projections = PROJECTIONS.iter().flat_map(|module| {
             let bias = self.projection(module).is_some_and(|(_, bias)| bias);
             let params: &[&str] = if bias {
@@ -225,6 +336,9 @@ impl LlamaConfig {
         let (module, param) = rest.rsplit_once('.')?;
         if LAYER_NORMS.contains(&module) && param == "weight" {
             return Some(vec![self.hidden_size]);
+        }
+        if self.head_norms().contains(&module) && param == "weight" {
+            return Some(vec![self.head_dim]);
         }
         let ([out, input], bias) = self.projection(module)?;
         match param {
@@ -269,22 +383,7 @@ fn check_sizes(c: &LlamaConfig) -> Result<(), String> {
 
 impl RawConfig {
     fn validate(self) -> Result<LlamaConfig, String> {
-        match self.model_type.as_deref() {
-            Some("llama") => {}
-            Some(other) => {
-                return Err(format!(
-                    "key `model_type`: `{other}` is not supported (only `llama`)"
-                ));
-            }
-            None => return Err("missing key `model_type`".into()),
-        }
-        if let Some(archs) = &self.architectures
-            && !archs.iter().any(|a| a == "LlamaForCausalLM")
-        {
-            return Err(format!(
-                "key `architectures`: {archs:?} is not supported (only `LlamaForCausalLM`)"
-            ));
-        }
+        let family = self.family()?;
         if let Some(act) = &self.hidden_act
             && act != "silu"
         {
@@ -292,11 +391,6 @@ impl RawConfig {
                 "key `hidden_act`: `{act}` is not supported (only `silu`)"
             ));
         }
-        let required = |value: Option<usize>, key: &str| match value {
-            Some(0) => Err(format!("key `{key}` must be positive")),
-            Some(v) => Ok(v),
-            None => Err(format!("missing key `{key}`")),
-        };
         let hidden_size = required(self.hidden_size, "hidden_size")?;
         let num_attention_heads = required(self.num_attention_heads, "num_attention_heads")?;
         let num_key_value_heads = match self.num_key_value_heads {
@@ -308,39 +402,45 @@ impl RawConfig {
                 "key `num_key_value_heads`: {num_key_value_heads} does not divide num_attention_heads = {num_attention_heads}"
             ));
         }
-        let head_dim = match self.head_dim {
-            Some(d) => required(Some(d), "head_dim")?,
-            None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
-            None => {
-                return Err(format!(
-                    "missing key `head_dim`: hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
-                ));
-            }
-        };
-        if head_dim % 2 != 0 {
-            return Err(format!("key `head_dim`: {head_dim} must be even for RoPE"));
-        }
+        let head_dim = self.head_dim(family, hidden_size, num_attention_heads)?;
         let rms_norm_eps = self.rms_norm_eps.unwrap_or(DEFAULT_RMS_NORM_EPS);
         if rms_norm_eps.is_nan() || rms_norm_eps < 0.0 {
             return Err(format!("key `rms_norm_eps`: {rms_norm_eps} must be >= 0"));
         }
-        let rope = rope_config(self.rope_theta, self.rope_scaling, self.rope_parameters)?;
+        let num_hidden_layers = required(self.num_hidden_layers, "num_hidden_layers")?;
+        let (sliding_window, sliding_layers) = self.sliding(family, num_hidden_layers)?;
+        let attention_bias = self.attention_bias.unwrap_or(false);
+        let (qkv_bias, o_bias, mlp_bias) = match family {
+            Family::Llama => (
+                attention_bias,
+                attention_bias,
+                self.mlp_bias.unwrap_or(false),
+            ),
+            Family::Mistral => (false, false, false),
+            Family::Qwen2 => (true, false, false),
+            Family::Qwen3 => (attention_bias, attention_bias, false),
+        };
         let config = LlamaConfig {
+            family,
             vocab_size: required(self.vocab_size, "vocab_size")?,
             hidden_size,
             intermediate_size: required(self.intermediate_size, "intermediate_size")?,
-            num_hidden_layers: required(self.num_hidden_layers, "num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
             rms_norm_eps,
-            rope,
+            rope: rope_config(self.rope_theta, self.rope_scaling, self.rope_parameters)?,
             max_position_embeddings: self
                 .max_position_embeddings
                 .unwrap_or(DEFAULT_MAX_POSITIONS),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
-            attention_bias: self.attention_bias.unwrap_or(false),
-            mlp_bias: self.mlp_bias.unwrap_or(false),
+            qkv_bias,
+            o_bias,
+            qk_norm: family == Family::Qwen3,
+            sliding_window,
+            sliding_layers,
+            mlp_bias,
             bos_token_id: self.bos_token_id,
             eos_token_ids: self
                 .eos_token_id
@@ -350,6 +450,113 @@ impl RawConfig {
         check_sizes(&config)?;
         Ok(config)
     }
+
+    /// The family named by `model_type`, which `architectures` (when given) must agree with.
+    fn family(&self) -> Result<Family, String> {
+        let supported = || {
+            let types = Family::ALL.map(Family::model_type);
+            format!("supported: {}", types.join(", "))
+        };
+        let family = match self.model_type.as_deref() {
+            Some(name) => Family::from_model_type(name).ok_or_else(|| {
+                format!(
+                    "key `model_type`: `{name}` is not supported ({})",
+                    supported()
+                )
+            })?,
+            None => return Err("missing key `model_type`".into()),
+        };
+        if let Some(archs) = &self.architectures
+            && !archs.iter().any(|a| a == family.architecture())
+        {
+            return Err(format!(
+                "key `architectures`: {archs:?} is not supported for model_type `{}` (only `{}`)",
+                family.model_type(),
+                family.architecture()
+            ));
+        }
+        Ok(family)
+    }
+
+    /// `head_dim`, or the family's default when absent (Qwen3: 128; others: hidden / heads).
+    fn head_dim(&self, family: Family, hidden: usize, heads: usize) -> Result<usize, String> {
+        let head_dim = match (self.head_dim, family) {
+            (Some(d), _) => required(Some(d), "head_dim")?,
+            (None, Family::Qwen3) => QWEN3_DEFAULT_HEAD_DIM,
+            (None, _) if hidden.is_multiple_of(heads) => hidden / heads,
+            (None, _) => {
+                return Err(format!(
+                    "missing key `head_dim`: hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+                ));
+            }
+        };
+        if head_dim % 2 != 0 {
+            return Err(format!("key `head_dim`: {head_dim} must be even for RoPE"));
+        }
+        Ok(head_dim)
+    }
+
+    /// The sliding window and its layers, as the family's config class derives them.
+    fn sliding(
+        &self,
+        family: Family,
+        layers: usize,
+    ) -> Result<(Option<usize>, SlidingLayers), String> {
+        let window = match (family, self.sliding_window) {
+            (Family::Llama, _) => None,
+            (Family::Mistral, None) => Some(MISTRAL_DEFAULT_WINDOW),
+            (Family::Mistral, Some(window)) => window,
+            (Family::Qwen2 | Family::Qwen3, window) => match self.use_sliding_window {
+                Some(true) => window.unwrap_or(Some(MISTRAL_DEFAULT_WINDOW)),
+                _ => None,
+            },
+        };
+        if window == Some(0) {
+            return Err("key `sliding_window` must be positive".into());
+        }
+        let listed = match (family, &self.layer_types) {
+            (Family::Qwen2 | Family::Qwen3, Some(types)) => Some(types),
+            _ => None,
+        };
+        let layers = match listed {
+            None if family == Family::Mistral => SlidingLayers::All,
+            None => SlidingLayers::From(
+                self.max_window_layers
+                    .unwrap_or(QWEN_DEFAULT_MAX_WINDOW_LAYERS),
+            ),
+            Some(types) => SlidingLayers::Listed(layer_types(types, layers)?),
+        };
+        Ok((window, layers))
+    }
+}
+
+/// A positive size from key `key`.
+fn required(value: Option<usize>, key: &str) -> Result<usize, String> {
+    match value {
+        Some(0) => Err(format!("key `{key}` must be positive")),
+        Some(v) => Ok(v),
+        None => Err(format!("missing key `{key}`")),
+    }
+}
+
+/// `layer_types` as sliding flags; one entry per layer, each a type transformers knows.
+fn layer_types(types: &[String], layers: usize) -> Result<Vec<bool>, String> {
+    if types.len() != layers {
+        return Err(format!(
+            "key `layer_types`: {} entries for {layers} layers",
+            types.len()
+        ));
+    }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            "full_attention" => Ok(false),
+            "sliding_attention" => Ok(true),
+            other => Err(format!(
+                "key `layer_types`: `{other}` is not supported (full_attention, sliding_attention)"
+            )),
+        })
+        .collect()
 }
 
 /// Reads the v4 keys (`rope_theta`, `rope_scaling`) and the v5 key (`rope_parameters`); a

@@ -1,6 +1,8 @@
 //! The Llama decoder, written the way transformers' `LlamaForCausalLM` computes it:
 //! embedding → N × (RMSNorm → attention with RoPE and GQA → residual → RMSNorm → SwiGLU MLP →
-//! residual) → RMSNorm → output head (the embedding itself when tied).
+//! residual) → RMSNorm → output head (the embedding itself when tied). The other families
+//! ([`crate::config::Family`]) are this decoder with per-head q/k norms (Qwen3), biases
+//! (Qwen2) or a sliding attention window (Mistral, Qwen with `use_sliding_window`).
 //!
 //! Weights keep the Hugging Face layout (`[out, in]`) and names, so loading and exporting need
 //! no permutation or transpose. The base is frozen: its parameters never require a gradient.
@@ -36,6 +38,25 @@ fn future_keys(queries: usize, keys: usize, device: &Device) -> Tensor<2, Bool> 
     key_positions.greater(query_positions)
 }
 
+/// `[queries, keys]`: true where key `j` is `window` or more positions before query `i` (the
+/// queries being the last `queries` of `keys` positions), out of a sliding window's reach.
+fn keys_out_of_window(
+    queries: usize,
+    keys: usize,
+    window: usize,
+    device: &Device,
+) -> Tensor<2, Bool> {
+    let offset = (keys - queries) as i64;
+    let key_positions = Tensor::<1, Int>::arange(0..keys as i64, device)
+        .reshape([1, keys])
+        .expand([queries, keys]);
+    let reach = Tensor::<1, Int>::arange(offset..offset + queries as i64, device)
+        .sub_scalar(window as i64)
+        .reshape([queries, 1])
+        .expand([queries, keys]);
+    key_positions.lower_equal(reach)
+}
+
 /// Root-mean-square layer norm with a learned scale.
 #[derive(Module, Debug)]
 pub struct RmsNorm {
@@ -64,6 +85,13 @@ pub struct Attention {
     pub v_proj: Linear,
     /// Output projection.
     pub o_proj: Linear,
+    /// RMSNorm over each query head before RoPE (Qwen3).
+    pub q_norm: Option<RmsNorm>,
+    /// RMSNorm over each key head before RoPE (Qwen3).
+    pub k_norm: Option<RmsNorm>,
+    /// Sliding window: keys this many positions before a query or earlier are out of reach.
+    #[module(skip)]
+    pub sliding_window: Option<usize>,
     /// Query heads.
     pub num_heads: usize,
     /// Key/value heads.
@@ -92,8 +120,22 @@ impl Attention {
         let [batch, seq, _] = x.dims();
         let heads =
             |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let q = heads(self.q_proj.forward(x.clone()), self.num_heads);
-        let k = heads(self.k_proj.forward(x.clone()), self.num_kv_heads);
+        let q = heads(
+            head_norm(
+                self.q_norm.as_ref(),
+                self.q_proj.forward(x.clone()),
+                self.head_dim,
+            ),
+            self.num_heads,
+        );
+        let k = heads(
+            head_norm(
+                self.k_norm.as_ref(),
+                self.k_proj.forward(x.clone()),
+                self.head_dim,
+            ),
+            self.num_kv_heads,
+        );
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
         let (cos, sin) = rope;
         let q = Rope::apply(q, cos, sin);
@@ -124,10 +166,15 @@ impl Attention {
                 .unsqueeze::<3>()
                 .expand([batch, seq, seen])
         });
-        let masked = match (blocked.cloned(), future) {
-            (Some(blocked), Some(future)) => Some(blocked.bool_or(future)),
-            (blocked, future) => blocked.or(future),
-        };
+        let out_of_window = self.sliding_window.filter(|&w| w < seen).map(|window| {
+            keys_out_of_window(seq, seen, window, &device)
+                .unsqueeze::<3>()
+                .expand([batch, seq, seen])
+        });
+        let masked = [blocked.cloned(), future, out_of_window]
+            .into_iter()
+            .flatten()
+            .reduce(Tensor::bool_or);
         let bias = masked.map(|masked| {
             Tensor::<3>::zeros([batch, seq, seen], &device)
                 .mask_fill(masked, BLOCKED_SCORE)
@@ -157,6 +204,14 @@ impl Attention {
             .expand([batch, kv_heads, groups, seen, head_dim])
             .reshape([batch, kv_heads * groups, seen, head_dim])
     }
+}
+
+/// `x` `[batch, seq, heads · head_dim]` with each head RMS-normed by `norm`, if there is one.
+fn head_norm(norm: Option<&RmsNorm>, x: Tensor<3>, head_dim: usize) -> Tensor<3> {
+    let Some(norm) = norm else { return x };
+    let [batch, seq, width] = x.dims();
+    norm.forward(x.reshape([batch, seq * width / head_dim, head_dim]))
+        .reshape([batch, seq, width])
 }
 
 /// The SwiGLU feed-forward block: `down(silu(gate(x)) · up(x))`.
@@ -273,12 +328,26 @@ impl Llama {
                 up_proj,
                 down_proj,
             ] = <[Linear; 7]>::try_from(loaded).expect("seven projections");
+            let mut head_norm = |name: &str| -> Result<Option<RmsNorm>, Error> {
+                if !config.qk_norm {
+                    return Ok(None);
+                }
+                let name = format!("{p}.self_attn.{name}.weight");
+                Ok(Some(RmsNorm {
+                    weight: frozen(weights.take(&name, [config.head_dim], device)?),
+                    eps: config.rms_norm_eps,
+                }))
+            };
+            let (q_norm, k_norm) = (head_norm("q_norm")?, head_norm("k_norm")?);
             layers.push(DecoderLayer {
                 self_attn: Attention {
                     q_proj,
                     k_proj,
                     v_proj,
                     o_proj,
+                    q_norm,
+                    k_norm,
+                    sliding_window: config.layer_window(i),
                     num_heads: config.num_attention_heads,
                     num_kv_heads: config.num_key_value_heads,
                     head_dim: config.head_dim,

@@ -388,3 +388,63 @@ fn assert_tokenizer_checks(
         assert_eq!(tokenizer.encode(text, true).unwrap(), want, "{text:?}");
     }
 }
+
+/// A Qwen2 GGUF (q/k/v biases, tied, NEOX RoPE: q/k not permuted) imports into a model that
+/// gives transformers' logits (its GGUF loader and the HF original agree on this file).
+#[test]
+fn imported_qwen2_gguf_matches_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_import("tiny_qwen2", dir.path());
+    let config = read_json(&out.join("config.json"));
+    assert_eq!(config["architectures"][0], "Qwen2ForCausalLM");
+}
+
+/// A Qwen3 GGUF (per-head q/k norms, head_dim 16 from `qwen3.attention.key_length`) imports
+/// into a model that gives the HF original's logits. transformers' own GGUF loader cannot load
+/// this file (it ignores key_length; see scripts/make_gguf_fixtures.py).
+#[test]
+fn imported_qwen3_gguf_matches_the_hf_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_import("tiny_qwen3", dir.path());
+    let config = read_json(&out.join("config.json"));
+    assert_eq!(config["architectures"][0], "Qwen3ForCausalLM");
+    assert_eq!(config["head_dim"], 16);
+}
+
+/// A Llama 3.x GGUF with `rope_freqs.weight` imports with the `llama3` RoPE scaling those
+/// factors encode, and gives the logits of the HF original (what llama.cpp computes);
+/// transformers' GGUF loader ignores the tensor and is far off (recorded in the fixture).
+#[test]
+fn imported_llama3_gguf_uses_its_rope_freqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_import("tiny_llama3_rope", dir.path());
+    let config = read_json(&out.join("config.json"));
+    let original = read_json(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/llama/llama3_rope/config.json"),
+    );
+    for key in [
+        "factor",
+        "low_freq_factor",
+        "high_freq_factor",
+        "original_max_position_embeddings",
+    ] {
+        let ours = config["rope_scaling"][key].as_f64();
+        assert!(ours.is_some(), "rope_scaling.{key} missing");
+        assert_eq!(
+            ours,
+            original["rope_scaling"][key].as_f64(),
+            "rope_scaling.{key}"
+        );
+    }
+    assert_eq!(config["rope_scaling"]["rope_type"], "llama3");
+    let expected = read_json(&fixture("tiny_llama3_rope_expected.json"));
+    assert!(
+        expected["transformers_gguf"]
+            .as_str()
+            .unwrap()
+            .starts_with("max |logit - HF fixture's| = 4"),
+        "{}",
+        expected["transformers_gguf"]
+    );
+}

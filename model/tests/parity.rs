@@ -129,6 +129,36 @@ fn f16_checkpoint() {
     check_full_forward("f16");
 }
 
+#[test]
+fn qwen2_tied_with_qkv_biases() {
+    check_full_forward("qwen2_tied");
+}
+
+#[test]
+fn qwen2_sliding_window_from_max_window_layers() {
+    check_full_forward("qwen2_window");
+}
+
+#[test]
+fn qwen3_head_norms_and_independent_head_dim() {
+    check_full_forward("qwen3");
+}
+
+#[test]
+fn qwen3_tied_with_biases_and_sliding_window_everywhere() {
+    check_full_forward("qwen3_tied_bias_window");
+}
+
+#[test]
+fn mistral_sliding_window() {
+    check_full_forward("mistral_window");
+}
+
+#[test]
+fn mistral_without_sliding_window() {
+    check_full_forward("mistral_no_window");
+}
+
 /// Row 0 of the fixture decoded as a 5-token prompt, a 3-token chunk (queries that must not see
 /// each other's future while the cache holds the prompt), then one token at a time must give
 /// the logits of the full forward pass.
@@ -173,6 +203,19 @@ fn kv_cache_matches_full_forward_gqa() {
 #[test]
 fn kv_cache_matches_full_forward_llama3() {
     check_kv_cache("llama3_rope");
+}
+
+#[test]
+fn kv_cache_matches_full_forward_of_every_family() {
+    for name in [
+        "qwen2_tied",
+        "qwen2_window",
+        "qwen3",
+        "qwen3_tied_bias_window",
+        "mistral_window",
+    ] {
+        check_kv_cache(name);
+    }
 }
 
 /// Greedy generation through the KV cache picks, at every step, the argmax of a full forward

@@ -146,6 +146,25 @@ fn matches_autodiff_with_llama3_rope_scaling() {
 }
 
 #[test]
+fn matches_autodiff_for_every_family() {
+    for name in [
+        "qwen2_tied",
+        "qwen2_window",
+        "qwen3",
+        "qwen3_tied_bias_window",
+        "mistral_window",
+        "mistral_no_window",
+    ] {
+        check_against_autodiff(name);
+    }
+}
+
+#[test]
+fn matches_autodiff_with_a_sliding_window_across_query_blocks() {
+    check_batch_against_autodiff("qwen3_tied_bias_window", long_batch(300));
+}
+
+#[test]
 fn dropout_gradients_agree_with_finite_differences() {
     let device = test_device();
     let model = model_with_adapters("tied_gqa", 0.3, &device);

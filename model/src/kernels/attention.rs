@@ -25,6 +25,8 @@ pub struct AttentionShape {
     pub head_dim: usize,
     /// Queries per block.
     pub block: usize,
+    /// Sliding window: query `i` sees keys `j > i − window` only; `None` for full attention.
+    pub window: Option<usize>,
 }
 
 impl AttentionShape {
@@ -207,7 +209,12 @@ impl<'a> Heads<'a> {
             false,
         );
         for (i, row) in probs.chunks_mut(end).enumerate() {
-            masked_softmax_row(row, &self.segments[..end], start + i, scale);
+            let query = start + i;
+            let first_key = self
+                .shape
+                .window
+                .map_or(0, |w| (query + 1).saturating_sub(w));
+            masked_softmax_row(row, &self.segments[..end], (first_key, query), scale);
         }
     }
 }

@@ -114,17 +114,24 @@ fn max(values: &[f32]) -> f32 {
 }
 
 /// In place: the causal, segment-masked softmax of `scale · row` for query `query` over keys
-/// `0..row.len()` whose segment ids are `segments` (key `j` is visible when `j ≤ query` and
-/// it is in the query's segment; the rest becomes `0`).
+/// `0..row.len()` whose segment ids are `segments` (key `j` is visible when
+/// `first_key ≤ j ≤ query` and it is in the query's segment; the rest becomes `0`).
+/// `first_key` is where a sliding window starts (0 without one).
 #[multiversion(targets(
     "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-pub fn masked_softmax_row(row: &mut [f32], segments: &[i64], query: usize, scale: f32) {
+pub fn masked_softmax_row(
+    row: &mut [f32],
+    segments: &[i64],
+    (first_key, query): (usize, usize),
+    scale: f32,
+) {
     let own = segments[query];
     let (visible, hidden) = row.split_at_mut(query + 1);
-    for (value, &segment) in visible.iter_mut().zip(&segments[..=query]) {
-        *value = if segment == own {
+    let keys = visible.iter_mut().zip(&segments[..=query]).enumerate();
+    for (key, (value, &segment)) in keys {
+        *value = if segment == own && key >= first_key {
             *value * scale
         } else {
             f32::NEG_INFINITY
@@ -383,13 +390,18 @@ mod tests {
         // Tokens in segments [0, 0, 1, 1]; queries 2 and 3 against keys 0..4.
         let segments = [0i64, 0, 1, 1];
         let mut first = vec![1.0, 2.0, 3.0, 4.0];
-        masked_softmax_row(&mut first, &segments, 2, 0.5);
+        masked_softmax_row(&mut first, &segments, (0, 2), 0.5);
         assert_eq!(first, [0.0, 0.0, 1.0, 0.0]);
         let mut second = vec![1.0, 2.0, 3.0, 4.0];
-        masked_softmax_row(&mut second, &segments, 3, 0.5);
+        masked_softmax_row(&mut second, &segments, (0, 3), 0.5);
         let (a, b) = ((1.5f32).exp(), (2.0f32).exp());
         assert_eq!(&second[..2], &[0.0, 0.0]);
         assert!(close(second[2], a / (a + b), 1e-6) && close(second[3], b / (a + b), 1e-6));
+        // A window of 2 keys: query 3 of one segment sees keys 2 and 3 only.
+        let mut windowed = vec![1.0, 2.0, 3.0, 4.0];
+        masked_softmax_row(&mut windowed, &[0; 4], (2, 3), 0.5);
+        assert_eq!(&windowed[..2], &[0.0, 0.0]);
+        assert!(close(windowed[2], a / (a + b), 1e-6) && close(windowed[3], b / (a + b), 1e-6));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! Burn's autodiff keeps every intermediate of the decomposed attention and of the
 //! `[tokens, vocab]` log-softmax, and it allocates a graph node per operation. Here the forward
-//! pass keeps only what the backward pass needs (per layer: its input, the rotated queries and
-//! keys, the values, the attention output, the MLP's gate and up projections, and the adapters'
+//! pass keeps only what the backward pass needs (per layer: its input, the q/k projections
+//! before Qwen3's per-head norms, the rotated queries and keys, the values, the attention output, the MLP's gate and up projections, and the adapters'
 //! rank-`r` intermediates); attention probabilities are recomputed layer by layer in the
 //! backward pass, dropout masks are rebuilt from their seeds, and the loss and its gradient are
 //! computed in row chunks, so the full logits never exist. Gradients are computed only for the
@@ -20,7 +20,7 @@ use burn::module::ParamId;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use feinschliff_data::batch::{Batch, IGNORE_INDEX};
 use feinschliff_model::linear::Linear;
-use feinschliff_model::llama::{DecoderLayer, Llama};
+use feinschliff_model::llama::{DecoderLayer, Llama, RmsNorm};
 
 use crate::pass::dropout_mask::{Dropout, child_seed};
 use crate::pass::linear::{linear_backward, linear_forward};
@@ -91,7 +91,12 @@ pub fn forward_backward(
     );
     let (cos, sin) = model.model.rope.cos_sin(positions);
     let rope = RopeTables::new(cos.inner(), sin.inner());
-    let key_mask = KeyMask::new(&batch.segments, [rows, len], device);
+    let window = model
+        .model
+        .layers
+        .iter()
+        .find_map(|layer| layer.self_attn.sliding_window);
+    let key_mask = KeyMask::new(&batch.segments, [rows, len], window, device);
     let pass = Pass {
         shape: Shape { rows, len },
         rope,
@@ -158,6 +163,9 @@ impl LayerMasks {
 /// What one layer's backward pass needs from its forward pass.
 struct LayerTape {
     input: Tensor<2>,
+    /// The q and k projections before their per-head norms (Qwen3), where there are norms.
+    q_raw: Option<Tensor<2>>,
+    k_raw: Option<Tensor<2>>,
     queries: Tensor<4>,
     keys: Tensor<4>,
     values: Tensor<4>,
@@ -186,6 +194,8 @@ fn layer_forward(
     let (q, lq) = linear(&attn.q_proj, &normed, 0);
     let (k, lk) = linear(&attn.k_proj, &normed, 1);
     let (v, lv) = linear(&attn.v_proj, &normed, 2);
+    let (q, q_raw) = head_norm(attn.q_norm.as_ref(), q, attn.head_dim);
+    let (k, k_raw) = head_norm(attn.k_norm.as_ref(), k, attn.head_dim);
     let queries = rotate_to_heads(q, shape, attn.num_heads, attn.head_dim, rope);
     let keys = rotate_to_heads(k, shape, attn.num_kv_heads, attn.head_dim, rope);
     let values = to_heads(v, shape, attn.num_kv_heads, attn.head_dim);
@@ -208,6 +218,8 @@ fn layer_forward(
     let out = mid.clone() + down;
     let tape = LayerTape {
         input: x,
+        q_raw,
+        k_raw,
         queries,
         keys,
         values,
@@ -232,6 +244,8 @@ fn layer_backward(
 ) -> Tensor<2> {
     let LayerTape {
         input,
+        q_raw,
+        k_raw,
         queries,
         keys,
         values,
@@ -262,14 +276,46 @@ fn layer_backward(
     let d_heads = to_heads(d_attended, &pass.shape, attn.num_heads, attn.head_dim);
     let (d_queries, d_keys, d_values) =
         attention_backward(attn, &queries, &keys, &values, &pass.key_mask, d_heads);
-    let d_q = unrotate_from_heads(d_queries, &pass.rope);
-    let d_k = unrotate_from_heads(d_keys, &pass.rope);
+    let d_q = head_norm_backward(
+        attn.q_norm.as_ref(),
+        q_raw,
+        unrotate_from_heads(d_queries, &pass.rope),
+    );
+    let d_k = head_norm_backward(
+        attn.k_norm.as_ref(),
+        k_raw,
+        unrotate_from_heads(d_keys, &pass.rope),
+    );
     let d_v = from_heads(d_values);
     let normed = rms_norm(&layer.input_layernorm, input.clone());
     let d_normed = linear(&attn.q_proj, normed.clone(), 0, lq, d_q)
         + linear(&attn.k_proj, normed.clone(), 1, lk, d_k)
         + linear(&attn.v_proj, normed, 2, lv, d_v);
     d_mid + rms_norm_backward(&layer.input_layernorm, input, d_normed)
+}
+
+/// `x` `[n, heads · head_dim]` with each head RMS-normed by `norm` (Qwen3's q/k norms), and
+/// `x` itself for the backward pass; `x` unchanged without a norm.
+fn head_norm(
+    norm: Option<&RmsNorm>,
+    x: Tensor<2>,
+    head_dim: usize,
+) -> (Tensor<2>, Option<Tensor<2>>) {
+    let Some(norm) = norm else { return (x, None) };
+    let [n, width] = x.dims();
+    let normed = rms_norm(norm, x.clone().reshape([n * width / head_dim, head_dim]));
+    (normed.reshape([n, width]), Some(x))
+}
+
+/// The gradient of [`head_norm`] with respect to its input `x`, given `d_y`.
+fn head_norm_backward(norm: Option<&RmsNorm>, x: Option<Tensor<2>>, d_y: Tensor<2>) -> Tensor<2> {
+    let (Some(norm), Some(x)) = (norm, x) else {
+        return d_y;
+    };
+    let [n, width] = x.dims();
+    let head_dim = norm.weight.dims()[0];
+    let heads = [n * width / head_dim, head_dim];
+    rms_norm_backward(norm, x.reshape(heads), d_y.reshape(heads)).reshape([n, width])
 }
 
 /// The label each position predicts (the next token's), [`IGNORE_INDEX`] at the end of a row.

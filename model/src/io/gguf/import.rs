@@ -1,11 +1,14 @@
-//! `import-gguf`: a Llama GGUF file (llama.cpp's format) becomes a complete Hugging Face model
-//! directory — `config.json`, `generation_config.json`, `model.safetensors`, `tokenizer.json`,
-//! `tokenizer_config.json` — that transformers and feinschliff load.
+//! `import-gguf`: a GGUF file (llama.cpp's format) of architecture `llama` (Llama, Mistral),
+//! `qwen2` or `qwen3` becomes a complete Hugging Face model directory — `config.json`,
+//! `generation_config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` —
+//! that transformers and feinschliff load.
 //!
-//! Tensor names are mapped back to HF names and the q/k rows that llama.cpp's converter
-//! interleaves for its RoPE are put back in HF order. Everything is written into a temporary
-//! directory beside the output and renamed at the end: a failed import leaves nothing under
-//! the output's name.
+//! Tensor names are mapped back to HF names, and for `llama` the q/k rows that llama.cpp's
+//! converter interleaves for its RoPE are put back in HF order (Qwen's GGUFs use the NEOX
+//! rotation, which is HF's, and are not permuted). Llama 3.x's `rope_freqs.weight` becomes the
+//! `llama3` RoPE scaling whose frequency factors it holds (see [`super::rope_freqs`]).
+//! Everything is written into a temporary directory beside the output and renamed at the end:
+//! a failed import leaves nothing under the output's name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,9 +16,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value as Json, json};
 
 use super::tokenizer::{TokenizerFiles, convert_tokenizer};
-use super::{GgufFile, Value};
+use super::{GgufFile, Value, rope_freqs};
 use crate::Error;
-use crate::config::LlamaConfig;
+use crate::config::{Family, LlamaConfig};
 use crate::io::new_dir::write_new_dir;
 use crate::io::safetensors_out::{StoreDtype, write_safetensors};
 
@@ -32,27 +35,38 @@ pub struct ImportSummary {
     pub notes: Vec<String>,
 }
 
-/// The architecture read from `llama.*` metadata: validated, and as `config.json` text.
+/// The architecture read from `{arch}.*` metadata: validated, and as `config.json` text.
 struct Arch {
     config: LlamaConfig,
     json: Json,
 }
 
 /// The `config.json` keys the import derives from GGUF metadata or tensors, with where they
-/// come from, for errors that name what the file says.
+/// come from (`ARCH` standing for `general.architecture`), for errors that name what the file
+/// says.
 const KEY_SOURCES: [(&str, &str); 11] = [
     ("vocab_size", "rows of `token_embd.weight`"),
-    ("hidden_size", "`llama.embedding_length`"),
-    ("intermediate_size", "`llama.feed_forward_length`"),
-    ("num_hidden_layers", "`llama.block_count`"),
-    ("num_attention_heads", "`llama.attention.head_count`"),
-    ("num_key_value_heads", "`llama.attention.head_count_kv`"),
-    ("head_dim", "`llama.attention.key_length`"),
-    ("rms_norm_eps", "`llama.attention.layer_norm_rms_epsilon`"),
-    ("rope_theta", "`llama.rope.freq_base`"),
+    ("hidden_size", "`ARCH.embedding_length`"),
+    ("intermediate_size", "`ARCH.feed_forward_length`"),
+    ("num_hidden_layers", "`ARCH.block_count`"),
+    ("num_attention_heads", "`ARCH.attention.head_count`"),
+    ("num_key_value_heads", "`ARCH.attention.head_count_kv`"),
+    ("head_dim", "`ARCH.attention.key_length`"),
+    ("rms_norm_eps", "`ARCH.attention.layer_norm_rms_epsilon`"),
+    ("rope_theta", "`ARCH.rope.freq_base`"),
     ("bos_token_id", "`tokenizer.ggml.bos_token_id`"),
     ("eos_token_id", "`tokenizer.ggml.eos_token_id`"),
 ];
+
+/// The family of a `general.architecture`; Mistral's GGUFs are `llama`.
+fn family_of(arch: &str) -> Option<Family> {
+    match arch {
+        "llama" => Some(Family::Llama),
+        "qwen2" => Some(Family::Qwen2),
+        "qwen3" => Some(Family::Qwen3),
+        _ => None,
+    }
+}
 
 /// Converts `gguf` into a new model directory `out_dir` (which must not exist yet).
 pub fn import_gguf(gguf: &Path, out_dir: &Path, dtype: StoreDtype) -> Result<ImportSummary, Error> {
@@ -118,7 +132,9 @@ fn write_model_dir(
     write_safetensors(&dir.join("model.safetensors"), &shapes, dtype, |hf_name| {
         let (gguf_name, shape) = by_hf[&hf_name.to_string()];
         let values = file.tensor_f32(gguf_name)?;
-        Ok(if hf_name.contains(".self_attn.q_proj.") {
+        Ok(if arch.config.family != Family::Llama {
+            values
+        } else if hf_name.contains(".self_attn.q_proj.") {
             unpermute_rows(values, shape, arch.config.num_attention_heads)
         } else if hf_name.contains(".self_attn.k_proj.") {
             unpermute_rows(values, shape, arch.config.num_key_value_heads)
@@ -182,91 +198,66 @@ fn float(meta: &BTreeMap<String, Value>, key: &str) -> Result<Option<f64>, Strin
 
 fn architecture(file: &GgufFile, dtype: StoreDtype) -> Result<Arch, String> {
     let meta = &file.metadata;
-    match meta.get("general.architecture") {
-        Some(Value::String(a)) if a == "llama" => {}
-        Some(Value::String(a)) => {
-            return Err(format!(
-                "architecture `{a}` is not supported (only `llama`)"
-            ));
-        }
+    let (name, family) = match meta.get("general.architecture") {
+        Some(Value::String(a)) => match family_of(a) {
+            Some(family) => (a.as_str(), family),
+            None => {
+                return Err(format!(
+                    "architecture `{a}` is not supported (supported: llama, qwen2, qwen3)"
+                ));
+            }
+        },
         _ => return Err("metadata `general.architecture` is missing".into()),
-    }
-    let hidden = required(meta, "llama.embedding_length")?;
-    let heads = required(meta, "llama.attention.head_count")?;
-    let kv_heads = uint(meta, "llama.attention.head_count_kv")?.unwrap_or(heads);
-    if kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(format!(
-            "`llama.attention.head_count_kv` {kv_heads} does not divide head_count {heads}"
-        ));
-    }
-    let head_dim = match uint(meta, "llama.attention.key_length")? {
-        Some(d) => d,
-        None if hidden % heads == 0 => hidden / heads,
-        None => {
-            return Err(format!(
-                "embedding_length {hidden} is not a multiple of head_count {heads}"
-            ));
-        }
     };
-    if let Some(v) = uint(meta, "llama.attention.value_length")?
-        && v != head_dim
-    {
-        return Err(format!(
-            "`llama.attention.value_length` {v} differs from key_length {head_dim}"
-        ));
-    }
-    if let Some(rot) = uint(meta, "llama.rope.dimension_count")?
-        && rot != head_dim
-    {
-        return Err(format!(
-            "partial rotary embedding (`llama.rope.dimension_count` {rot} of {head_dim}) is not supported"
-        ));
-    }
-    if let Some(Value::String(kind)) = meta.get("llama.rope.scaling.type")
+    let key = |suffix: &str| format!("{name}.{suffix}");
+    let hidden = required(meta, &key("embedding_length"))?;
+    let heads = required(meta, &key("attention.head_count"))?;
+    let head_dim = head_dim(meta, name, hidden, heads)?;
+    if let Some(Value::String(kind)) = meta.get(&key("rope.scaling.type"))
         && kind != "none"
     {
         return Err(format!(
-            "RoPE scaling `{kind}` (`llama.rope.scaling.type`) is not supported"
+            "RoPE scaling `{kind}` (`{name}.rope.scaling.type`) is not supported"
         ));
     }
-    if file.tensors.contains_key("rope_freqs.weight") {
-        return Err(
-            "tensor `rope_freqs.weight` (Llama 3.1 RoPE frequency factors) is not supported yet"
-                .into(),
-        );
-    }
+    let theta = float(meta, &key("rope.freq_base"))?.unwrap_or(10_000.0);
+    let rope_scaling = match file.tensors.contains_key("rope_freqs.weight") {
+        true => llama3_rope(file, theta, head_dim)?,
+        false => Json::Null,
+    };
     let embed = file
         .tensors
         .get("token_embd.weight")
         .ok_or("tensor `token_embd.weight` is missing")?;
     let vocab = embed.shape()[0];
-    if let Some(v) = uint(meta, "llama.vocab_size")?
+    if let Some(v) = uint(meta, &key("vocab_size"))?
         && v != vocab
     {
         return Err(format!(
-            "`llama.vocab_size` {v} differs from token_embd.weight's {vocab} rows"
+            "`{name}.vocab_size` {v} differs from token_embd.weight's {vocab} rows"
         ));
     }
     let token_id = |key: &str| uint(meta, key).map(|v| v.map(|id| id as u64));
     let bias = |suffix: &str| file.tensors.keys().any(|name| name.ends_with(suffix));
     let json = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [family.architecture()],
+        "model_type": family.model_type(),
         "vocab_size": vocab,
         "hidden_size": hidden,
-        "intermediate_size": required(meta, "llama.feed_forward_length")?,
-        "num_hidden_layers": required(meta, "llama.block_count")?,
+        "intermediate_size": required(meta, &key("feed_forward_length"))?,
+        "num_hidden_layers": required(meta, &key("block_count"))?,
         "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
+        "num_key_value_heads": uint(meta, &key("attention.head_count_kv"))?.unwrap_or(heads),
         "head_dim": head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": uint(meta, "llama.context_length")?.unwrap_or(2048),
-        "rms_norm_eps": float(meta, "llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f32 as f64,
-        "rope_theta": float(meta, "llama.rope.freq_base")?.unwrap_or(10_000.0),
-        "rope_scaling": null,
+        "max_position_embeddings": uint(meta, &key("context_length"))?.unwrap_or(2048),
+        "rms_norm_eps": float(meta, &key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5) as f32 as f64,
+        "rope_theta": theta,
+        "rope_scaling": rope_scaling,
         "tie_word_embeddings": !file.tensors.contains_key("output.weight"),
         "attention_bias": bias(".attn_q.bias"),
         "mlp_bias": bias(".ffn_up.bias"),
+        "use_sliding_window": false,
         "bos_token_id": token_id("tokenizer.ggml.bos_token_id")?,
         "eos_token_id": token_id("tokenizer.ggml.eos_token_id")?,
         "pad_token_id": token_id("tokenizer.ggml.padding_token_id")?,
@@ -276,10 +267,72 @@ fn architecture(file: &GgufFile, dtype: StoreDtype) -> Result<Arch, String> {
         let source = KEY_SOURCES
             .iter()
             .find(|(key, _)| message.contains(&format!("`{key}`")))
-            .map_or(String::new(), |(_, source)| format!(" (from {source})"));
+            .map_or(String::new(), |(_, source)| {
+                format!(" (from {})", source.replace("ARCH", name))
+            });
         format!("the architecture in the metadata is invalid: {message}{source}")
     })?;
     Ok(Arch { config, json })
+}
+
+/// The width of one attention head: `{arch}.attention.key_length`, else hidden / heads; the
+/// value width and the rotated width must equal it.
+fn head_dim(
+    meta: &BTreeMap<String, Value>,
+    arch: &str,
+    hidden: usize,
+    heads: usize,
+) -> Result<usize, String> {
+    let head_dim = match uint(meta, &format!("{arch}.attention.key_length"))? {
+        Some(d) => d,
+        None if hidden.is_multiple_of(heads) => hidden / heads,
+        None => {
+            return Err(format!(
+                "embedding_length {hidden} is not a multiple of head_count {heads}"
+            ));
+        }
+    };
+    if let Some(v) = uint(meta, &format!("{arch}.attention.value_length"))?
+        && v != head_dim
+    {
+        return Err(format!(
+            "`{arch}.attention.value_length` {v} differs from key_length {head_dim}"
+        ));
+    }
+    if let Some(rot) = uint(meta, &format!("{arch}.rope.dimension_count"))?
+        && rot != head_dim
+    {
+        return Err(format!(
+            "partial rotary embedding (`{arch}.rope.dimension_count` {rot} of {head_dim}) is not supported"
+        ));
+    }
+    Ok(head_dim)
+}
+
+/// The `rope_scaling` of `config.json` for the factors in `rope_freqs.weight`.
+fn llama3_rope(file: &GgufFile, theta: f64, head_dim: usize) -> Result<Json, String> {
+    let info = &file.tensors["rope_freqs.weight"];
+    if info.shape() != [head_dim / 2] {
+        return Err(format!(
+            "tensor `rope_freqs.weight` has shape {:?}, expected [{}] (head_dim / 2)",
+            info.shape(),
+            head_dim / 2
+        ));
+    }
+    let factors = file
+        .tensor_f32("rope_freqs.weight")
+        .map_err(|e| e.to_string())?;
+    let p = rope_freqs::llama3_parameters(&factors, theta, head_dim).ok_or(
+        "tensor `rope_freqs.weight`: its frequency factors are not Llama 3's RoPE scaling for any \
+         factor, low/high frequency factor and original context length we know",
+    )?;
+    Ok(json!({
+        "rope_type": "llama3",
+        "factor": p.factor,
+        "low_freq_factor": p.low_freq_factor,
+        "high_freq_factor": p.high_freq_factor,
+        "original_max_position_embeddings": p.original_max_position_embeddings as u64,
+    }))
 }
 
 /// GGUF tensor name → (HF name, HF shape), every shape checked against the architecture before
@@ -292,6 +345,9 @@ fn hf_names(
     let mut names = BTreeMap::new();
     let mut by_hf: BTreeMap<String, &String> = BTreeMap::new();
     for (name, info) in &file.tensors {
+        if name == "rope_freqs.weight" {
+            continue; // read into the RoPE settings by `llama3_rope`
+        }
         let hf = hf_name(name)
             .ok_or_else(|| format!("tensor `{name}` has no Hugging Face Llama counterpart"))?;
         if let Some(other) = by_hf.insert(hf.clone(), name) {
@@ -299,9 +355,12 @@ fn hf_names(
         }
         let expected = config.tensor_shape(&hf).ok_or_else(|| {
             format!(
-                "tensor `{name}` ({hf}) has no place in this architecture ({} layers, \
-                 attention bias {}, MLP bias {})",
-                config.num_hidden_layers, config.attention_bias, config.mlp_bias
+                "tensor `{name}` ({hf}) has no place in this architecture ({} {} layers, \
+                 q/k/v bias {}, MLP bias {})",
+                config.num_hidden_layers,
+                config.family.model_type(),
+                config.qkv_bias,
+                config.mlp_bias
             )
         })?;
         let shape = info.shape();
@@ -350,6 +409,8 @@ fn hf_name(gguf: &str) -> Option<String> {
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
         "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",

@@ -4,6 +4,7 @@
 
 pub mod dequant;
 pub mod import;
+pub mod rope_freqs;
 pub mod tokenizer;
 
 use std::collections::BTreeMap;

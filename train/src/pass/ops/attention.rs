@@ -16,30 +16,64 @@ const QUERY_BLOCK: usize = 128;
 pub enum KeyMask {
     /// Segment ids per token, `rows · len`, for the host attention (flex, LibTorch's CPU).
     Segments(Vec<i64>),
-    /// `0`/`-∞` bias `[rows, 1, len, len]` for Burn's softmax (other devices).
-    Bias(Box<Tensor<4>>),
+    /// `0`/`-∞` biases `[rows, 1, len, len]` for Burn's softmax (other devices): for full
+    /// attention, and for the model's sliding window if it has one.
+    Bias {
+        /// Causal and segment mask.
+        full: Box<Tensor<4>>,
+        /// The same, with keys out of the sliding window masked too.
+        windowed: Option<Box<Tensor<4>>>,
+    },
 }
 
 impl KeyMask {
     /// The mask of `[rows, len]` tokens in `segments` (segment ids, `rows · len`) for
-    /// attention on `device`: segments in host memory, a bias elsewhere.
-    pub fn new(segments: &[i64], [rows, len]: [usize; 2], device: &Device) -> Self {
+    /// attention on `device`: segments in host memory, biases elsewhere. `window` is the
+    /// sliding window of the model's sliding layers.
+    pub fn new(
+        segments: &[i64],
+        [rows, len]: [usize; 2],
+        window: Option<usize>,
+        device: &Device,
+    ) -> Self {
+        let bias = |window| Box::new(attention_bias(segments, [rows, len], window, device));
         match is_host(device) {
             true => KeyMask::Segments(segments.to_vec()),
-            false => KeyMask::Bias(Box::new(attention_bias(segments, [rows, len], device))),
+            false => KeyMask::Bias {
+                full: bias(None),
+                windowed: window.map(|w| bias(Some(w))),
+            },
+        }
+    }
+
+    /// The bias of a Burn attention with sliding window `window`.
+    fn bias(&self, window: Option<usize>) -> &Tensor<4> {
+        match (self, window) {
+            (KeyMask::Bias { full, .. }, None) => full,
+            (KeyMask::Bias { windowed, .. }, Some(_)) => windowed
+                .as_ref()
+                .expect("a windowed bias for a sliding layer"),
+            (KeyMask::Segments(_), _) => unreachable!("host attention has no bias"),
         }
     }
 }
 
-/// `[rows, 1, len, len]`: `0` where query `i` may attend to key `j` (same segment, `j ≤ i`),
-/// `-∞` elsewhere. A token always sees itself, so no row is fully masked.
-fn attention_bias(segments: &[i64], [rows, len]: [usize; 2], device: &Device) -> Tensor<4> {
+/// `[rows, 1, len, len]`: `0` where query `i` may attend to key `j` (same segment, `j ≤ i`,
+/// and `j > i − window` with a sliding window), `-∞` elsewhere. A token always sees itself,
+/// so no row is fully masked.
+fn attention_bias(
+    segments: &[i64],
+    [rows, len]: [usize; 2],
+    window: Option<usize>,
+    device: &Device,
+) -> Tensor<4> {
     let mut bias = vec![f32::NEG_INFINITY; rows * len * len];
     for r in 0..rows {
         let segments = &segments[r * len..(r + 1) * len];
         for i in 0..len {
             let row = &mut bias[(r * len + i) * len..(r * len + i + 1) * len];
-            for j in 0..=i {
+            let first = window.map_or(0, |w| (i + 1).saturating_sub(w));
+            for j in first..=i {
                 if segments[j] == segments[i] {
                     row[j] = 0.0;
                 }
@@ -56,6 +90,7 @@ struct Heads {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    window: Option<usize>,
 }
 
 impl Heads {
@@ -64,6 +99,7 @@ impl Heads {
             heads: attn.num_heads,
             kv_heads: attn.num_kv_heads,
             head_dim: attn.head_dim,
+            window: attn.sliding_window,
         }
     }
 }
@@ -79,7 +115,7 @@ pub fn attention_forward(
     let heads = Heads::of(attn);
     match key_mask {
         KeyMask::Segments(segments) => host_forward(heads, queries, keys, values, segments),
-        KeyMask::Bias(bias) => burn_forward(heads, queries, keys, values, bias),
+        bias => burn_forward(heads, queries, keys, values, bias.bias(heads.window)),
     }
 }
 
@@ -132,7 +168,7 @@ pub fn attention_backward(
     let heads = Heads::of(attn);
     match key_mask {
         KeyMask::Segments(segments) => host_backward(heads, queries, keys, values, segments, d_out),
-        KeyMask::Bias(bias) => burn_backward(heads, queries, keys, values, bias, d_out),
+        bias => burn_backward(heads, queries, keys, values, bias.bias(heads.window), d_out),
     }
 }
 
@@ -214,6 +250,7 @@ fn host_attention_shape(heads: Heads, queries: &Tensor<4>) -> AttentionShape {
         len,
         head_dim,
         block: QUERY_BLOCK,
+        window: heads.window,
     }
 }
 
@@ -315,7 +352,7 @@ mod tests {
     fn check(heads: Heads, len: usize) {
         let rows = 2;
         let segments = segments(len);
-        let bias = attention_bias(&segments, [rows, len], &device());
+        let bias = attention_bias(&segments, [rows, len], heads.window, &device());
         let q_dims = [rows, heads.heads, len, heads.head_dim];
         let kv_dims = [rows, heads.kv_heads, len, heads.head_dim];
         let (q, k, v) = (random(1, q_dims), random(2, kv_dims), random(3, kv_dims));
@@ -339,6 +376,7 @@ mod tests {
             heads: 4,
             kv_heads: 2,
             head_dim: 16,
+            window: None,
         };
         check(heads, QUERY_BLOCK + 37);
     }
@@ -349,13 +387,25 @@ mod tests {
             heads: 3,
             kv_heads: 3,
             head_dim: 8,
+            window: None,
         };
         check(heads, 29);
     }
 
     #[test]
+    fn sliding_window_attention_agrees_with_burn() {
+        let heads = Heads {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            window: Some(7),
+        };
+        check(heads, QUERY_BLOCK + 37);
+    }
+
+    #[test]
     fn the_mask_follows_the_device() {
-        let mask = KeyMask::new(&segments(6), [2, 6], &device());
+        let mask = KeyMask::new(&segments(6), [2, 6], Some(3), &device());
         assert!(matches!(mask, KeyMask::Segments(s) if s == segments(6)));
     }
 }
