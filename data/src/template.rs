@@ -1,6 +1,10 @@
 //! The model's own chat template, rendered through minijinja the way transformers renders it:
-//! `trim_blocks` and `lstrip_blocks` on, the variables `messages`, `add_generation_prompt`,
-//! `bos_token` and `eos_token`, the function `raise_exception`, and Python string methods.
+//! `trim_blocks` and `lstrip_blocks` on, loop controls, the variables `messages`,
+//! `add_generation_prompt`, `bos_token`, `eos_token`, `tools` and `documents` (none unless set),
+//! any extra variables set with [`ChatTemplate::set_variable`] (transformers' template kwargs, e.g.
+//! Qwen3's `enable_thinking` or Llama 3's `date_string`), the functions `raise_exception` and
+//! `strftime_now`, transformers' `tojson`, Python string methods, maps in their insertion order
+//! and `{{ true }}`, `{{ none }}` written as Jinja2 writes them (`True`, `None`).
 //!
 //! For training, [`ChatTemplate::render_answers`] also says where each assistant answer lies
 //! in the text. Templates with `{% generation %}…{% endgeneration %}` blocks mark the answers
@@ -9,12 +13,20 @@
 //! any block tag. Templates without them (most, SmolLM2's included) are rendered once per
 //! assistant turn: the conversation up to the turn with the generation prompt, then with the
 //! turn; the answer is what the second adds to the first, without trailing whitespace (so
-//! `content<|im_end|>` of `content<|im_end|>\n`, as a generation block would mark it).
+//! `content<|im_end|>` of `content<|im_end|>\n`, as a generation block would mark it). Where a
+//! template renders a conversation's beginning differently once more follows (Qwen3 drops the
+//! reasoning of earlier turns, Mistral Nemo moves the system message to the last user turn),
+//! this is refused with an error that asks for generation blocks.
 
+mod strftime;
+mod tojson;
+
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
-use minijinja::{Environment, ErrorKind};
+use minijinja::value::{ValueKind, merge_maps};
+use minijinja::{Environment, ErrorKind, Output, State, Value};
 use serde::Serialize;
 
 use crate::Error;
@@ -55,6 +67,7 @@ pub struct ChatTemplate {
     has_generation_blocks: bool,
     bos_token: String,
     eos_token: String,
+    variables: BTreeMap<String, Value>,
 }
 
 const TEMPLATE_NAME: &str = "chat_template";
@@ -71,15 +84,7 @@ impl ChatTemplate {
             .chat_template
             .clone()
             .ok_or_else(|| Error::invalid(path, "the model has no chat template"))?;
-        let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_fuel(Some(FUEL));
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", raise_exception);
-        env.add_filter("feinschliff_answer", |body: String| {
-            format!("{ANSWER_START}{body}{ANSWER_END}")
-        });
+        let mut env = environment();
         let (source, has_generation_blocks) = generation_blocks_as_filters(&source);
         env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(|e| Error::invalid(path, format!("chat template: {}", one_line(&e))))?;
@@ -89,7 +94,18 @@ impl ChatTemplate {
             has_generation_blocks,
             bos_token: config.bos_token.clone().unwrap_or_default(),
             eos_token: config.eos_token.clone().unwrap_or_default(),
+            variables: BTreeMap::new(),
         })
+    }
+
+    /// Sets a variable for every rendering, as a keyword argument of transformers'
+    /// `apply_chat_template` does (`enable_thinking`, `date_string`, `tools`, ...); it takes
+    /// precedence over `bos_token`, `eos_token`, `tools` and `documents`, not over `messages` and
+    /// `add_generation_prompt`. Maps keep their order only where `value` has one (a
+    /// [`minijinja::Value`] parsed from JSON does; a `serde_json::Value` sorts its keys).
+    pub fn set_variable(&mut self, name: impl Into<String>, value: impl Serialize) {
+        self.variables
+            .insert(name.into(), Value::from_serialize(value));
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the model's answer
@@ -152,12 +168,20 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| Error::Template(one_line(&e)))?;
-        let context = minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-        };
+        // the last map with a key wins
+        let context = merge_maps([
+            minijinja::context! {
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+                tools => (),
+                documents => (),
+            },
+            Value::from(self.variables.clone()),
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+            },
+        ]);
         let mut out = CappedOutput(Vec::new());
         match template.render_captured_to(context, &mut out) {
             Ok(_) => String::from_utf8(out.0).map_err(|e| Error::Template(e.to_string())),
@@ -172,6 +196,35 @@ impl ChatTemplate {
             Err(e) => Err(Error::Template(one_line(&e))),
         }
     }
+}
+
+/// An environment with transformers' settings, globals and filters (see the module docs).
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_fuel(Some(FUEL));
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime::strftime_now);
+    env.add_filter("tojson", tojson::tojson);
+    env.add_filter("feinschliff_answer", |body: String| {
+        format!("{ANSWER_START}{body}{ANSWER_END}")
+    });
+    env.set_formatter(python_str);
+    env
+}
+
+/// `{{ value }}` as Jinja2 writes it where minijinja would not: booleans as `True` and `False`,
+/// none as `None`.
+fn python_str(out: &mut Output, state: &State, value: &Value) -> Result<(), minijinja::Error> {
+    let text = match value.kind() {
+        ValueKind::Bool if value.is_true() => "True",
+        ValueKind::Bool => "False",
+        ValueKind::None => "None",
+        _ => return minijinja::escape_formatter(out, state, value),
+    };
+    out.write_str(text).map_err(minijinja::Error::from)
 }
 
 /// Rendered output that refuses to grow past [`MAX_RENDERED_BYTES`].
@@ -326,6 +379,28 @@ mod tests {
         let spans: Vec<&str> = answers.iter().map(|r| &text[r.clone()]).collect();
         assert_eq!(spans, ["Antwort\n</s>", "Zweite</s>"]);
         assert_eq!(answers, tagged_answers);
+    }
+
+    #[test]
+    fn jinja2_features_render_as_in_transformers() {
+        let source = "{% for i in range(5) %}{% if i == 1 %}{% continue %}{% endif %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}|{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}|{{ ' <a> '.strip() }}{{ 'ab'.startswith('a') }}|{{ tools }}{{ documents is none }}{{ enable_thinking is defined }}";
+        let template = ChatTemplate::new(&config(source)).unwrap();
+        let text = template.render(&[Message::new("user", "x")], false);
+        // render_jinja_template([[{"role": "user", "content": "x"}]], chat_template=source)
+        assert_eq!(text.unwrap(), "02|1|<a>True|NoneTrueFalse");
+    }
+
+    #[test]
+    fn variables_are_seen_and_override_all_but_the_conversation() {
+        let source = "{{ bos_token }}|{{ tools | tojson }}|{{ enable_thinking }}|{{ messages | length }}|{{ add_generation_prompt }}";
+        let mut template = ChatTemplate::new(&config(source)).unwrap();
+        template.set_variable("bos_token", "<B>");
+        template.set_variable("tools", [serde_json::json!({"name": "f"})]);
+        template.set_variable("enable_thinking", false);
+        template.set_variable("messages", ["ignored"; 3]);
+        template.set_variable("add_generation_prompt", true);
+        let text = template.render(&[Message::new("user", "x")], false);
+        assert_eq!(text.unwrap(), "<B>|[{\"name\": \"f\"}]|False|1|False");
     }
 
     #[test]
