@@ -16,7 +16,8 @@ Checks (each prints one JSON line; the last line is "interop: N passed, N failed
   ours_loads_peft*    adapters written by PEFT itself (save_pretrained, safetensors) give,
                       under `feinschliff eval --model base --adapter DIR`, PEFT's own loss:
                         _trained    r=4, alpha=8, all seven projections, 5 AdamW steps
-                        _rslora     use_rslora=True, init_lora_weights=False; and, as a
+                        _rslora     use_rslora=True, r=16, alpha=16,
+                                    init_lora_weights=False; and, as a
                                     control, the same files with use_rslora=false must
                                     give feinschliff a different loss
                         _qv_layer1  target q_proj/v_proj, layers_to_transform=[1],
@@ -202,8 +203,12 @@ def main():
     c.hf_loads_merged(peft_loss)
     common = dict(r=4, lora_alpha=8, lora_dropout=0.1, task_type="CAUSAL_LM")
     c.ours_loads_peft("trained", LoraConfig(target_modules=ALL_PROJ, **common), train_steps=5)
+    # r=16: rsLoRA's scale (alpha/sqrt(r)) is 4x plain LoRA's, so the control's loss moves
+    # clearly on every fixture (at r=4 the factor is 2, and on mistral_window both scales
+    # happened to give losses 2e-4 apart)
+    rslora = {**common, "r": 16, "lora_alpha": 16}
     c.ours_loads_peft("rslora", LoraConfig(target_modules=ALL_PROJ, use_rslora=True,
-                                           init_lora_weights=False, **common),
+                                           init_lora_weights=False, **rslora),
                       control=("use_rslora", False))
     c.ours_loads_peft("qv_layer1", LoraConfig(target_modules=["q_proj", "v_proj"],
                                               layers_to_transform=[1],

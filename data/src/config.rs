@@ -68,6 +68,11 @@ pub struct DataConfig {
     /// Directory of the token cache; `""` = no cache (default `checkpoints/token-cache`).
     #[serde(default = "default_cache_dir")]
     pub cache_dir: String,
+    /// Extra variables of the chat template, as transformers' `apply_chat_template(**kwargs)`
+    /// passes them, e.g. `{ enable_thinking = false }` for Qwen3 or `{ date_string = "26 Jul
+    /// 2024" }` for Llama 3.x (default none).
+    #[serde(default)]
+    pub chat_template_kwargs: BTreeMap<String, serde_json::Value>,
 }
 
 /// One or more files or glob patterns.

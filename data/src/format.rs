@@ -74,7 +74,13 @@ impl<'a> ExampleBuilder<'a> {
             )
         })?;
         let template = match config.format {
-            Format::Chat => Some(ChatTemplate::new(tokenizer.config())?),
+            Format::Chat => {
+                let mut template = ChatTemplate::new(tokenizer.config())?;
+                for (name, value) in &config.chat_template_kwargs {
+                    template.set_variable(name.clone(), value);
+                }
+                Some(template)
+            }
             Format::Text | Format::Alpaca => None,
         };
         Ok(Self {

@@ -215,3 +215,45 @@ fn answers_without_eos_get_one_and_it_is_trained() {
         );
     }
 }
+
+/// `data.chat_template_kwargs` reach the template. Qwen3's renders a finished conversation's
+/// last answer with an empty think block either way; with `enable_thinking = false` that block
+/// is part of the generation prompt (transformers' `apply_chat_template(...,
+/// enable_thinking=False)`), so it is no longer trained: only the answer itself is.
+#[test]
+fn chat_template_kwargs_reach_the_template() {
+    let template =
+        std::fs::read_to_string(root().join("data/tests/fixtures/templates/Qwen-Qwen3-0.6B.jinja"))
+            .unwrap();
+    let tokenizer_dir = root().join("tests/fixtures/llama/tied_gqa");
+    let model = with_template(&tokenizer_dir, &template);
+    let mut config = DataConfig::new("unused.jsonl");
+    config.format = Format::Chat;
+    config.max_len = 100_000;
+    let messages = json!({ "messages": [
+        { "role": "user", "content": "Frist?" },
+        { "role": "assistant", "content": "Ein Monat." },
+    ]});
+    let thinking = build(&config, model.path(), messages.clone());
+    config
+        .chat_template_kwargs
+        .insert("enable_thinking".into(), json!(false));
+    let plain = build(&config, model.path(), messages);
+    let tokenizer = TextTokenizer::from_model_dir(model.path()).unwrap();
+    let trained_text = |example: &Example| {
+        let ids: Vec<u32> = example
+            .ids
+            .iter()
+            .zip(&example.trained)
+            .filter_map(|(&id, &trained)| trained.then_some(id))
+            .collect();
+        tokenizer.decode(&ids, false).unwrap()
+    };
+    assert_eq!(thinking[0].ids, plain[0].ids, "the same text either way");
+    // (The tiny tokenizer's 96 tokens cannot spell `<` and `>`: they are lost in encoding.)
+    assert_eq!(
+        trained_text(&thinking[0]),
+        "think\n\n/think\n\nEin Monat.<|im_end|>"
+    );
+    assert_eq!(trained_text(&plain[0]), "Ein Monat.<|im_end|>");
+}
