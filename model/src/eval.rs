@@ -42,7 +42,9 @@ pub struct EvalReport {
     pub tokens_per_second: f64,
 }
 
-/// Scores every text with `model`; see the module docs for the exact definition.
+/// Scores every text with `model`, one at a time through the model's Burn forward; see the
+/// module docs for the exact definition. The reference of the packed evaluation that `eval`
+/// uses (`feinschliff_train::packed_eval`).
 pub fn evaluate(
     model: &Llama,
     tokenizer: &TextTokenizer,
@@ -50,24 +52,12 @@ pub fn evaluate(
     max_len: usize,
     device: &Device,
 ) -> Result<EvalReport, Error> {
-    if max_len < 2 {
-        return Err(Error::Usage(format!(
-            "--max-len must be at least 2, got {max_len}"
-        )));
-    }
     let start = Instant::now();
-    let (mut nll, mut tokens, mut forwarded, mut truncated) = (0.0f64, 0usize, 0usize, 0usize);
-    for text in texts {
-        let mut ids = tokenizer.encode(text, true)?;
-        if ids.len() > max_len {
-            ids.truncate(max_len);
-            truncated += 1;
-        }
-        if ids.len() < 2 {
-            continue;
-        }
-        let len = ids.len();
-        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+    let (examples, truncated) = text_examples(tokenizer, texts, max_len)?;
+    let (mut nll, mut tokens, mut forwarded) = (0.0f64, 0usize, 0usize);
+    for example in &examples {
+        let len = example.ids.len();
+        let ids: Vec<i64> = example.ids.iter().map(|&id| i64::from(id)).collect();
         let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), device);
         let positions = Tensor::<1, Int>::arange(0..len as i64, device).reshape([1, len]);
         let logits = model.forward(input.clone(), positions, None);
@@ -77,11 +67,6 @@ pub fn evaluate(
         forwarded += len;
     }
     let seconds = start.elapsed().as_secs_f64();
-    if tokens == 0 {
-        return Err(Error::Usage(
-            "no text has two or more tokens: nothing to score".into(),
-        ));
-    }
     let loss = nll / tokens as f64;
     Ok(EvalReport {
         loss,
@@ -93,6 +78,39 @@ pub fn evaluate(
         seconds,
         tokens_per_second: forwarded as f64 / seconds,
     })
+}
+
+/// The texts as examples to score: tokenized with the tokenizer's own special-token handling,
+/// cut to `max_len` tokens, every token after the first scored; texts of fewer than two tokens
+/// (nothing to score) are left out. Also returns how many texts were cut.
+pub fn text_examples(
+    tokenizer: &TextTokenizer,
+    texts: &[String],
+    max_len: usize,
+) -> Result<(Vec<Example>, usize), Error> {
+    if max_len < 2 {
+        return Err(Error::Usage(format!(
+            "--max-len must be at least 2, got {max_len}"
+        )));
+    }
+    let (mut examples, mut truncated) = (Vec::with_capacity(texts.len()), 0);
+    for text in texts {
+        let mut ids = tokenizer.encode(text, true)?;
+        if ids.len() > max_len {
+            ids.truncate(max_len);
+            truncated += 1;
+        }
+        if ids.len() >= 2 {
+            let trained = vec![true; ids.len()];
+            examples.push(Example { ids, trained });
+        }
+    }
+    if examples.is_empty() {
+        return Err(Error::Usage(
+            "no text has two or more tokens: nothing to score".into(),
+        ));
+    }
+    Ok((examples, truncated))
 }
 
 /// Mean loss per trained token of `examples` and the number of trained tokens, scored in

@@ -8,7 +8,8 @@ use clap::Args;
 use feinschliff_data::dataset::load_dataset;
 use feinschliff_data::source::read_texts;
 use feinschliff_data::tokenize::TextTokenizer;
-use feinschliff_model::eval::{evaluate, evaluate_examples};
+use feinschliff_model::eval::{EvalReport, text_examples};
+use feinschliff_train::packed_eval::evaluate_packed;
 use feinschliff_train::run_config::RunConfig;
 
 use super::model_args::ModelArgs;
@@ -35,6 +36,10 @@ pub struct EvalArgs {
     /// Tokens kept per record (longer records are cut).
     #[arg(long, default_value_t = 1024, value_name = "N")]
     max_len: usize,
+    /// Tokens per batch: records are sorted by length and packed into rows (attention never
+    /// crosses records), as many rows per batch as fit.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    batch_tokens: usize,
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -56,21 +61,37 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
             let (loaded, device) = args.model.load(&tokenizer)?;
             loaded.check_examples(&loaded_data)?;
-            let batch = config.train.micro_batch;
-            evaluate_examples(
+            let pad_id = tokenizer.pad_id();
+            evaluate_packed(
                 &loaded.model,
                 &data.valid,
-                batch,
-                tokenizer.pad_id(),
+                args.batch_tokens,
+                pad_id,
                 &device,
+                |_, _| {},
             )
         }
         (None, Some(data)) => {
             let texts = read_texts(std::slice::from_ref(data), &args.field)?;
             let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
             let (loaded, device) = args.model.load(&tokenizer)?;
-            evaluate(&loaded.model, &tokenizer, &texts, args.max_len, &device)
-                .with_context(|| format!("evaluating {}", data.display()))?
+            let (examples, truncated) = text_examples(&tokenizer, &texts, args.max_len)
+                .with_context(|| format!("evaluating {}", data.display()))?;
+            let pad_id = tokenizer.pad_id();
+            let report = evaluate_packed(
+                &loaded.model,
+                &examples,
+                args.batch_tokens,
+                pad_id,
+                &device,
+                |_, _| {},
+            );
+            EvalReport {
+                records: texts.len(),
+                truncated,
+                max_len: args.max_len,
+                ..report
+            }
         }
         (None, None) => anyhow::bail!("give --data FILE or --config FILE"),
     };

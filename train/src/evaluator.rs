@@ -3,12 +3,12 @@
 
 use burn::module::Module;
 use feinschliff_data::format::Example;
-use feinschliff_model::eval::evaluate_examples;
 use feinschliff_model::generate::{Sampling, generate};
 use feinschliff_model::llama::Llama;
 use serde_json::json;
 
 use crate::Error;
+use crate::packed_eval::evaluate_packed;
 use crate::progress::Progress;
 use crate::run_config::RunConfig;
 use crate::run_dir::MetricsLog;
@@ -67,12 +67,10 @@ impl<'a> Evaluator<'a> {
         log: &mut MetricsLog,
         progress: &mut dyn Progress,
     ) -> Result<f64, Error> {
-        let (batch, pad_id) = (
-            self.config.train.micro_batch,
-            self.session.tokenizer.pad_id(),
-        );
+        let batch_tokens = self.config.train.micro_batch * self.config.data.max_len;
+        let pad_id = self.session.tokenizer.pad_id();
         let device = &self.session.plain_device;
-        let report = evaluate_examples(model, self.valid, batch, pad_id, device);
+        let report = evaluate_packed(model, self.valid, batch_tokens, pad_id, device, |_, _| {});
         log.write(json!({
             "step": step, "eval_loss": report.loss, "eval_perplexity": report.perplexity
         }))?;

@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod evaluator;
 pub mod export;
 pub mod optim;
+pub mod packed_eval;
 pub mod pass;
 pub mod plot;
 pub mod progress;

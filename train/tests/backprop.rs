@@ -321,3 +321,50 @@ fn bf16_base_stays_close_to_f32() {
         );
     }
 }
+
+/// Evaluation on the training pass's forward, packed, gives the loss of scoring each text on
+/// its own through the model's Burn forward (`feinschliff_model::eval::evaluate`), for every
+/// family; with adapters attached too.
+#[test]
+fn packed_evaluation_equals_one_text_at_a_time() {
+    use feinschliff_data::tokenize::TextTokenizer;
+    use feinschliff_model::eval::{evaluate, text_examples};
+    use feinschliff_train::packed_eval::evaluate_packed;
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let texts: Vec<String> = std::fs::read_to_string(root.join("tests/fixtures/eval_sample.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let tokenizer =
+        TextTokenizer::from_model_dir(&root.join("tests/fixtures/llama/tied_gqa")).unwrap();
+    let device = test_device();
+    for name in [
+        "tied_gqa",
+        "qwen2_window",
+        "qwen3_tied_bias_window",
+        "mistral_window",
+    ] {
+        let model = model_with_adapters(name, 0.0, &device);
+        let reference = evaluate(&model, &tokenizer, &texts, 24, &device).unwrap();
+        let (examples, truncated) = text_examples(&tokenizer, &texts, 24).unwrap();
+        assert!(truncated > 0, "some texts must be cut at 24 tokens");
+        for batch_tokens in [1, 40, 4096] {
+            let packed = evaluate_packed(&model, &examples, batch_tokens, 0, &device, |_, _| {});
+            assert_eq!(packed.tokens, reference.tokens, "{name}");
+            let relative = (packed.loss - reference.loss).abs() / reference.loss;
+            assert!(
+                relative <= 1e-5,
+                "{name}, {batch_tokens} tokens per batch: {} vs {}",
+                packed.loss,
+                reference.loss
+            );
+        }
+    }
+}

@@ -83,30 +83,7 @@ pub fn forward_backward(
     grads: &mut AdapterGrads,
 ) -> MicroBatchResult {
     let started = std::time::Instant::now();
-    let (rows, len) = (batch.rows, batch.len);
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(batch.ids.clone(), [rows, len]), device);
-    let positions = Tensor::<2, Int>::from_data(
-        TensorData::new(batch.positions.clone(), [rows, len]),
-        device,
-    );
-    let (cos, sin) = model.model.rope.cos_sin(positions);
-    let rope = RopeTables::new(cos.inner(), sin.inner());
-    let window = model
-        .model
-        .layers
-        .iter()
-        .find_map(|layer| layer.self_attn.sliding_window);
-    let key_mask = KeyMask::new(&batch.segments, [rows, len], window, device);
-    let pass = Pass {
-        shape: Shape { rows, len },
-        rope,
-        key_mask,
-    };
-
-    let mut x = embedding_rows(
-        model.model.embed_tokens.val().inner(),
-        ids.reshape([rows * len]),
-    );
+    let (pass, mut x) = Pass::start(model, batch, device);
     let mut tapes = Vec::with_capacity(model.model.layers.len());
     for (index, layer) in model.model.layers.iter().enumerate() {
         let masks = LayerMasks::new(child_seed(dropout_seed, index as u64));
@@ -135,33 +112,63 @@ pub fn forward_backward(
 }
 
 /// What every layer of one micro-batch's pass shares.
-struct Pass {
+pub(crate) struct Pass {
     shape: Shape,
     rope: RopeTables,
     key_mask: KeyMask,
 }
 
-/// Seeds of the seven adapters' dropout masks in one layer.
-struct LayerMasks {
-    seed: u64,
+impl Pass {
+    /// The shared state of a pass over `batch`, and the embedded tokens `[rows · len, hidden]`.
+    pub(crate) fn start(model: &Llama, batch: &Batch, device: &Device) -> (Self, Tensor<2>) {
+        let (rows, len) = (batch.rows, batch.len);
+        let int = |values: &Vec<i64>| {
+            Tensor::<2, Int>::from_data(TensorData::new(values.clone(), [rows, len]), device)
+        };
+        let (cos, sin) = model.model.rope.cos_sin(int(&batch.positions));
+        let window = model
+            .model
+            .layers
+            .iter()
+            .find_map(|layer| layer.self_attn.sliding_window);
+        let pass = Pass {
+            shape: Shape { rows, len },
+            rope: RopeTables::new(cos.inner(), sin.inner()),
+            key_mask: KeyMask::new(&batch.segments, [rows, len], window, device),
+        };
+        let table = model.model.embed_tokens.val().inner();
+        let x = embedding_rows(table, int(&batch.ids).reshape([rows * len]));
+        (pass, x)
+    }
+}
+
+/// Seeds of the seven adapters' dropout masks in one layer (none for evaluation).
+pub(crate) struct LayerMasks {
+    seed: Option<u64>,
 }
 
 impl LayerMasks {
     fn new(seed: u64) -> Self {
-        Self { seed }
+        Self { seed: Some(seed) }
+    }
+
+    /// No dropout anywhere (evaluation).
+    pub(crate) fn none() -> Self {
+        Self { seed: None }
     }
 
     /// The dropout for projection `which` (0 = q … 6 = down) of `linear`; `None` without an
-    /// adapter or without dropout.
+    /// adapter, without dropout or for evaluation.
     fn get(&self, linear: &Linear, which: u64) -> Option<Dropout> {
+        let seed = self.seed?;
         let adapter = linear.lora.as_ref()?;
         let prob = adapter.dropout.prob;
-        (prob > 0.0).then(|| Dropout::new(child_seed(self.seed, which), prob))
+        (prob > 0.0).then(|| Dropout::new(child_seed(seed, which), prob))
     }
 }
 
 /// What one layer's backward pass needs from its forward pass.
-struct LayerTape {
+pub(crate) struct LayerTape {
     input: Tensor<2>,
     /// The q and k projections before their per-head norms (Qwen3), where there are norms.
     q_raw: Option<Tensor<2>>,
@@ -179,7 +186,7 @@ struct LayerTape {
 
 /// One decoder layer: `mid = x + attention(norm(x))`, `out = mid + mlp(norm(mid))`; also
 /// returns what its backward pass needs.
-fn layer_forward(
+pub(crate) fn layer_forward(
     layer: &DecoderLayer,
     x: Tensor<2>,
     pass: &Pass,
@@ -319,7 +326,7 @@ fn head_norm_backward(norm: Option<&RmsNorm>, x: Option<Tensor<2>>, d_y: Tensor<
 }
 
 /// The label each position predicts (the next token's), [`IGNORE_INDEX`] at the end of a row.
-fn shifted_targets(batch: &Batch) -> Vec<i64> {
+pub(crate) fn shifted_targets(batch: &Batch) -> Vec<i64> {
     let len = batch.len;
     (0..batch.rows * len)
         .map(|k| match (k + 1) % len {

@@ -1,6 +1,7 @@
 //! The hand-written training pass: forward and backward of the Llama decoder with LoRA
 //! adapters ([`backprop`]), built from the adapted projections ([`linear`]) and the ops with
-//! their gradients ([`ops`]), and the dropout masks both directions share ([`dropout_mask`]).
+//! their gradients ([`ops`]), and the dropout masks both directions share ([`dropout_mask`]);
+//! its forward alone scores batches for evaluation ([`score`]).
 //!
 //! Each op picks its own path: on tensors in host memory our kernels on the tensors' buffers,
 //! elsewhere Burn operations, which sit beside the kernels as their reference; the ops' unit
@@ -10,3 +11,4 @@ pub mod backprop;
 pub mod dropout_mask;
 pub mod linear;
 pub mod ops;
+pub mod score;

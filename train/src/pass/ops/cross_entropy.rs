@@ -29,25 +29,63 @@ pub fn head_loss_backward(
     for start in (0..n).step_by(HEAD_CHUNK_ROWS) {
         let rows = HEAD_CHUNK_ROWS.min(n - start);
         let chunk_targets = &targets[start..start + rows];
-        let weights: Vec<f32> = chunk_targets
-            .iter()
-            .map(|&t| if t == IGNORE_INDEX { 0.0 } else { scale as f32 })
-            .collect();
-        if weights.iter().all(|&w| w == 0.0) {
+        let Some(weights) = chunk_weights(chunk_targets, scale) else {
             d_hidden.push(Tensor::zeros([rows, width], device));
             continue;
-        }
-        let logits = matmul(
-            hidden.clone().narrow(0, start, rows),
-            Read::AsIs,
-            head.clone(),
-            Read::Transposed,
-        );
+        };
+        let logits = chunk_logits(&hidden, &head, start, rows);
         let (chunk_loss, d_chunk) = chunk_loss_backward(logits, &head, chunk_targets, weights);
         loss = loss.add(chunk_loss);
         d_hidden.push(d_chunk);
     }
     (loss.total(), Tensor::cat(d_hidden, 0))
+}
+
+/// Loss `Σ nll` of the output head over `hidden` `[n, width]`, without a gradient (for
+/// evaluation), `rows` at a time like [`head_loss_backward`].
+pub fn head_loss(hidden: Tensor<2>, head: Tensor<2>, targets: &[i64], device: &Device) -> f64 {
+    let n = hidden.dims()[0];
+    let mut loss = LossSum::new(device);
+    for start in (0..n).step_by(HEAD_CHUNK_ROWS) {
+        let rows = HEAD_CHUNK_ROWS.min(n - start);
+        let chunk_targets = &targets[start..start + rows];
+        let Some(weights) = chunk_weights(chunk_targets, 1.0) else {
+            continue;
+        };
+        let logits = chunk_logits(&hidden, &head, start, rows);
+        loss = loss.add(chunk_loss(logits, chunk_targets, weights));
+    }
+    loss.total()
+}
+
+/// `scale` for each scored target, `0` for the others; `None` when none is scored.
+fn chunk_weights(targets: &[i64], scale: f64) -> Option<Vec<f32>> {
+    let weights: Vec<f32> = targets
+        .iter()
+        .map(|&t| if t == IGNORE_INDEX { 0.0 } else { scale as f32 })
+        .collect();
+    weights.iter().any(|&w| w != 0.0).then_some(weights)
+}
+
+/// The logits `[rows, vocab]` of rows `start..start + rows` of `hidden`.
+fn chunk_logits(hidden: &Tensor<2>, head: &Tensor<2>, start: usize, rows: usize) -> Tensor<2> {
+    let chunk = hidden.clone().narrow(0, start, rows);
+    matmul(chunk, Read::AsIs, head.clone(), Read::Transposed)
+}
+
+/// The loss `Σ weight · nll` of one chunk's `logits`.
+fn chunk_loss(logits: Tensor<2>, targets: &[i64], weights: Vec<f32>) -> ChunkLoss {
+    match is_host(&logits.device()) {
+        true => {
+            let mut logits = HostTensor::of(logits);
+            let vocab = logits.dims()[1];
+            let safe: Vec<usize> = targets.iter().map(|&t| t.max(0) as usize).collect();
+            // The kernel also writes the logits' gradient over them; it is not used here.
+            let loss = cpu_kernels::cross_entropy(logits.values_mut(), vocab, &safe, &weights);
+            ChunkLoss::Host(loss)
+        }
+        false => ChunkLoss::Device(Box::new(burn_nll(logits, targets, weights).loss)),
+    }
 }
 
 /// The loss summed over chunks: on the device, read once at the end (a read per chunk would
@@ -129,6 +167,34 @@ fn burn_chunk_loss_backward(
     targets: &[i64],
     weights: Vec<f32>,
 ) -> (Tensor<1>, Tensor<2>) {
+    let BurnNll {
+        loss,
+        exp,
+        sum,
+        safe,
+        weights,
+    } = burn_nll(logits, targets, weights);
+    let probs = exp * (weights.clone() / sum);
+    let target_rows = embedding_rows(head.clone(), safe);
+    let d_hidden = matmul(probs, Read::AsIs, head.clone(), Read::AsIs) - target_rows * weights;
+    (loss, d_hidden)
+}
+
+/// The weighted loss of a chunk in Burn operations, with what its gradient needs.
+struct BurnNll {
+    loss: Tensor<1>,
+    /// `exp(logits − row max)`.
+    exp: Tensor<2>,
+    /// Row sums of `exp`, `[rows, 1]`.
+    sum: Tensor<2>,
+    /// Targets with ignored ones replaced by 0.
+    safe: Tensor<1, Int>,
+    /// `[rows, 1]`.
+    weights: Tensor<2>,
+}
+
+/// `Σ weight · (log Σ exp(logits) − logits[target])` through the row maximum.
+fn burn_nll(logits: Tensor<2>, targets: &[i64], weights: Vec<f32>) -> BurnNll {
     let (device, rows) = (logits.device(), targets.len());
     let safe: Vec<i64> = targets.iter().map(|&t| t.max(0)).collect();
     let safe = Tensor::<1, Int>::from_data(TensorData::new(safe, [rows]), &device);
@@ -139,10 +205,13 @@ fn burn_chunk_loss_backward(
     let log_norm = max + sum.clone().log();
     let target_logits = logits.gather(1, safe.clone().reshape([rows, 1]));
     let loss = ((log_norm - target_logits) * weights.clone()).sum();
-    let probs = exp * (weights.clone() / sum);
-    let target_rows = embedding_rows(head.clone(), safe);
-    let d_hidden = matmul(probs, Read::AsIs, head.clone(), Read::AsIs) - target_rows * weights;
-    (loss, d_hidden)
+    BurnNll {
+        loss,
+        exp,
+        sum,
+        safe,
+        weights,
+    }
 }
 
 #[cfg(all(test, feature = "flex"))]

@@ -1,0 +1,23 @@
+//! The training pass's forward alone, for evaluation: the same host kernels (or Burn
+//! operations off the host), without dropout, without keeping anything for a backward pass,
+//! and the loss without its gradient.
+
+use burn::tensor::Device;
+use feinschliff_data::batch::Batch;
+use feinschliff_model::llama::Llama;
+
+use crate::pass::backprop::{LayerMasks, Pass, layer_forward, shifted_targets};
+use crate::pass::ops::{head_loss, rms_norm};
+
+/// `Σ −log p(label)` over the scored tokens of `batch` (labels shifted by one, `-100`
+/// ignored), with the adapters on and no dropout; `device` is the device without autodiff.
+pub fn loss_sum(model: &Llama, batch: &Batch, device: &Device) -> f64 {
+    let (pass, mut x) = Pass::start(model, batch, device);
+    let masks = LayerMasks::none();
+    for layer in &model.model.layers {
+        x = layer_forward(layer, x, &pass, &masks).0;
+    }
+    let normed = rms_norm(&model.model.norm, x);
+    let head = model.head_weight().inner();
+    head_loss(normed, head, &shifted_targets(batch), device)
+}
