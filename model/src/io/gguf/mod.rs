@@ -4,8 +4,12 @@
 
 pub mod dequant;
 pub mod import;
+pub mod names;
+pub mod qk_permute;
+pub mod quantize;
 pub mod rope_freqs;
 pub mod tokenizer;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::fs::File;
