@@ -3,12 +3,14 @@
 //! Tensor data is memory-mapped and dequantized on request.
 
 pub mod dequant;
+pub mod export;
 pub mod import;
 pub mod names;
 pub mod qk_permute;
 pub mod quantize;
 pub mod rope_freqs;
 pub mod tokenizer;
+pub mod vocab;
 pub mod writer;
 
 use std::collections::BTreeMap;
