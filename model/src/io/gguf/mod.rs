@@ -2,9 +2,11 @@
 //! the tensor directory, with every offset and size checked against the file before use.
 //! Tensor data is memory-mapped and dequantized on request.
 
+pub mod adapter;
 pub mod dequant;
 pub mod export;
 pub mod import;
+pub mod modelfile;
 pub mod names;
 pub mod qk_permute;
 pub mod quantize;

@@ -98,7 +98,7 @@ fn key(name: &str, value: MetaValue) -> (String, MetaValue) {
 fn pre_tokenizer_name(pre: &Json) -> Result<&'static str, String> {
     let byte_level = |p: &Json, regex: bool| p["type"] == "ByteLevel" && p["use_regex"] == regex;
     if byte_level(pre, true) {
-        return Ok("gpt2");
+        return Ok("gpt-2");
     }
     let parts = pre["pretokenizers"].as_array().map(Vec::as_slice);
     match parts {
@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn pre_tokenizers_get_llama_cpp_names() {
         let level = |regex: bool| json!({"type": "ByteLevel", "use_regex": regex});
-        assert_eq!(pre_tokenizer_name(&level(true)).unwrap(), "gpt2");
+        assert_eq!(pre_tokenizer_name(&level(true)).unwrap(), "gpt-2");
         let split = |regex: &str| {
             json!({"type": "Sequence", "pretokenizers": [
                 {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated"},
