@@ -180,11 +180,11 @@ fn check_supported(config: &LlamaConfig) -> Result<(), String> {
     if config.mlp_bias {
         return refuse("key `mlp_bias` true (MLP biases)");
     }
-    if config.o_bias && arch != "llama" {
-        return refuse("an o_proj bias");
-    }
     if config.qkv_bias && arch == "qwen3" {
         return refuse("key `attention_bias` true (q/k/v biases)");
+    }
+    if config.o_bias && arch != "llama" {
+        return refuse("key `attention_bias` true (an o_proj bias)");
     }
     Ok(())
 }
