@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn zero_blocks_and_bad_rows() {
         let zeros = quantize(GgmlType::Q4_0, &[0.0; 32], 32).unwrap();
-        assert_eq!(zeros[..2], [0, 0]);
+        assert_eq!(zeros[..2], [0x00, 0x80]); // d = 0 / -8 = -0.0 in f16, as in ggml
         assert!(zeros[2..].iter().all(|&b| b == 0x88));
         assert_eq!(
             quantize(GgmlType::Q8_0, &[0.0; 48], 48).unwrap_err(),
