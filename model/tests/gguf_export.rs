@@ -194,9 +194,8 @@ fn adapters_are_written_as_llama_cpp_reads_them() {
         }
     }
     let out = temp.path().join("adapter.gguf");
-    let (written, _) =
-        write_adapter_gguf(&hf.model, &hf.config, &spec, &out, GgmlType::F32).unwrap();
-    assert_eq!(written.len(), 8); // 2 layers × 2 modules × (A, B)
+    let written = write_adapter_gguf(&hf.model, &hf.config, &spec, &out, GgmlType::F32).unwrap();
+    assert_eq!(written.tensors.len(), 8); // 2 layers × 2 modules × (A, B)
     let file = GgufFile::open(&out).unwrap();
     let text = |k: &str| file.metadata[k].clone();
     assert_eq!(text("general.type"), Value::String("adapter".into()));

@@ -110,7 +110,7 @@ pub fn export_gguf_adapter(
     }
     let (hf, spec) = source.load()?;
     let spec = spec.ok_or_else(|| Error::Usage("no adapter given (--adapter DIR)".into()))?;
-    let (tensors, notes) = write_adapter_gguf(&hf.model, &hf.config, &spec, out, ty)?;
+    let summary = write_adapter_gguf(&hf.model, &hf.config, &spec, out, ty)?;
     let tokenizer = TokenizerConfig::from_model_dir(&hf.dir)?;
     let modelfile = modelfile(
         base_gguf,
@@ -119,8 +119,8 @@ pub fn export_gguf_adapter(
         tokenizer.eos_token.as_deref(),
     );
     Ok(AdapterExport {
-        tensors,
-        notes,
+        tensors: summary.tensors,
+        notes: summary.notes,
         modelfile,
     })
 }

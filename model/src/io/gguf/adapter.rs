@@ -12,7 +12,7 @@ use std::path::Path;
 use burn::tensor::Tensor;
 
 use super::dequant::GgmlType;
-use super::export::gguf_architecture;
+use super::export::{GgufSummary, gguf_architecture};
 use super::names::gguf_name;
 use super::qk_permute::permute_rows;
 use super::quantize::quantize;
@@ -39,14 +39,14 @@ pub fn llama_cpp_alpha(spec: &LoraSpec) -> Result<f32, String> {
 
 /// Writes the adapters attached to `model` (made with `spec`) as the new GGUF file `out`,
 /// `A` and `B` stored as `ty` (F32, F16, BF16 or Q8_0; a pair whose rows are not whole blocks
-/// falls back to F16). Returns the tensors written with their types, and notes.
+/// falls back to F16).
 pub fn write_adapter_gguf(
     model: &Llama,
     config: &LlamaConfig,
     spec: &LoraSpec,
     out: &Path,
     ty: GgmlType,
-) -> Result<(Vec<(String, GgmlType)>, Vec<String>), Error> {
+) -> Result<GgufSummary, Error> {
     let bad_spec = |m: String| Error::Usage(format!("adapter: {m}"));
     let alpha = llama_cpp_alpha(spec).map_err(bad_spec)?;
     let arch = gguf_architecture(config.family);
@@ -111,7 +111,10 @@ pub fn write_adapter_gguf(
         quantize(entry.ty, &values, entry.shape[1])
             .map_err(|m| Error::invalid(out, format!("tensor `{}`: {m}", entry.name)))
     })?;
-    Ok((entries.into_iter().map(|e| (e.name, e.ty)).collect(), notes))
+    Ok(GgufSummary {
+        tensors: entries.into_iter().map(|e| (e.name, e.ty)).collect(),
+        notes,
+    })
 }
 
 #[cfg(test)]

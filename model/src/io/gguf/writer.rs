@@ -200,7 +200,7 @@ mod tests {
         let q8 = super::super::quantize::quantize(GgmlType::Q8_0, &[1.0; 64], 32).unwrap();
         write_gguf(&path, &metadata, &tensors, |i| {
             Ok([
-                vec![1f32, 2.0, 3.0]
+                [1f32, 2.0, 3.0]
                     .iter()
                     .flat_map(|v| v.to_le_bytes())
                     .collect(),
