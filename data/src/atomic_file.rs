@@ -54,6 +54,32 @@ pub fn write_file_atomic_for_append(path: &Path, bytes: &[u8]) -> Result<File, E
     Ok(file)
 }
 
+/// Creates `path`, which must not exist yet, from what `write` writes into a fresh temporary
+/// file beside it (so large files stream instead of being held in memory): the file is
+/// flushed and renamed to `path` only when `write` succeeds, and removed when it fails.
+pub fn write_new_file_with(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> Result<(), Error>,
+) -> Result<(), Error> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(Error::invalid(
+            path,
+            "already exists; choose a new output file",
+        ));
+    }
+    let (mut file, temp) = create_temp_file(path)?;
+    let result = write(&mut file).and_then(|()| {
+        file.sync_all()
+            .and_then(|()| std::fs::rename(&temp, path))
+            .map_err(|e| Error::io(path, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result?;
+    sync_dir(parent_dir(path))
+}
+
 /// Creates a new empty file, open for appending, under a fresh temporary name beside `path`;
 /// returns it and its name.
 fn create_temp_file(path: &Path) -> Result<(File, PathBuf), Error> {

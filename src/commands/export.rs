@@ -5,8 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use feinschliff_model::backend::DeviceChoice;
+use feinschliff_model::io::gguf::dequant::GgmlType;
+use feinschliff_model::io::gguf::export::GgufFileType;
 use feinschliff_model::io::safetensors_out::StoreDtype;
 use feinschliff_train::export::{export_adapter, export_merged, parse_size};
+use feinschliff_train::export_gguf::{GgufSource, export_gguf, export_gguf_adapter};
 
 #[derive(Subcommand)]
 /// What `export` writes.
@@ -15,6 +19,77 @@ pub enum ExportCommand {
     Adapter(ExportAdapterArgs),
     /// A full Hugging Face model directory with the adapter merged into the weights.
     Merged(ExportMergedArgs),
+    /// One GGUF file for llama.cpp / Ollama with the adapter merged into the weights.
+    Gguf(ExportGgufArgs),
+    /// llama.cpp's LoRA adapter GGUF, and an Ollama Modelfile on stdout.
+    GgufAdapter(ExportGgufAdapterArgs),
+}
+
+#[derive(Args)]
+/// Where a GGUF export takes its model from: a run, or directories.
+pub struct GgufSourceArgs {
+    /// The run directory.
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["model", "adapter"], conflicts_with = "model")]
+    run: Option<PathBuf>,
+    /// Which checkpoint of the run: last, best (lowest eval loss) or step-N.
+    #[arg(long, default_value = "last")]
+    checkpoint: String,
+    /// A Hugging Face model directory instead of a run (for gguf-adapter: the adapter's base).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Compute backend to load --model on.
+    #[arg(long, default_value = "flex", value_name = "NAME")]
+    device: DeviceChoice,
+    /// The GGUF file to create.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+impl GgufSourceArgs {
+    fn source(&self, adapter: Option<PathBuf>) -> Result<GgufSource> {
+        Ok(match (&self.run, &self.model) {
+            (Some(run), _) => GgufSource::Run {
+                run: run.clone(),
+                checkpoint: self.checkpoint.clone(),
+            },
+            (None, Some(model)) => GgufSource::Dirs {
+                model: model.clone(),
+                adapter,
+                device: self.device,
+            },
+            (None, None) => anyhow::bail!("--adapter needs --model DIR, the adapter's base model"),
+        })
+    }
+}
+
+#[derive(Args)]
+/// Arguments of `export gguf`.
+pub struct ExportGgufArgs {
+    #[command(flatten)]
+    source: GgufSourceArgs,
+    /// Storage of the weight matrices (norms and biases stay f32).
+    #[arg(
+        long = "type",
+        default_value = "f16",
+        value_name = "f32|f16|bf16|q8_0|q4_0"
+    )]
+    ty: GgufFileType,
+}
+
+#[derive(Args)]
+/// Arguments of `export gguf-adapter`.
+pub struct ExportGgufAdapterArgs {
+    #[command(flatten)]
+    source: GgufSourceArgs,
+    /// A PEFT adapter directory instead of a run (with --model, its base).
+    #[arg(long, value_name = "DIR", conflicts_with = "run", requires = "model")]
+    adapter: Option<PathBuf>,
+    /// Storage of the LoRA matrices.
+    #[arg(long = "type", default_value = "f32", value_name = "f32|f16|bf16|q8_0")]
+    ty: String,
+    /// The base model's GGUF, for the Modelfile's FROM line.
+    #[arg(long, default_value = "./base.gguf", value_name = "FILE")]
+    base_gguf: String,
 }
 
 #[derive(Args)]
@@ -49,6 +124,8 @@ pub fn run(command: ExportCommand) -> Result<()> {
     match command {
         ExportCommand::Adapter(args) => run_adapter(args),
         ExportCommand::Merged(args) => run_merged(args),
+        ExportCommand::Gguf(args) => run_gguf(args),
+        ExportCommand::GgufAdapter(args) => run_gguf_adapter(args),
     }
 }
 
@@ -71,4 +148,52 @@ fn run_merged(args: ExportMergedArgs) -> Result<()> {
     )?;
     println!("wrote {}", dir.display());
     Ok(())
+}
+
+/// Writes the merged model as GGUF and lists each tensor's storage type.
+fn run_gguf(args: ExportGgufArgs) -> Result<()> {
+    let source = args.source.source(None)?;
+    let summary = export_gguf(&source, &args.source.out, args.ty)?;
+    print_tensors(&summary.tensors, &summary.notes);
+    println!("wrote {}", args.source.out.display());
+    Ok(())
+}
+
+/// Writes the adapter GGUF, then prints the Ollama Modelfile.
+fn run_gguf_adapter(args: ExportGgufAdapterArgs) -> Result<()> {
+    let ty = match args.ty.as_str() {
+        "f32" => GgmlType::F32,
+        "f16" => GgmlType::F16,
+        "bf16" => GgmlType::BF16,
+        "q8_0" => GgmlType::Q8_0,
+        other => anyhow::bail!("--type `{other}` is not one of f32, f16, bf16, q8_0"),
+    };
+    let source = args.source.source(args.adapter.clone())?;
+    let export = export_gguf_adapter(&source, &args.source.out, ty, &args.base_gguf)?;
+    print_tensors(&export.tensors, &export.notes);
+    println!("wrote {}", args.source.out.display());
+    println!("# Ollama Modelfile:\n{}", export.modelfile);
+    Ok(())
+}
+
+/// How many tensors of each storage type, which are not the most common one, and the notes.
+fn print_tensors(tensors: &[(String, GgmlType)], notes: &[String]) {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, ty) in tensors {
+        *counts.entry(format!("{ty:?}")).or_default() += 1;
+    }
+    let main = counts
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(t, _)| t.clone());
+    let summary: Vec<String> = counts.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    println!("tensors: {}", summary.join(", "));
+    for (name, ty) in tensors {
+        if Some(format!("{ty:?}")) != main {
+            println!("  {name}: {ty:?}");
+        }
+    }
+    for note in notes {
+        println!("note: {note}");
+    }
 }

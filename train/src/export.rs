@@ -14,6 +14,7 @@ use feinschliff_model::io::hf_export::write_merged;
 use feinschliff_model::io::new_dir::write_new_dir;
 use feinschliff_model::io::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter};
 use feinschliff_model::io::safetensors_out::StoreDtype;
+use feinschliff_model::lora::LoraSpec;
 
 /// The directory of checkpoint `which` (`last`, `best` = lowest eval loss, or `step-N`).
 pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf, Error> {
@@ -78,15 +79,9 @@ pub fn export_adapter(run_dir: &Path, which: &str, out: &Path) -> Result<PathBuf
     })
 }
 
-/// Writes the run's base model with the adapter of checkpoint `which` merged into the new
-/// directory `out`, in `dtype`, sharded above `max_shard_bytes`.
-pub fn export_merged(
-    run_dir: &Path,
-    which: &str,
-    out: &Path,
-    dtype: StoreDtype,
-    max_shard_bytes: usize,
-) -> Result<PathBuf, Error> {
+/// The run's base model (from `config.toml`'s `model.path`, on its `model.device`) with the
+/// adapter of checkpoint `which` attached, and the adapter's settings.
+pub fn load_run_model(run_dir: &Path, which: &str) -> Result<(HfModel, LoraSpec), Error> {
     let source = resolve_checkpoint(run_dir, which)?;
     let config_path = run_dir.join("config.toml");
     let config = RunConfig::load(&config_path, &[])?;
@@ -97,12 +92,25 @@ pub fn export_merged(
         .map_err(Error::Usage)?
         .device();
     let mut base = HfModel::load(&config.model.path, &device)?;
-    load_adapter(&mut base.model, &source, &device)?;
+    let spec = load_adapter(&mut base.model, &source, &device)?;
+    Ok((base, spec))
+}
+
+/// Writes the run's base model with the adapter of checkpoint `which` merged into the new
+/// directory `out`, in `dtype`, sharded above `max_shard_bytes`.
+pub fn export_merged(
+    run_dir: &Path,
+    which: &str,
+    out: &Path,
+    dtype: StoreDtype,
+    max_shard_bytes: usize,
+) -> Result<PathBuf, Error> {
+    let (base, _) = load_run_model(run_dir, which)?;
     write_new_dir(out, |temp| {
         write_merged(
             &base.model,
             &base.config,
-            &config.model.path,
+            &base.dir,
             temp,
             dtype,
             max_shard_bytes,

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod evaluator;
 pub mod export;
+pub mod export_gguf;
 pub mod optim;
 pub mod packed_eval;
 pub mod pass;

@@ -43,6 +43,15 @@ pub fn merged_tensors(model: &Llama) -> BTreeMap<String, Tensor<2>> {
             format!("model.layers.{i}.post_attention_layernorm.weight"),
             &layer.post_attention_layernorm.weight,
         );
+        let attn = &layer.self_attn;
+        for (name, norm) in [("q_norm", &attn.q_norm), ("k_norm", &attn.k_norm)] {
+            if let Some(norm) = norm {
+                vector(
+                    format!("model.layers.{i}.self_attn.{name}.weight"),
+                    &norm.weight,
+                );
+            }
+        }
     }
     for (name, linear) in model.projections() {
         let weight = match &linear.lora {

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
 
+use super::names::hf_name;
+use super::qk_permute::unpermute_rows;
 use super::tokenizer::{TokenizerFiles, convert_tokenizer};
 use super::{GgufFile, Value, rope_freqs};
 use crate::Error;
@@ -135,33 +137,13 @@ fn write_model_dir(
         Ok(if arch.config.family != Family::Llama {
             values
         } else if hf_name.contains(".self_attn.q_proj.") {
-            unpermute_rows(values, shape, arch.config.num_attention_heads)
+            unpermute_rows(&values, shape[0], arch.config.num_attention_heads)
         } else if hf_name.contains(".self_attn.k_proj.") {
-            unpermute_rows(values, shape, arch.config.num_key_value_heads)
+            unpermute_rows(&values, shape[0], arch.config.num_key_value_heads)
         } else {
             values
         })
     })
-}
-
-/// Undoes llama.cpp's q/k permutation: within each head, GGUF row `2j + i` is HF row
-/// `i · half + j` (HF pairs dim `j` with `j + half` for RoPE, llama.cpp pairs `2j` with `2j+1`).
-fn unpermute_rows(values: Vec<f32>, shape: &[usize], heads: usize) -> Vec<f32> {
-    let rows = shape[0];
-    let width: usize = shape[1..].iter().product();
-    let half = rows / heads / 2;
-    let mut out = vec![0f32; values.len()];
-    for h in 0..heads {
-        let base = h * 2 * half;
-        for j in 0..half {
-            for i in 0..2 {
-                let from = (base + 2 * j + i) * width;
-                let to = (base + i * half + j) * width;
-                out[to..to + width].copy_from_slice(&values[from..from + width]);
-            }
-        }
-    }
-    out
 }
 
 /// Reads an unsigned integer metadata value.
@@ -388,60 +370,9 @@ fn first_missing<T>(config: &LlamaConfig, present: &BTreeMap<String, T>) -> Opti
         .find(|name| !present.contains_key(name))
 }
 
-fn hf_name(gguf: &str) -> Option<String> {
-    match gguf {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, param) = rest.rsplit_once('.')?;
-    if param != "weight" && param != "bias" {
-        return None;
-    }
-    let hf_module = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf_module}.{param}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unpermute_inverts_llama_cpp_permute() {
-        // llama.cpp: w.reshape(heads, 2, half, width).swapaxes(1, 2).reshape(rows, width)
-        let (heads, half, width) = (3, 4, 2);
-        let rows = heads * 2 * half;
-        let hf: Vec<f32> = (0..rows * width).map(|v| v as f32).collect();
-        let mut permuted = vec![0f32; hf.len()];
-        for h in 0..heads {
-            for i in 0..2 {
-                for j in 0..half {
-                    let from = (h * 2 * half + i * half + j) * width;
-                    let to = (h * 2 * half + j * 2 + i) * width;
-                    permuted[to..to + width].copy_from_slice(&hf[from..from + width]);
-                }
-            }
-        }
-        assert_ne!(permuted, hf);
-        assert_eq!(unpermute_rows(permuted, &[rows, width], heads), hf);
-    }
 
     /// tiny_llama.gguf (2 layers) with its architecture.
     fn tiny() -> (GgufFile, LlamaConfig) {
@@ -497,20 +428,5 @@ mod tests {
                 && message.ends_with("(from `llama.block_count`)"),
             "{message}"
         );
-    }
-
-    #[test]
-    fn names_map_to_hf() {
-        assert_eq!(
-            hf_name("blk.12.attn_q.weight").unwrap(),
-            "model.layers.12.self_attn.q_proj.weight"
-        );
-        assert_eq!(
-            hf_name("blk.0.ffn_norm.weight").unwrap(),
-            "model.layers.0.post_attention_layernorm.weight"
-        );
-        assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
-        assert!(hf_name("blk.0.attn_qkv.weight").is_none());
-        assert!(hf_name("rope_freqs.weight").is_none());
     }
 }

@@ -2,10 +2,18 @@
 //! the tensor directory, with every offset and size checked against the file before use.
 //! Tensor data is memory-mapped and dequantized on request.
 
+pub mod adapter;
 pub mod dequant;
+pub mod export;
 pub mod import;
+pub mod modelfile;
+pub mod names;
+pub mod qk_permute;
+pub mod quantize;
 pub mod rope_freqs;
 pub mod tokenizer;
+pub mod vocab;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::fs::File;

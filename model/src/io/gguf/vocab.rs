@@ -1,0 +1,250 @@
+//! A Hugging Face tokenizer (`tokenizer.json`, `tokenizer_config.json`, `chat_template.jinja`)
+//! as GGUF `tokenizer.ggml.*` metadata, the way llama.cpp's `convert_hf_to_gguf.py` writes a
+//! byte-level BPE vocabulary (`_set_vocab_gpt2`): model `gpt2`, the pre-tokenizer's llama.cpp
+//! name, every id up to the model's vocabulary size (ids without a token become `[PADn]`,
+//! UNUSED), special added tokens CONTROL, other added tokens USER_DEFINED, the merges, the
+//! special token ids, `add_bos_token` and the chat template. The reverse of
+//! [`super::tokenizer`].
+//!
+//! SentencePiece vocabularies (byte-fallback BPE behind a `▁` Metaspace, Llama 2 and Mistral
+//! v0.1–v0.3) are refused: llama.cpp tokenizes them by token scores that `tokenizer.json`
+//! does not hold.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use feinschliff_data::tokenize::TokenizerConfig;
+use serde_json::Value as Json;
+
+use super::tokenizer::{GPT4O_SPLIT, LLAMA3_SPLIT, QWEN2_SPLIT, TEKKEN_SPLIT};
+use super::writer::MetaValue;
+use crate::Error;
+use crate::config::LlamaConfig;
+
+/// llama.cpp token types.
+const NORMAL: i32 = 1;
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
+const UNUSED: i32 = 5;
+
+/// The `tokenizer.ggml.*` and `tokenizer.chat_template` metadata of the model in `dir`.
+pub fn vocab_metadata(dir: &Path, config: &LlamaConfig) -> Result<Vec<(String, MetaValue)>, Error> {
+    let path = dir.join("tokenizer.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let json: Json = serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(&path, format!("invalid JSON: {e}")))?;
+    let bad = |message: String| Error::invalid(&path, message);
+    let model = &json["model"];
+    if model["type"] != "BPE" || model["byte_fallback"] == true {
+        return Err(bad(format!(
+            "key `model`: only byte-level BPE vocabularies can be written to GGUF here (this is {} \
+             with byte_fallback {}; SentencePiece-style vocabularies need scores tokenizer.json \
+             does not hold)",
+            model["type"], model["byte_fallback"]
+        )));
+    }
+    let pre = pre_tokenizer_name(&json["pre_tokenizer"]).map_err(bad)?;
+    let (tokens, types) = tokens_and_types(&json, config.vocab_size).map_err(bad)?;
+    let merges = merges(&model["merges"]).map_err(bad)?;
+    let special = TokenizerConfig::from_model_dir(dir)?;
+    let id_of = |text: &Option<String>| {
+        text.as_ref()
+            .and_then(|t| tokens.iter().position(|s| s == t))
+    };
+    let unk = model["unk_token"].as_str().map(String::from);
+    let bos = id_of(&special.bos_token).or(config.bos_token_id.map(|id| id as usize));
+    let eos = id_of(&special.eos_token).or(config.eos_token_ids.first().map(|&id| id as usize));
+    let add_bos = special
+        .add_bos_token
+        .unwrap_or_else(|| post_processor_adds_bos(&json["post_processor"]));
+    let mut meta = vec![
+        key("tokenizer.ggml.model", MetaValue::Str("gpt2".into())),
+        key("tokenizer.ggml.pre", MetaValue::Str(pre.into())),
+        key("tokenizer.ggml.tokens", MetaValue::Strs(tokens.clone())),
+        key("tokenizer.ggml.token_type", MetaValue::I32s(types)),
+        key("tokenizer.ggml.merges", MetaValue::Strs(merges)),
+    ];
+    let ids = [
+        ("bos", bos),
+        ("eos", eos),
+        ("unknown", id_of(&unk)),
+        ("padding", id_of(&special.pad_token)),
+    ];
+    for (name, id) in ids {
+        if let Some(id) = id {
+            meta.push(key(
+                &format!("tokenizer.ggml.{name}_token_id"),
+                MetaValue::U32(id as u32),
+            ));
+        }
+    }
+    meta.push(key(
+        "tokenizer.ggml.add_bos_token",
+        MetaValue::Bool(add_bos),
+    ));
+    meta.push(key("tokenizer.ggml.add_eos_token", MetaValue::Bool(false)));
+    if let Some(template) = special.chat_template {
+        meta.push(key("tokenizer.chat_template", MetaValue::Str(template)));
+    }
+    Ok(meta)
+}
+
+fn key(name: &str, value: MetaValue) -> (String, MetaValue) {
+    (name.to_string(), value)
+}
+
+/// llama.cpp's name (`tokenizer.ggml.pre`) for a byte-level pre-tokenizer: GPT-2's own split,
+/// SmolLM's (single digits first), or a split regex llama.cpp knows by name.
+fn pre_tokenizer_name(pre: &Json) -> Result<&'static str, String> {
+    let byte_level = |p: &Json, regex: bool| p["type"] == "ByteLevel" && p["use_regex"] == regex;
+    if byte_level(pre, true) {
+        return Ok("gpt-2");
+    }
+    let parts = pre["pretokenizers"].as_array().map(Vec::as_slice);
+    match parts {
+        Some([digits, level])
+            if digits["type"] == "Digits"
+                && digits["individual_digits"] == true
+                && byte_level(level, true) =>
+        {
+            return Ok("smollm");
+        }
+        Some([split, level]) if split["type"] == "Split" && byte_level(level, false) => {
+            let regex = split["pattern"]["Regex"].as_str().unwrap_or_default();
+            let known = [
+                (LLAMA3_SPLIT, "llama-bpe"),
+                (QWEN2_SPLIT, "qwen2"),
+                (TEKKEN_SPLIT, "tekken"),
+                (GPT4O_SPLIT, "gpt-4o"),
+            ];
+            if let Some((_, name)) = known.iter().find(|(r, _)| *r == regex) {
+                return Ok(name);
+            }
+        }
+        _ => {}
+    }
+    Err(format!(
+        "key `pre_tokenizer`: {} has no llama.cpp pre-tokenizer name we know (GPT-2, SmolLM, \
+         Llama 3, Qwen2, Tekken and GPT-4o splits are known)",
+        serde_json::to_string(pre).unwrap_or_default()
+    ))
+}
+
+/// Every token text for ids `0..vocab_size` with its llama.cpp type.
+fn tokens_and_types(json: &Json, vocab_size: usize) -> Result<(Vec<String>, Vec<i32>), String> {
+    let vocab = json["model"]["vocab"]
+        .as_object()
+        .ok_or("key `model.vocab` is not an object")?;
+    let mut by_id: BTreeMap<usize, (String, i32)> = BTreeMap::new();
+    for (token, id) in vocab {
+        let id = id
+            .as_u64()
+            .ok_or(format!("token `{token}`: id {id} is not a number"))?;
+        by_id.insert(id as usize, (token.clone(), NORMAL));
+    }
+    for added in json["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(id), Some(content)) = (added["id"].as_u64(), added["content"].as_str()) else {
+            return Err(format!(
+                "key `added_tokens`: entry {added} has no id or content"
+            ));
+        };
+        let ty = if added["special"] == true {
+            CONTROL
+        } else {
+            USER_DEFINED
+        };
+        by_id.insert(id as usize, (content.to_string(), ty));
+    }
+    if let Some((&id, (token, _))) = by_id.range(vocab_size..).next() {
+        return Err(format!(
+            "token `{token}` has id {id}, outside the model's vocabulary of {vocab_size}"
+        ));
+    }
+    Ok((0..vocab_size)
+        .map(|id| {
+            by_id
+                .remove(&id)
+                .unwrap_or_else(|| (format!("[PAD{id}]"), UNUSED))
+        })
+        .unzip())
+}
+
+/// Merges as `"a b"` strings (`tokenizer.json` holds them as pairs or as such strings).
+fn merges(merges: &Json) -> Result<Vec<String>, String> {
+    let items = merges
+        .as_array()
+        .ok_or("key `model.merges` is not a list")?;
+    items
+        .iter()
+        .map(|m| match m {
+            Json::String(s) => Ok(s.clone()),
+            Json::Array(pair) => match pair.as_slice() {
+                [Json::String(a), Json::String(b)] => Ok(format!("{a} {b}")),
+                _ => Err(format!("key `model.merges`: {m} is not a pair of tokens")),
+            },
+            _ => Err(format!("key `model.merges`: {m} is not a merge")),
+        })
+        .collect()
+}
+
+/// Whether the post-processor puts a special token before the text (BOS).
+fn post_processor_adds_bos(post: &Json) -> bool {
+    let processors = match post["type"].as_str() {
+        Some("Sequence") => post["processors"].as_array().cloned().unwrap_or_default(),
+        _ => vec![post.clone()],
+    };
+    processors.iter().any(|p| {
+        p["type"] == "TemplateProcessing"
+            && p["single"]
+                .as_array()
+                .and_then(|s| s.first())
+                .is_some_and(|first| first.get("SpecialToken").is_some())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn pre_tokenizers_get_llama_cpp_names() {
+        let level = |regex: bool| json!({"type": "ByteLevel", "use_regex": regex});
+        assert_eq!(pre_tokenizer_name(&level(true)).unwrap(), "gpt-2");
+        let split = |regex: &str| {
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated"},
+                level(false)]})
+        };
+        assert_eq!(
+            pre_tokenizer_name(&split(LLAMA3_SPLIT)).unwrap(),
+            "llama-bpe"
+        );
+        assert_eq!(pre_tokenizer_name(&split(QWEN2_SPLIT)).unwrap(), "qwen2");
+        let error = pre_tokenizer_name(&split("\\s+")).unwrap_err();
+        assert!(error.starts_with("key `pre_tokenizer`: {"), "{error}");
+        let digits = json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, level(true)]});
+        assert_eq!(pre_tokenizer_name(&digits).unwrap(), "smollm");
+    }
+
+    #[test]
+    fn ids_without_tokens_are_unused_pads() {
+        let json = json!({
+            "model": {"vocab": {"a": 0, "b": 1}},
+            "added_tokens": [{"id": 3, "content": "<s>", "special": true},
+                             {"id": 4, "content": "hi", "special": false}],
+        });
+        let (tokens, types) = tokens_and_types(&json, 6).unwrap();
+        assert_eq!(tokens, ["a", "b", "[PAD2]", "<s>", "hi", "[PAD5]"]);
+        assert_eq!(
+            types,
+            [NORMAL, NORMAL, UNUSED, CONTROL, USER_DEFINED, UNUSED]
+        );
+        assert_eq!(
+            tokens_and_types(&json, 4).unwrap_err(),
+            "token `hi` has id 4, outside the model's vocabulary of 4"
+        );
+    }
+}

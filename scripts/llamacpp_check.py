@@ -1,0 +1,163 @@
+"""llama.cpp itself runs what `feinschliff export gguf` / `export gguf-adapter` write.
+
+Run by scripts/llamacpp_check.sh (which trains, exports and passes the paths) in the reference
+venv (torch, transformers, peft), with llama.cpp's Python binding (llama_cpp, built by
+scripts/setup-llamacpp.sh) put on sys.path from --llama-site. Checks, one JSON line each:
+
+  tokens      llama.cpp's token ids of each check string (model.gguf) equal the HF tokenizer's
+              of the base model directory (the tokenizer feinschliff uses)
+  logits      last-position logits of llama.cpp on our f32 merged GGUF equal transformers' on
+              our f32 `export merged` directory (which scripts/interop.sh ties to feinschliff's
+              own logits) within 1e-3 relative (max |diff| / max |ours|)
+  greedy      llama.cpp's greedy 32-token continuation equals `feinschliff generate`'s text
+  adapter     base GGUF + our adapter GGUF (plain, rsLoRA) in llama.cpp equal transformers+PEFT
+              with our adapter directory on the base, within 1e-3 relative
+  import      `import-gguf` of our f32 GGUF gives back our merged tensors exactly and a
+              tokenizer with the same ids
+
+The last line is "llamacpp: N passed, N failed"; the exit status is 1 on any failure.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+CHECK_STRINGS = [
+    "Der Antrag wird bewilligt.",
+    "Hello world, 123 tests!",
+    "<|im_start|>user\nHallo<|im_end|>\n",
+]
+TOL = 1e-3
+results = []
+
+
+def report(check, ok, **details):
+    results.append(ok)
+    print(json.dumps({"check": check, "ok": bool(ok), **details}), flush=True)
+
+
+def rel(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def llama(path, lora=None):
+    from llama_cpp import Llama
+
+    kwargs = dict(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    if lora:
+        kwargs.update(lora_path=str(lora), lora_scale=1.0)
+    return Llama(**kwargs)
+
+
+def llama_last_logits(llm, ids):
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[len(ids) - 1], dtype=np.float64)
+
+
+def hf_ids(tok, text):
+    return tok(text, add_special_tokens=True)["input_ids"]
+
+
+def hf_last_logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        out = model(torch.tensor([ids]))
+    return out.logits[0, -1].double().numpy()
+
+
+def check_model(a, tok):
+    from transformers import AutoModelForCausalLM
+
+    llm = llama(a.merged_gguf)
+    ours = AutoModelForCausalLM.from_pretrained(a.merged_dir, dtype="float32").eval()
+    for text in CHECK_STRINGS:
+        theirs = llm.tokenize(text.encode(), add_bos=True, special=True)
+        expected = hf_ids(tok, text)
+        report("tokens", theirs == expected, text=text, llama_cpp=theirs, ours=expected)
+        d = rel(llama_last_logits(llm, expected), hf_last_logits(ours, expected))
+        report("logits", d <= TOL, text=text, rel_diff=d)
+    prompt = CHECK_STRINGS[0]
+    ids = hf_ids(tok, prompt)
+    llm.reset()
+    llm.eval(ids)
+    generated = []
+    eos = {llm.token_eos()}
+    for _ in range(32):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        if nxt in eos:
+            break
+        generated.append(nxt)
+        llm.eval([nxt])
+    theirs = llm.detokenize(generated).decode("utf-8", "replace")
+    out = subprocess.run(
+        [a.bin, "generate", "--model", a.merged_dir, "--prompt", prompt, "--max-new-tokens", "32"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    ours = out[:-1] if out.endswith("\n") else out
+    report("greedy", theirs == ours, llama_cpp=theirs, ours=ours, tokens=len(generated))
+
+
+def check_adapter(a, tok, adapter_gguf, adapter_dir, label):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    llm = llama(a.base_gguf, lora=adapter_gguf)
+    base = AutoModelForCausalLM.from_pretrained(a.base, dtype="float32")
+    ours = PeftModel.from_pretrained(base, adapter_dir).eval()
+    for text in CHECK_STRINGS[:2]:
+        ids = hf_ids(tok, text)
+        d = rel(llama_last_logits(llm, ids), hf_last_logits(ours, ids))
+        report("adapter", d <= TOL, adapter=label, text=text, rel_diff=d)
+
+
+def check_import(a, tok):
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    out = Path(a.work) / "imported"
+    subprocess.run([a.bin, "import-gguf", a.merged_gguf, str(out)], check=True, capture_output=True)
+    back = load_file(out / "model.safetensors")
+    merged = {}
+    for f in Path(a.merged_dir).glob("*.safetensors"):
+        merged.update(load_file(f))
+    names_equal = sorted(back) == sorted(merged)
+    worst = max((float(np.max(np.abs(back[k] - merged[k]))) for k in merged if k in back), default=0.0)
+    report("import", names_equal and worst == 0.0, tensors=len(back), max_abs_diff=worst)
+    tok_back = AutoTokenizer.from_pretrained(out)
+    same = all(hf_ids(tok_back, t) == hf_ids(tok, t) for t in CHECK_STRINGS)
+    report("import", same, what="tokenizer ids")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for arg in ["bin", "base", "base-gguf", "merged-gguf", "merged-dir", "adapter-gguf", "adapter-dir",
+                "rslora-gguf", "rslora-dir", "work", "llama-site"]:
+        p.add_argument(f"--{arg}", required=True)
+    a = p.parse_args()
+    sys.path.insert(0, a.llama_site)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(a.base)
+    for check in [
+        lambda: check_model(a, tok),
+        lambda: check_adapter(a, tok, a.adapter_gguf, a.adapter_dir, "lora"),
+        lambda: check_adapter(a, tok, a.rslora_gguf, a.rslora_dir, "rslora"),
+        lambda: check_import(a, tok),
+    ]:
+        try:
+            check()
+        except Exception as e:  # a crash is a failed check, the others still run
+            report("error", False, error=f"{type(e).__name__}: {e}")
+    passed = sum(results)
+    print(f"llamacpp: {passed} passed, {len(results) - passed} failed")
+    sys.exit(0 if passed == len(results) else 1)
+
+
+if __name__ == "__main__":
+    main()
