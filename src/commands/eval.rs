@@ -9,6 +9,7 @@ use feinschliff_data::dataset::load_dataset;
 use feinschliff_data::source::read_texts;
 use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_model::eval::{EvalReport, text_examples};
+use feinschliff_train::bench::peak_rss_bytes;
 use feinschliff_train::packed_eval::evaluate_packed;
 use feinschliff_train::run_config::RunConfig;
 
@@ -40,9 +41,34 @@ pub struct EvalArgs {
     /// crosses records), as many rows per batch as fit.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     batch_tokens: usize,
-    /// Print one JSON object on stdout instead of text.
+    /// Print one JSON object on stdout instead of text (the report, with tokens/s and the
+    /// process's peak RSS).
     #[arg(long)]
     json: bool,
+}
+
+/// Progress of the scoring on stderr, as a bar with tokens/s on a terminal, nothing otherwise.
+fn eval_progress() -> impl FnMut(usize, usize, usize) {
+    use std::io::IsTerminal;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let style = indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} records  {msg}  ETA {eta}",
+        )
+        .expect("a valid template");
+        indicatif::ProgressBar::new(0).with_style(style)
+    });
+    let start = std::time::Instant::now();
+    move |done, total, tokens| {
+        if let Some(bar) = &bar {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            let speed = tokens as f64 / start.elapsed().as_secs_f64();
+            bar.set_message(format!("{speed:.0} tokens/s"));
+            if done == total {
+                bar.finish_and_clear();
+            }
+        }
+    }
 }
 
 /// Scores the data and prints the report.
@@ -68,7 +94,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 args.batch_tokens,
                 pad_id,
                 &device,
-                |_, _| {},
+                eval_progress(),
             )
         }
         (None, Some(data)) => {
@@ -84,7 +110,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 args.batch_tokens,
                 pad_id,
                 &device,
-                |_, _| {},
+                eval_progress(),
             );
             EvalReport {
                 records: texts.len(),
@@ -96,7 +122,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (None, None) => anyhow::bail!("give --data FILE or --config FILE"),
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut json = serde_json::to_value(&report)?;
+        json["peak_rss_bytes"] = peak_rss_bytes().into();
+        println!("{json}");
     } else {
         println!(
             "loss {:.6}  perplexity {:.4}  tokens {}  records {} ({} truncated at {})  {:.1} s  {:.1} tokens/s",

@@ -70,7 +70,14 @@ impl<'a> Evaluator<'a> {
         let batch_tokens = self.config.train.micro_batch * self.config.data.max_len;
         let pad_id = self.session.tokenizer.pad_id();
         let device = &self.session.plain_device;
-        let report = evaluate_packed(model, self.valid, batch_tokens, pad_id, device, |_, _| {});
+        let report = evaluate_packed(
+            model,
+            self.valid,
+            batch_tokens,
+            pad_id,
+            device,
+            |_, _, _| {},
+        );
         log.write(json!({
             "step": step, "eval_loss": report.loss, "eval_perplexity": report.perplexity
         }))?;

@@ -15,15 +15,16 @@ use feinschliff_model::llama::Llama;
 use crate::pass::score::loss_sum;
 
 /// Mean loss per scored token of `examples` (their `trained` tokens after the first), in
-/// packed batches of about `batch_tokens` tokens; `on_batch(done, total)` reports progress in
-/// examples. `device` is the device without autodiff.
+/// packed batches of about `batch_tokens` tokens; `on_batch(done, total, tokens)` reports
+/// progress after each batch: examples done, of all, and tokens run through the model so far.
+/// `device` is the device without autodiff.
 pub fn evaluate_packed(
     model: &Llama,
     examples: &[Example],
     batch_tokens: usize,
     pad_id: u32,
     device: &Device,
-    mut on_batch: impl FnMut(usize, usize),
+    mut on_batch: impl FnMut(usize, usize, usize),
 ) -> EvalReport {
     let start = Instant::now();
     let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
@@ -41,7 +42,7 @@ pub fn evaluate_packed(
         tokens += batch.trained_tokens;
         forwarded += batch.real_tokens;
         done += group.iter().map(Vec::len).sum::<usize>();
-        on_batch(done, examples.len());
+        on_batch(done, examples.len(), forwarded);
     }
     let seconds = start.elapsed().as_secs_f64();
     let loss = nll / tokens.max(1) as f64;

@@ -356,7 +356,7 @@ fn packed_evaluation_equals_one_text_at_a_time() {
         let (examples, truncated) = text_examples(&tokenizer, &texts, 24).unwrap();
         assert!(truncated > 0, "some texts must be cut at 24 tokens");
         for batch_tokens in [1, 40, 4096] {
-            let packed = evaluate_packed(&model, &examples, batch_tokens, 0, &device, |_, _| {});
+            let packed = evaluate_packed(&model, &examples, batch_tokens, 0, &device, |_, _, _| {});
             assert_eq!(packed.tokens, reference.tokens, "{name}");
             let relative = (packed.loss - reference.loss).abs() / reference.loss;
             assert!(
