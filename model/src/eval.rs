@@ -42,6 +42,26 @@ pub struct EvalReport {
     pub tokens_per_second: f64,
 }
 
+impl EvalReport {
+    /// The report of `tokens` scored tokens whose losses sum to `nll`, with `forwarded` tokens
+    /// run through the model since `start`; the caller fills in `records`, `truncated` and
+    /// `max_len`.
+    pub fn from_sums(nll: f64, tokens: usize, forwarded: usize, start: Instant) -> Self {
+        let seconds = start.elapsed().as_secs_f64();
+        let loss = nll / tokens.max(1) as f64;
+        Self {
+            loss,
+            perplexity: loss.exp(),
+            tokens,
+            records: 0,
+            truncated: 0,
+            max_len: 0,
+            seconds,
+            tokens_per_second: forwarded as f64 / seconds,
+        }
+    }
+}
+
 /// Scores every text with `model`, one at a time through the model's Burn forward; see the
 /// module docs for the exact definition. The reference of the packed evaluation that `eval`
 /// uses (`feinschliff_train::packed_eval`).
@@ -66,17 +86,11 @@ pub fn evaluate(
         tokens += len - 1;
         forwarded += len;
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let loss = nll / tokens as f64;
     Ok(EvalReport {
-        loss,
-        perplexity: loss.exp(),
-        tokens,
         records: texts.len(),
         truncated,
         max_len,
-        seconds,
-        tokens_per_second: forwarded as f64 / seconds,
+        ..EvalReport::from_sums(nll, tokens, forwarded, start)
     })
 }
 
@@ -135,16 +149,9 @@ pub fn evaluate_examples(
         tokens += batch.trained_tokens;
         forwarded += batch.real_tokens;
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let loss = nll / tokens.max(1) as f64;
     EvalReport {
-        loss,
-        perplexity: loss.exp(),
-        tokens,
         records: examples.len(),
-        truncated: 0,
         max_len: examples.iter().map(|e| e.ids.len()).max().unwrap_or(0),
-        seconds,
-        tokens_per_second: forwarded as f64 / seconds,
+        ..EvalReport::from_sums(nll, tokens, forwarded, start)
     }
 }

@@ -44,16 +44,9 @@ pub fn evaluate_packed(
         done += group.iter().map(Vec::len).sum::<usize>();
         on_batch(done, examples.len(), forwarded);
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let loss = nll / tokens.max(1) as f64;
     EvalReport {
-        loss,
-        perplexity: loss.exp(),
-        tokens,
         records: examples.len(),
-        truncated: 0,
         max_len: row_len,
-        seconds,
-        tokens_per_second: forwarded as f64 / seconds,
+        ..EvalReport::from_sums(nll, tokens, forwarded, start)
     }
 }
