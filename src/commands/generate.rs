@@ -1,5 +1,7 @@
 //! `feinschliff generate`: text from a prompt, streamed to stdout as it is decoded.
 
+use std::time::Instant;
+
 use anyhow::Result;
 use clap::Args;
 use feinschliff_data::template::{ChatTemplate, Message};
@@ -53,7 +55,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let (loaded, device) = args.model.load(&tokenizer)?;
     let mut stream = TextStream::new(&tokenizer);
     let mut stdout = std::io::stdout();
-    generate(
+    let mut timing = Timing::start();
+    let generated = generate(
         &loaded.model,
         &prompt_ids,
         &loaded.eos_token_ids,
@@ -61,6 +64,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         sampling,
         &device,
         |id| {
+            timing.token();
             if let Some(piece) = stream.push(id)? {
                 use std::io::Write;
                 let _ = write!(stdout, "{piece}");
@@ -70,5 +74,46 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         },
     )?;
     println!();
+    eprintln!("{}", timing.summary(prompt_ids.len(), generated.len()));
     Ok(())
+}
+
+/// When generation started and when its first and last tokens came: the first token ends the
+/// prefill (the prompt in one pass), the others are decoded one at a time.
+struct Timing {
+    start: Instant,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Timing {
+    fn start() -> Self {
+        Self {
+            start: Instant::now(),
+            first: None,
+            last: None,
+        }
+    }
+
+    fn token(&mut self) {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    /// `prefill: N tokens in S s (R tokens/s); decode: …` for a prompt of `prompt` tokens and
+    /// `generated` new ones.
+    fn summary(&self, prompt: usize, generated: usize) -> String {
+        let (Some(first), Some(last)) = (self.first, self.last) else {
+            return "no token generated".into();
+        };
+        let prefill = (first - self.start).as_secs_f64();
+        let decode = (last - first).as_secs_f64();
+        let decoded = generated.saturating_sub(1);
+        format!(
+            "prefill: {prompt} tokens in {prefill:.3} s ({:.1} tokens/s); decode: {decoded} tokens in {decode:.3} s ({:.1} tokens/s)",
+            prompt as f64 / prefill,
+            decoded as f64 / decode.max(f64::MIN_POSITIVE)
+        )
+    }
 }
