@@ -13,7 +13,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${INTEROP_VENV:-$HOME/.cache/peft-bench/venv}"
-BASES=(tests/fixtures/llama/tied_gqa tests/fixtures/llama/qwen2_tied)
+BASES=(tests/fixtures/llama/tied_gqa tests/fixtures/llama/qwen2_tied tests/fixtures/llama/qwen3 tests/fixtures/llama/llama3_rope)
 
 BIN="${FEINSCHLIFF:-${CARGO_TARGET_DIR:-$ROOT/target}/release/feinschliff}"
 if [[ ! -x "$BIN" ]]; then

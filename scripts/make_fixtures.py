@@ -408,7 +408,8 @@ def main():
             raw_tokenizer = write_tokenizer(path, chat_template)
             eval_path = os.path.join(os.path.dirname(os.path.abspath(args.out)), "eval_sample.jsonl")
             write_eval_expected(path, eval_path, raw_tokenizer, chat_template)
-        elif spec in FAMILY_FIXTURES:  # tied_gqa's tokenizer (same vocabulary), for training runs
+        elif spec in FAMILY_FIXTURES or spec["name"] == "llama3_rope":
+            # tied_gqa's tokenizer (same vocabulary), for training runs and GGUF exports
             for name in ("tokenizer.json", "tokenizer_config.json"):
                 shutil.copy(os.path.join(args.out, "tied_gqa", name), os.path.join(path, name))
 

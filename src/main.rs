@@ -122,3 +122,15 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks of the command line (names that `requires`,
+    /// `conflicts_with` and `required_unless_present` refer to exist, ...), which a release
+    /// build would otherwise never run.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

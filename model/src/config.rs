@@ -237,7 +237,10 @@ const QWEN3_DEFAULT_HEAD_DIM: usize = 128;
 
 const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 const DEFAULT_RMS_NORM_EPS: f64 = 1e-6;
+/// `max_position_embeddings` when absent, as each config class defaults it.
 const DEFAULT_MAX_POSITIONS: usize = 2048;
+const MISTRAL_MAX_POSITIONS: usize = 4096 * 32;
+const QWEN_MAX_POSITIONS: usize = 32768;
 
 impl LlamaConfig {
     /// Reads and validates a `config.json`.
@@ -431,9 +434,11 @@ impl RawConfig {
             head_dim,
             rms_norm_eps,
             rope: rope_config(self.rope_theta, self.rope_scaling, self.rope_parameters)?,
-            max_position_embeddings: self
-                .max_position_embeddings
-                .unwrap_or(DEFAULT_MAX_POSITIONS),
+            max_position_embeddings: self.max_position_embeddings.unwrap_or(match family {
+                Family::Llama => DEFAULT_MAX_POSITIONS,
+                Family::Mistral => MISTRAL_MAX_POSITIONS,
+                Family::Qwen2 | Family::Qwen3 => QWEN_MAX_POSITIONS,
+            }),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             qkv_bias,
             o_bias,

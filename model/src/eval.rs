@@ -5,19 +5,18 @@
 //! ones before it. The loss is the mean over all scored tokens of all texts (token-weighted),
 //! which is what transformers gives when the per-record sums are added up.
 //!
-//! [`evaluate_examples`] scores prepared examples instead (the validation split of a run): only
-//! their trained tokens, in padded batches, token-weighted.
+//! This is the reference path, one text at a time through the model's Burn forward; `eval`
+//! and evaluation during training score packed batches on the training pass's forward
+//! (`feinschliff_train::packed_eval`), which gives the same loss.
 
 use std::time::Instant;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use feinschliff_data::batch::make_batch;
 use feinschliff_data::format::Example;
 use feinschliff_data::tokenize::TextTokenizer;
 use serde::Serialize;
 
 use crate::Error;
-use crate::batch_tensors::BatchTensors;
 use crate::llama::Llama;
 use crate::loss::causal_lm_loss_sum;
 
@@ -125,33 +124,4 @@ pub fn text_examples(
         ));
     }
     Ok((examples, truncated))
-}
-
-/// Mean loss per trained token of `examples` and the number of trained tokens, scored in
-/// padded batches of `batch_size` examples.
-pub fn evaluate_examples(
-    model: &Llama,
-    examples: &[Example],
-    batch_size: usize,
-    pad_id: u32,
-    device: &Device,
-) -> EvalReport {
-    let start = Instant::now();
-    let (mut nll, mut tokens, mut forwarded) = (0.0f64, 0usize, 0usize);
-    for chunk in examples.chunks(batch_size.max(1)) {
-        let rows: Vec<Vec<&Example>> = chunk.iter().map(|e| vec![e]).collect();
-        let batch = make_batch(&rows, None, pad_id);
-        let tensors = BatchTensors::new(&batch, device);
-        let logits = model.forward_segments(tensors.ids, tensors.positions, tensors.segments);
-        nll += causal_lm_loss_sum(logits, tensors.labels)
-            .nll
-            .into_scalar::<f64>();
-        tokens += batch.trained_tokens;
-        forwarded += batch.real_tokens;
-    }
-    EvalReport {
-        records: examples.len(),
-        max_len: examples.iter().map(|e| e.ids.len()).max().unwrap_or(0),
-        ..EvalReport::from_sums(nll, tokens, forwarded, start)
-    }
 }

@@ -25,11 +25,16 @@ pub enum ExportCommand {
     GgufAdapter(ExportGgufAdapterArgs),
 }
 
-#[derive(Args)]
 /// Where a GGUF export takes its model from: a run, or directories.
+#[derive(Args)]
 pub struct GgufSourceArgs {
     /// The run directory.
-    #[arg(long, value_name = "DIR", required_unless_present_any = ["model", "adapter"], conflicts_with = "model")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "model",
+        conflicts_with = "model"
+    )]
     run: Option<PathBuf>,
     /// Which checkpoint of the run: last, best (lowest eval loss) or step-N.
     #[arg(long, default_value = "last")]
@@ -62,8 +67,8 @@ impl GgufSourceArgs {
     }
 }
 
-#[derive(Args)]
 /// Arguments of `export gguf`.
+#[derive(Args)]
 pub struct ExportGgufArgs {
     #[command(flatten)]
     source: GgufSourceArgs,
@@ -76,8 +81,8 @@ pub struct ExportGgufArgs {
     ty: GgufFileType,
 }
 
-#[derive(Args)]
 /// Arguments of `export gguf-adapter`.
+#[derive(Args)]
 pub struct ExportGgufAdapterArgs {
     #[command(flatten)]
     source: GgufSourceArgs,

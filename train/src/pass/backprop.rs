@@ -3,8 +3,8 @@
 //! Burn's autodiff keeps every intermediate of the decomposed attention and of the
 //! `[tokens, vocab]` log-softmax, and it allocates a graph node per operation. Here the forward
 //! pass keeps only what the backward pass needs (per layer: its input, the q/k projections
-//! before Qwen3's per-head norms, the rotated queries and keys, the values, the attention output, the MLP's gate and up projections, and the adapters'
-//! rank-`r` intermediates); attention probabilities are recomputed layer by layer in the
+//! before Qwen3's per-head norms, the rotated queries and keys, the values, the attention
+//! output, the MLP's gate and up projections, and the adapters' rank-`r` intermediates); attention probabilities are recomputed layer by layer in the
 //! backward pass, dropout masks are rebuilt from their seeds, and the loss and its gradient are
 //! computed in row chunks, so the full logits never exist. Gradients are computed only for the
 //! adapters (the base is frozen), with the same formulas autodiff would use; the tests compare
@@ -126,15 +126,12 @@ impl Pass {
             Tensor::<2, Int>::from_data(TensorData::new(values.clone(), [rows, len]), device)
         };
         let (cos, sin) = model.model.rope.cos_sin(int(&batch.positions));
-        let window = model
-            .model
-            .layers
-            .iter()
-            .find_map(|layer| layer.self_attn.sliding_window);
+        let layers = &model.model.layers;
+        let windows: Vec<_> = layers.iter().map(|l| l.self_attn.sliding_window).collect();
         let pass = Pass {
             shape: Shape { rows, len },
             rope: RopeTables::new(cos.inner(), sin.inner()),
-            key_mask: KeyMask::new(&batch.segments, [rows, len], window, device),
+            key_mask: KeyMask::new(&batch.segments, [rows, len], &windows, device),
         };
         let table = model.model.embed_tokens.val().inner();
         let x = embedding_rows(table, int(&batch.ids).reshape([rows * len]));

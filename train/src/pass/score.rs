@@ -1,6 +1,6 @@
 //! The training pass's forward alone, for evaluation: the same host kernels (or Burn
-//! operations off the host), without dropout, without keeping anything for a backward pass,
-//! and the loss without its gradient.
+//! operations off the host), without dropout, each layer's tape dropped as soon as the layer
+//! is done, and the loss without its gradient.
 
 use burn::tensor::Device;
 use feinschliff_data::batch::Batch;

@@ -14,11 +14,11 @@ use burn::tensor::Tensor;
 use super::dequant::GgmlType;
 use super::export::{GgufSummary, gguf_architecture};
 use super::names::gguf_name;
-use super::qk_permute::permute_rows;
+use super::qk_permute::{permute_rows, permutes_qk};
 use super::quantize::quantize;
 use super::writer::{MetaValue, TensorEntry, write_gguf};
 use crate::Error;
-use crate::config::{Family, LlamaConfig};
+use crate::config::LlamaConfig;
 use crate::llama::Llama;
 use crate::lora::LoraSpec;
 
@@ -66,9 +66,10 @@ pub fn write_adapter_gguf(
         let Some(lora) = &linear.lora else { continue };
         let base = gguf_name(&format!("{path}.weight"))
             .ok_or_else(|| Error::Usage(format!("adapter: `{path}` has no GGUF name")))?;
-        let heads = match (config.family, path.rsplit('.').next()) {
-            (Family::Llama | Family::Mistral, Some("q_proj")) => config.num_attention_heads,
-            (Family::Llama | Family::Mistral, Some("k_proj")) => config.num_key_value_heads,
+        let heads = match path.rsplit('.').next() {
+            _ if !permutes_qk(config.family) => 0,
+            Some("q_proj") => config.num_attention_heads,
+            Some("k_proj") => config.num_key_value_heads,
             _ => 0,
         };
         for (suffix, tensor, heads) in [

@@ -11,7 +11,7 @@ use burn::tensor::Tensor;
 
 use super::dequant::GgmlType;
 use super::names::gguf_name;
-use super::qk_permute::permute_rows;
+use super::qk_permute::{permute_rows, permutes_qk};
 use super::quantize::quantize;
 use super::rope_freqs::{Llama3Rope, llama3_factors};
 use super::vocab::vocab_metadata;
@@ -265,7 +265,7 @@ fn tensor_values(config: &LlamaConfig, hf: &str, tensor: &Tensor<2>) -> Result<V
         .try_into_vec_as::<f32>()
         .map_err(|e| Error::Usage(format!("cannot read tensor `{hf}`: {e:?}")))?;
     let heads = match hf {
-        _ if gguf_architecture(config.family) != "llama" => return Ok(values),
+        _ if !permutes_qk(config.family) => return Ok(values),
         _ if hf.contains(".self_attn.q_proj.") => config.num_attention_heads,
         _ if hf.contains(".self_attn.k_proj.") => config.num_key_value_heads,
         _ => return Ok(values),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value as Json, json};
 
 use super::names::hf_name;
-use super::qk_permute::unpermute_rows;
+use super::qk_permute::{permutes_qk, unpermute_rows};
 use super::tokenizer::{TokenizerFiles, convert_tokenizer};
 use super::{GgufFile, Value, rope_freqs};
 use crate::Error;
@@ -134,7 +134,7 @@ fn write_model_dir(
     write_safetensors(&dir.join("model.safetensors"), &shapes, dtype, |hf_name| {
         let (gguf_name, shape) = by_hf[&hf_name.to_string()];
         let values = file.tensor_f32(gguf_name)?;
-        Ok(if arch.config.family != Family::Llama {
+        Ok(if !permutes_qk(arch.config.family) {
             values
         } else if hf_name.contains(".self_attn.q_proj.") {
             unpermute_rows(&values, shape[0], arch.config.num_attention_heads)

@@ -4,13 +4,13 @@
 //! tokens. Other templates get no `TEMPLATE` line (Ollama then takes the template stored in
 //! the base GGUF, `tokenizer.chat_template`) and a comment saying so.
 
-/// Ollama's Go template for ChatML (`<|im_start|>role ... <|im_end|>`; Qwen, SmolLM).
-const CHATML: &str = "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}\
-{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n";
+/// Ollama's Go template for ChatML (`<|im_start|>role ... <|im_end|>`; Qwen, SmolLM), as
+/// Ollama's template docs write it: system messages are among `.Messages`, so no `.System`
+/// prefix (it would print the system prompt twice).
+const CHATML: &str = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n";
 
-/// Ollama's Go template for Llama 3's header layout.
-const LLAMA3: &str = "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}\
-{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}\
+/// Ollama's Go template for Llama 3's header layout (system messages among `.Messages`).
+const LLAMA3: &str = "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}\
 <|start_header_id|>assistant<|end_header_id|>\n\n";
 
 /// The Modelfile text. `chat_template` is the model's Jinja template, `eos` its EOS token text.

@@ -3,6 +3,14 @@
 //! `(j, j + half)`. Qwen's GGUFs use the NEOX rotation, which is HF's, and are not permuted.
 //! Rows are whole (`width` values each), so the same functions serve LoRA's `B` matrices.
 
+use crate::config::Family;
+
+/// Whether llama.cpp's converter permutes this family's q/k rows (its GGUF architecture is
+/// `llama`: Llama and Mistral).
+pub fn permutes_qk(family: Family) -> bool {
+    matches!(family, Family::Llama | Family::Mistral)
+}
+
 /// HF → GGUF: GGUF row `2j + i` of each head is HF row `i · half + j` (llama.cpp's
 /// `w.reshape(heads, 2, half, width).swapaxes(1, 2)`).
 pub fn permute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
@@ -18,13 +26,23 @@ pub fn unpermute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
     })
 }
 
-/// Copies row `from` to row `to` for each `(from, to) = map(head base, half, i, j)`.
+/// Copies row `from` to row `to` for each `(from, to) = map(head base, half, i, j)`. The
+/// rows (`values.len() / rows` values each) must split into `heads` heads of an even number of
+/// rows, as a validated config's q/k projections do.
 fn move_rows(
     values: &[f32],
     rows: usize,
     heads: usize,
     map: impl Fn(usize, usize, usize, usize) -> (usize, usize),
 ) -> Vec<f32> {
+    assert!(
+        heads > 0
+            && rows > 0
+            && rows.is_multiple_of(2 * heads)
+            && values.len().is_multiple_of(rows),
+        "{rows} rows of {} values do not split into {heads} heads of row pairs",
+        values.len()
+    );
     let width = values.len() / rows;
     let half = rows / heads / 2;
     let mut out = vec![0f32; values.len()];

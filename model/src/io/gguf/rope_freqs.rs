@@ -56,14 +56,19 @@ pub fn llama3_parameters(factors: &[f32], theta: f64, head_dim: usize) -> Option
         return None;
     }
     let factor = f64::from(factors.iter().copied().fold(1.0f32, f32::max));
-    let candidates = HIGH_FREQ_FACTORS.into_iter().flat_map(|high_freq_factor| {
-        (4..=20).map(move |log2| Llama3Rope {
-            factor,
-            low_freq_factor: 1.0,
-            high_freq_factor,
-            original_max_position_embeddings: f64::from(1u32 << log2),
-        })
-    });
+    // Llama 3.x's 8192 first: where the factors cannot tell contexts apart (no frequency in
+    // the smoothed band), the published value is the one written.
+    let contexts = std::iter::once(13).chain((4..=20).filter(|&log2| log2 != 13));
+    let candidates = HIGH_FREQ_FACTORS
+        .into_iter()
+        .flat_map(move |high_freq_factor| {
+            contexts.clone().map(move |log2| Llama3Rope {
+                factor,
+                low_freq_factor: 1.0,
+                high_freq_factor,
+                original_max_position_embeddings: f64::from(1u32 << log2),
+            })
+        });
     candidates.into_iter().find(|p| {
         let expected = llama3_factors(p, theta, head_dim);
         expected

@@ -2,7 +2,8 @@
 //! as GGUF `tokenizer.ggml.*` metadata, the way llama.cpp's `convert_hf_to_gguf.py` writes a
 //! byte-level BPE vocabulary (`_set_vocab_gpt2`): model `gpt2`, the pre-tokenizer's llama.cpp
 //! name, every id up to the model's vocabulary size (ids without a token become `[PADn]`,
-//! UNUSED), special added tokens CONTROL, other added tokens USER_DEFINED, the merges, the
+//! UNUSED), added tokens CONTROL when special or when they look special (`<|…|>`, `<pad>`, …:
+//! the converter's `does_token_look_special`), other added tokens USER_DEFINED, the merges, the
 //! special token ids, `add_bos_token` and the chat template. The reverse of
 //! [`super::tokenizer`].
 //!
@@ -148,12 +149,13 @@ fn tokens_and_types(json: &Json, vocab_size: usize) -> Result<(Vec<String>, Vec<
                 "key `added_tokens`: entry {added} has no id or content"
             ));
         };
-        let ty = if added["special"] == true {
-            CONTROL
+        let entry = if added["special"] == true || looks_special(content) {
+            (content.to_string(), CONTROL)
         } else {
-            USER_DEFINED
+            // The converter writes a user-defined token's `▁` as a space.
+            (content.replace('\u{2581}', " "), USER_DEFINED)
         };
-        by_id.insert(id as usize, (content.to_string(), ty));
+        by_id.insert(id as usize, entry);
     }
     if let Some((&id, (token, _))) = by_id.range(vocab_size..).next() {
         return Err(format!(
@@ -202,6 +204,15 @@ fn post_processor_adds_bos(post: &Json) -> bool {
     })
 }
 
+/// The converter's `does_token_look_special`: added tokens that models mark as not special
+/// although they are control tokens (Qwen's `<|fim_prefix|>`, `<pad>`, Gemma's `<unused…>`).
+fn looks_special(token: &str) -> bool {
+    matches!(token, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
+        || (token.starts_with("<|") && token.ends_with("|>"))
+        || (token.starts_with("<\u{ff5c}") && token.ends_with("\u{ff5c}>"))
+        || (token.starts_with("<unused") && token.ends_with('>'))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -234,17 +245,37 @@ mod tests {
         let json = json!({
             "model": {"vocab": {"a": 0, "b": 1}},
             "added_tokens": [{"id": 3, "content": "<s>", "special": true},
-                             {"id": 4, "content": "hi", "special": false}],
+                             {"id": 4, "content": "hi\u{2581}du", "special": false},
+                             {"id": 6, "content": "<|fim_prefix|>", "special": false}],
         });
-        let (tokens, types) = tokens_and_types(&json, 6).unwrap();
-        assert_eq!(tokens, ["a", "b", "[PAD2]", "<s>", "hi", "[PAD5]"]);
+        let (tokens, types) = tokens_and_types(&json, 7).unwrap();
+        assert_eq!(
+            tokens,
+            [
+                "a",
+                "b",
+                "[PAD2]",
+                "<s>",
+                "hi du",
+                "[PAD5]",
+                "<|fim_prefix|>"
+            ]
+        );
         assert_eq!(
             types,
-            [NORMAL, NORMAL, UNUSED, CONTROL, USER_DEFINED, UNUSED]
+            [
+                NORMAL,
+                NORMAL,
+                UNUSED,
+                CONTROL,
+                USER_DEFINED,
+                UNUSED,
+                CONTROL
+            ]
         );
         assert_eq!(
             tokens_and_types(&json, 4).unwrap_err(),
-            "token `hi` has id 4, outside the model's vocabulary of 4"
+            "token `hi du` has id 4, outside the model's vocabulary of 4"
         );
     }
 }

@@ -16,45 +16,45 @@ const QUERY_BLOCK: usize = 128;
 pub enum KeyMask {
     /// Segment ids per token, `rows · len`, for the host attention (flex, LibTorch's CPU).
     Segments(Vec<i64>),
-    /// `0`/`-∞` biases `[rows, 1, len, len]` for Burn's softmax (other devices): for full
-    /// attention, and for the model's sliding window if it has one.
+    /// `0`/`-∞` biases `[rows, 1, len, len]` for Burn's softmax (other devices), for the
+    /// attentions the model has: full and, with a sliding window, windowed.
     Bias {
-        /// Causal and segment mask.
-        full: Box<Tensor<4>>,
-        /// The same, with keys out of the sliding window masked too.
+        /// Causal and segment mask, if a layer attends fully.
+        full: Option<Box<Tensor<4>>>,
+        /// The same with keys out of the sliding window masked too, if a layer slides.
         windowed: Option<Box<Tensor<4>>>,
     },
 }
 
 impl KeyMask {
     /// The mask of `[rows, len]` tokens in `segments` (segment ids, `rows · len`) for
-    /// attention on `device`: segments in host memory, biases elsewhere. `window` is the
-    /// sliding window of the model's sliding layers.
+    /// attention on `device`: segments in host memory, biases elsewhere. `windows` are the
+    /// sliding windows of the model's layers (`None` for a layer that attends fully).
     pub fn new(
         segments: &[i64],
         [rows, len]: [usize; 2],
-        window: Option<usize>,
+        windows: &[Option<usize>],
         device: &Device,
     ) -> Self {
         let bias = |window| Box::new(attention_bias(segments, [rows, len], window, device));
         match is_host(device) {
             true => KeyMask::Segments(segments.to_vec()),
             false => KeyMask::Bias {
-                full: bias(None),
-                windowed: window.map(|w| bias(Some(w))),
+                full: windows.contains(&None).then(|| bias(None)),
+                windowed: windows.iter().flatten().next().map(|&w| bias(Some(w))),
             },
         }
     }
 
     /// The bias of a Burn attention with sliding window `window`.
     fn bias(&self, window: Option<usize>) -> &Tensor<4> {
-        match (self, window) {
+        let bias = match (self, window) {
             (KeyMask::Bias { full, .. }, None) => full,
-            (KeyMask::Bias { windowed, .. }, Some(_)) => windowed
-                .as_ref()
-                .expect("a windowed bias for a sliding layer"),
+            (KeyMask::Bias { windowed, .. }, Some(_)) => windowed,
             (KeyMask::Segments(_), _) => unreachable!("host attention has no bias"),
-        }
+        };
+        bias.as_ref()
+            .expect("a bias for every kind of layer the mask was made for")
     }
 }
 
@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn the_mask_follows_the_device() {
-        let mask = KeyMask::new(&segments(6), [2, 6], Some(3), &device());
+        let mask = KeyMask::new(&segments(6), [2, 6], &[None, Some(3)], &device());
         assert!(matches!(mask, KeyMask::Segments(s) if s == segments(6)));
     }
 }
