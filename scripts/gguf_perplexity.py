@@ -52,10 +52,12 @@ def main():
     ap.add_argument("--field", default="text")
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=0, help="only the first N records (0 = all)")
     ap.add_argument("gguf", nargs="+")
     args = ap.parse_args()
     with open(args.data, encoding="utf-8") as f:
         texts = [json.loads(line)[args.field] for line in f if line.strip()]
+    texts = texts[: args.limit or None]
     for path in args.gguf:
         print(json.dumps(score(path, texts, args.max_len, args.threads)), flush=True)
 
