@@ -328,7 +328,7 @@ impl Llama {
                 up_proj,
                 down_proj,
             ] = <[Linear; 7]>::try_from(loaded).expect("seven projections");
-            let mut head_norm = |name: &str| -> Result<Option<RmsNorm>, Error> {
+            let mut load_head_norm = |name: &str| -> Result<Option<RmsNorm>, Error> {
                 if !config.qk_norm {
                     return Ok(None);
                 }
@@ -338,7 +338,7 @@ impl Llama {
                     eps: config.rms_norm_eps,
                 }))
             };
-            let (q_norm, k_norm) = (head_norm("q_norm")?, head_norm("k_norm")?);
+            let (q_norm, k_norm) = (load_head_norm("q_norm")?, load_head_norm("k_norm")?);
             layers.push(DecoderLayer {
                 self_attn: Attention {
                     q_proj,
