@@ -9,7 +9,8 @@ scripts/setup-llamacpp.sh) put on sys.path from --llama-site. Checks, one JSON l
   logits      last-position logits of llama.cpp on our f32 merged GGUF equal transformers' on
               our f32 `export merged` directory (which scripts/interop.sh ties to feinschliff's
               own logits) within 1e-4 relative (max |diff| / max |ours|)
-  greedy      llama.cpp's greedy 32-token continuation equals `feinschliff generate`'s text
+  greedy      llama.cpp's greedy continuation of GREEDY_PROMPT (up to 32 tokens, at least one)
+              equals `feinschliff generate`'s text
   adapter     base GGUF + our adapter GGUF (plain, rsLoRA) in llama.cpp equal transformers+PEFT
               with our adapter directory on the base, within 1e-4 relative
   import      `import-gguf` of our f32 GGUF gives back our merged tensors exactly and a
@@ -31,6 +32,8 @@ CHECK_STRINGS = [
     "Hello world, 123 tests!",
     "<|im_start|>user\nHallo<|im_end|>\n",
 ]
+# an unfinished sentence, so that a model does not end the text at once
+GREEDY_PROMPT = "Der Antrag wird"
 TOL = 1e-4
 results = []
 
@@ -85,7 +88,7 @@ def check_model(a, tok):
         report("tokens", theirs == expected, text=text, llama_cpp=theirs, ours=expected)
         d = rel(llama_last_logits(llm, expected), hf_last_logits(ours, expected))
         report("logits", d <= TOL, text=text, rel_diff=d)
-    prompt = CHECK_STRINGS[0]
+    prompt = GREEDY_PROMPT
     ids = hf_ids(tok, prompt)
     llm.reset()
     llm.eval(ids)
@@ -103,7 +106,9 @@ def check_model(a, tok):
         check=True, capture_output=True, text=True,
     ).stdout
     ours = out[:-1] if out.endswith("\n") else out
-    report("greedy", theirs == ours, llama_cpp=theirs, ours=ours, tokens=len(generated))
+    # at least one token: a continuation that stops at once (EOS) would compare nothing
+    report("greedy", theirs == ours and len(generated) > 0, llama_cpp=theirs, ours=ours,
+           tokens=len(generated))
 
 
 def check_adapter(a, tok, adapter_gguf, adapter_dir, label):

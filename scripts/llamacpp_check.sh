@@ -7,13 +7,16 @@
 # Usage: scripts/llamacpp_check.sh
 # Environment: FEINSCHLIFF (the binary; built when absent), INTEROP_VENV (the reference venv,
 # default ~/.cache/peft-bench/venv), LLAMACPP_VENV (default ~/.cache/feinschliff/llamacpp-venv,
-# made by scripts/setup-llamacpp.sh when missing), LLAMACPP_KEEP=1 keeps the work directory.
+# made by scripts/setup-llamacpp.sh when missing), LLAMACPP_BASES (the models to check, see
+# below), LLAMACPP_KEEP=1 keeps the work directory.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${INTEROP_VENV:-$HOME/.cache/peft-bench/venv}"
-BASES=(tests/fixtures/llama/tied_gqa tests/fixtures/llama/qwen2_tied tests/fixtures/llama/qwen3 tests/fixtures/llama/llama3_rope)
+# LLAMACPP_BASES (space-separated model directories) replaces the fixtures, e.g. with
+# checkpoints/base/smollm2-135m-instruct for the check on the real model.
+read -r -a BASES <<<"${LLAMACPP_BASES:-tests/fixtures/llama/tied_gqa tests/fixtures/llama/qwen2_tied tests/fixtures/llama/qwen3 tests/fixtures/llama/llama3_rope}"
 
 BIN="${FEINSCHLIFF:-${CARGO_TARGET_DIR:-$ROOT/target}/release/feinschliff}"
 if [[ ! -x "$BIN" ]]; then
