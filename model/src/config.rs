@@ -126,16 +126,20 @@ pub enum RopeScaling {
     /// No scaling (`rope_type: default`).
     Default,
     /// Llama 3.1's frequency-dependent scaling (`rope_type: llama3`).
-    Llama3 {
-        /// `factor`.
-        factor: f64,
-        /// `low_freq_factor`.
-        low_freq_factor: f64,
-        /// `high_freq_factor`.
-        high_freq_factor: f64,
-        /// `original_max_position_embeddings`.
-        original_max_position_embeddings: f64,
-    },
+    Llama3(Llama3Rope),
+}
+
+/// The parameters of `rope_type: llama3`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Rope {
+    /// `factor`: how much the low frequencies are slowed down.
+    pub factor: f64,
+    /// `low_freq_factor`.
+    pub low_freq_factor: f64,
+    /// `high_freq_factor`.
+    pub high_freq_factor: f64,
+    /// `original_max_position_embeddings`.
+    pub original_max_position_embeddings: f64,
 }
 
 /// `config.json` as written, before validation. Unknown keys are allowed: HF configs carry many
@@ -629,7 +633,7 @@ fn rope_form(theta: Option<f64>, raw: Option<RawRope>, key: &str) -> Result<Rope
                     "key `{key}.high_freq_factor` must exceed low_freq_factor"
                 ));
             }
-            RopeScaling::Llama3 {
+            RopeScaling::Llama3(Llama3Rope {
                 factor: field(raw.factor, "factor")?,
                 low_freq_factor,
                 high_freq_factor,
@@ -637,7 +641,7 @@ fn rope_form(theta: Option<f64>, raw: Option<RawRope>, key: &str) -> Result<Rope
                     raw.original_max_position_embeddings,
                     "original_max_position_embeddings",
                 )?,
-            }
+            })
         }
         other => {
             return Err(format!(

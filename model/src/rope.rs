@@ -5,7 +5,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::config::{RopeConfig, RopeScaling};
+use super::config::{Llama3Rope, RopeConfig, RopeScaling};
 
 /// The inverse frequencies of one attention head; cos/sin are computed per batch from the
 /// position ids, so positions may restart anywhere (packed rows) or start late (KV cache).
@@ -52,12 +52,12 @@ pub fn inverse_frequencies(config: &RopeConfig, head_dim: usize) -> Vec<f32> {
         .collect();
     match config.scaling {
         RopeScaling::Default => base,
-        RopeScaling::Llama3 {
+        RopeScaling::Llama3(Llama3Rope {
             factor,
             low_freq_factor,
             high_freq_factor,
             original_max_position_embeddings: old_len,
-        } => {
+        }) => {
             // transformers' `_compute_llama3_parameters`: long wavelengths are divided by
             // `factor`, short ones kept, and the band in between interpolated smoothly.
             let low_freq_wavelen = old_len / low_freq_factor;
@@ -94,12 +94,12 @@ mod tests {
         };
         let llama3 = RopeConfig {
             theta: 500_000.0,
-            scaling: RopeScaling::Llama3 {
+            scaling: RopeScaling::Llama3(Llama3Rope {
                 factor: 8.0,
                 low_freq_factor: 1.0,
                 high_freq_factor: 4.0,
                 original_max_position_embeddings: 8192.0,
-            },
+            }),
         };
         let plain = inverse_frequencies(&default, 128);
         let scaled = inverse_frequencies(&llama3, 128);

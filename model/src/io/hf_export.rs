@@ -160,16 +160,11 @@ fn merged_config(base_dir: &Path, config: &LlamaConfig, dtype: StoreDtype) -> Re
             Value::Null,
             json!({ "rope_type": "default", "rope_theta": theta }),
         ),
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        } => {
+        RopeScaling::Llama3(p) => {
             let fields = json!({
-                "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
-                "high_freq_factor": high_freq_factor,
-                "original_max_position_embeddings": original_max_position_embeddings as u64,
+                "rope_type": "llama3", "factor": p.factor, "low_freq_factor": p.low_freq_factor,
+                "high_freq_factor": p.high_freq_factor,
+                "original_max_position_embeddings": p.original_max_position_embeddings as u64,
             });
             let mut parameters = fields.clone();
             parameters["rope_theta"] = json!(theta);

@@ -13,7 +13,7 @@ use super::dequant::GgmlType;
 use super::names::gguf_name;
 use super::qk_permute::{permute_rows, permutes_qk};
 use super::quantize::quantize;
-use super::rope_freqs::{Llama3Rope, llama3_factors};
+use super::rope_freqs::llama3_factors;
 use super::vocab::vocab_metadata;
 use super::writer::{MetaValue, TensorEntry, write_gguf};
 use crate::Error;
@@ -239,7 +239,7 @@ fn tensor_order(
         (Some(hf.to_string()), gguf, shape)
     };
     let mut order = vec![entry("model.embed_tokens.weight")];
-    if matches!(config.rope.scaling, RopeScaling::Llama3 { .. }) {
+    if matches!(config.rope.scaling, RopeScaling::Llama3(_)) {
         order.push((None, "rope_freqs.weight".into(), vec![config.head_dim / 2]));
     }
     for i in 0..config.num_hidden_layers {
@@ -279,21 +279,8 @@ fn tensor_values(config: &LlamaConfig, hf: &str, tensor: &Tensor<2>) -> Result<V
 
 /// `rope_freqs.weight`: Llama 3's frequency factors.
 fn rope_factors(config: &LlamaConfig) -> Vec<f32> {
-    match config.rope.scaling {
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        } => {
-            let p = Llama3Rope {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            };
-            llama3_factors(&p, config.rope.theta, config.head_dim)
-        }
+    match &config.rope.scaling {
+        RopeScaling::Llama3(p) => llama3_factors(p, config.rope.theta, config.head_dim),
         RopeScaling::Default => unreachable!("rope_freqs.weight is only listed for llama3"),
     }
 }

@@ -10,18 +10,7 @@
 
 use std::f64::consts::PI;
 
-/// The parameters of `rope_type: llama3`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Llama3Rope {
-    /// `factor`: how much the low frequencies are slowed down.
-    pub factor: f64,
-    /// `low_freq_factor`.
-    pub low_freq_factor: f64,
-    /// `high_freq_factor`.
-    pub high_freq_factor: f64,
-    /// `original_max_position_embeddings`.
-    pub original_max_position_embeddings: f64,
-}
+use crate::config::Llama3Rope;
 
 /// How far a stored factor may be from the one recomputed (f32 rounding of the converter).
 const TOLERANCE: f64 = 1e-6;
@@ -116,12 +105,7 @@ mod tests {
             let found = llama3_parameters(&factors, theta, head_dim).unwrap();
             let config = RopeConfig {
                 theta,
-                scaling: RopeScaling::Llama3 {
-                    factor: found.factor,
-                    low_freq_factor: found.low_freq_factor,
-                    high_freq_factor: found.high_freq_factor,
-                    original_max_position_embeddings: found.original_max_position_embeddings,
-                },
+                scaling: RopeScaling::Llama3(found),
             };
             let ours = inverse_frequencies(&config, head_dim);
             for (i, (ours, factor)) in ours.iter().zip(&factors).enumerate() {
