@@ -718,7 +718,18 @@ fn two_fresh_runs_on_one_directory_never_mix() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // Start the quick run once the slow one holds the lock (it creates `.lock` and locks it
+    // at once, then spends seconds tokenizing), not after a fixed delay: on a busy machine the
+    // slow run may not even have started after a second.
+    let started = std::time::Instant::now();
+    while !run.join(".lock").exists() {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the slow run never locked its directory"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let quick = feinschliff(&["train", "--config", "configs/tiny.toml", "--set", &run_set]);
     let slow = slow.wait_with_output().unwrap();
     let quick_err = String::from_utf8_lossy(&quick.stderr);
