@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # llama.cpp loads and runs our GGUF exports with the same results: for each base of BASES, in
 # a temporary directory, two 20-step LoRA runs (plain and rsLoRA) on configs/tiny.toml, then
-# `export gguf` (base and merged, f32), `export gguf-adapter` (f32), `export merged --dtype
-# f32` and `export adapter`, and scripts/llamacpp_check.py on them (see its docstring).
+# `export gguf` (base and merged: f32, and the merged model in q8_0, q4_0, q4_k, q4_k_m),
+# `export gguf-adapter` (f32), `export merged --dtype f32` and `export adapter`, and
+# scripts/llamacpp_check.py on them (see its docstring). Besides the committed fixtures, a
+# random-weight model of hidden size 256 (scripts/make_random_llama.py) puts whole k-quant
+# super-blocks in the quantizer check, and tiny_spm.gguf imported checks a SentencePiece-style
+# vocabulary.
 #
 # Usage: scripts/llamacpp_check.sh
 # Environment: FEINSCHLIFF (the binary; built when absent), INTEROP_VENV (the reference venv,
@@ -16,17 +20,22 @@ cd "$ROOT"
 VENV="${INTEROP_VENV:-$HOME/.cache/peft-bench/venv}"
 # LLAMACPP_BASES (space-separated model directories) replaces the fixtures, e.g. with
 # checkpoints/base/smollm2-135m-instruct for the check on the real model.
-read -r -a BASES <<<"${LLAMACPP_BASES:-tests/fixtures/llama/tied_gqa tests/fixtures/llama/qwen2_tied tests/fixtures/llama/qwen3 tests/fixtures/llama/llama3_rope}"
-
 BIN="${FEINSCHLIFF:-${CARGO_TARGET_DIR:-$ROOT/target}/release/feinschliff}"
 if [[ ! -x "$BIN" ]]; then
     cargo build --release --quiet
 fi
-LLAMA_PY="$(scripts/setup-llamacpp.sh "${LLAMACPP_VENV:-$HOME/.cache/feinschliff/llamacpp-venv}" | tail -n 1)"
-SITE="$("$LLAMA_PY" -c 'import llama_cpp, os; print(os.path.dirname(os.path.dirname(llama_cpp.__file__)))')"
-
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/llamacpp.XXXXXX")"
 if [[ "${LLAMACPP_KEEP:-0}" == 1 ]]; then echo "llamacpp: keeping $TMP" >&2; else trap 'rm -rf "$TMP"' EXIT; fi
+if [[ -z "${LLAMACPP_BASES:-}" ]]; then
+    "$VENV/bin/python" scripts/make_random_llama.py --out "$TMP/models/wide256" --untied \
+        --tokenizer-from tests/fixtures/llama/tied_gqa --hidden 256 --intermediate 512 \
+        --layers 3 --heads 4 --kv-heads 2 >/dev/null
+    "$BIN" import-gguf tests/fixtures/gguf/tiny_spm.gguf "$TMP/models/tiny_spm" >/dev/null
+fi
+read -r -a BASES <<<"${LLAMACPP_BASES:-tests/fixtures/llama/tied_gqa tests/fixtures/llama/qwen2_tied tests/fixtures/llama/qwen3 tests/fixtures/llama/llama3_rope $TMP/models/wide256 $TMP/models/tiny_spm}"
+
+LLAMA_PY="$(scripts/setup-llamacpp.sh "${LLAMACPP_VENV:-$HOME/.cache/feinschliff/llamacpp-venv}" | tail -n 1)"
+SITE="$("$LLAMA_PY" -c 'import llama_cpp, os; print(os.path.dirname(os.path.dirname(llama_cpp.__file__)))')"
 
 status=0
 for base in "${BASES[@]}"; do
@@ -43,10 +52,15 @@ for base in "${BASES[@]}"; do
     done
     "$BIN" export gguf --model "$base" --out "$w/base.gguf" --type f32 >/dev/null
     "$BIN" export gguf --run "$w/lora" --out "$w/merged.gguf" --type f32 >/dev/null
+    quantized=()
+    for type in q8_0 q4_0 q4_k q4_k_m; do
+        "$BIN" export gguf --run "$w/lora" --out "$w/merged-$type.gguf" --type "$type" >/dev/null
+        quantized+=(--quantized "$type=$w/merged-$type.gguf")
+    done
     "$BIN" export merged --run "$w/lora" --out "$w/merged" --dtype f32 >/dev/null
     "$VENV/bin/python" scripts/llamacpp_check.py --bin "$BIN" --base "$base" --base-gguf "$w/base.gguf" \
         --merged-gguf "$w/merged.gguf" --merged-dir "$w/merged" --adapter-gguf "$w/lora.gguf" \
         --adapter-dir "$w/lora.adapter" --rslora-gguf "$w/rslora.gguf" --rslora-dir "$w/rslora.adapter" \
-        --work "$w" --llama-site "$SITE" || status=1
+        --work "$w" --llama-site "$SITE" "${quantized[@]}" || status=1
 done
 exit "$status"

@@ -1,10 +1,12 @@
-"""Fixture of tests/gguf_export.rs: f32 rows and their Q8_0 / Q4_0 encodings by the `gguf`
-Python package's reference quantizers (`gguf.quants.quantize`, which follow ggml's
-`quantize_row_q8_0_ref` / `quantize_row_q4_0_ref`), so the Rust encoders are checked bit for bit.
+"""Fixture of tests/gguf_export.rs: f32 rows and their Q8_0 / Q4_0 / Q5_0 / Q5_1 encodings by the
+`gguf` Python package's reference quantizers (`gguf.quants.quantize`, which follow ggml's
+`quantize_row_q8_0_ref` … `quantize_row_q5_1_ref`), so the Rust encoders are checked bit for bit.
+(The package cannot quantize the k-quants; scripts/llamacpp_check.py checks those against
+llama.cpp's own quantizer.)
 
 Run with the reference venv: ~/.cache/peft-bench/venv/bin/python scripts/make_gguf_quant_fixture.py
-Writes tests/fixtures/gguf/quantize_expected.safetensors: `input` (f32 [8, 64]), `q8_0` and
-`q4_0` (u8, the encoded rows). Rows: normal values at several scales, a zero row, a row of
+Writes tests/fixtures/gguf/quantize_expected.safetensors: `input` (f32 [8, 64]), `q8_0`,
+`q4_0`, `q5_0` and `q5_1` (u8, the encoded rows). Rows: normal values at several scales, a zero row, a row of
 ties (x.5 steps after scaling), a row with one outlier, a row whose largest magnitude is
 negative, and tiny values (f16 subnormal scales).
 """
@@ -28,7 +30,8 @@ rows = [
 ]
 x = np.stack(rows).astype(np.float32)
 out = {"input": x}
-for name, ty in [("q8_0", gguf.GGMLQuantizationType.Q8_0), ("q4_0", gguf.GGMLQuantizationType.Q4_0)]:
+for name in ["q8_0", "q4_0", "q5_0", "q5_1"]:
+    ty = gguf.GGMLQuantizationType[name.upper()]
     out[name] = np.ascontiguousarray(gguf.quants.quantize(x, ty)).astype(np.uint8)
 path = Path(__file__).resolve().parent.parent / "tests/fixtures/gguf/quantize_expected.safetensors"
 save_file(out, str(path))

@@ -207,6 +207,17 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// Whether `id` is a byte-fallback token (`<0xXX>`), whose text depends on the byte
+    /// tokens around it.
+    pub fn is_byte_token(&self, id: u32) -> bool {
+        self.inner.id_to_token(id).is_some_and(|t| {
+            t.len() == 6
+                && t.starts_with("<0x")
+                && t.ends_with('>')
+                && u8::from_str_radix(&t[3..5], 16).is_ok()
+        })
+    }
+
     /// The vocabulary size, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

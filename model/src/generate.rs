@@ -126,8 +126,10 @@ fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Turns a growing list of token ids into text pieces as soon as they decode cleanly (a
-/// multi-byte character split over tokens is held back until complete).
+/// Turns a growing list of token ids into text pieces as soon as they decode cleanly: a
+/// multi-byte character split over tokens, and a run of byte-fallback tokens (which the
+/// tokenizer decodes as one group), are held back until complete; [`TextStream::finish`]
+/// gives what is left at the end. The pieces together equal the decoding of all tokens.
 pub struct TextStream<'a> {
     tokenizer: &'a TextTokenizer,
     ids: Vec<u32>,
@@ -147,6 +149,9 @@ impl<'a> TextStream<'a> {
     /// Adds a token; returns the new text, if any is complete.
     pub fn push(&mut self, id: u32) -> Result<Option<String>, Error> {
         self.ids.push(id);
+        if self.tokenizer.is_byte_token(id) {
+            return Ok(None);
+        }
         let text = self.tokenizer.decode(&self.ids, true)?;
         if text.ends_with('\u{FFFD}')
             || text.len() <= self.printed
@@ -157,6 +162,14 @@ impl<'a> TextStream<'a> {
         let piece = text[self.printed..].to_string();
         self.printed = text.len();
         Ok(Some(piece))
+    }
+
+    /// The text not yet given out (held back at the end of generation), if any.
+    pub fn finish(&mut self) -> Result<Option<String>, Error> {
+        let text = self.tokenizer.decode(&self.ids, true)?;
+        let rest = text.get(self.printed..).unwrap_or_default().to_string();
+        self.printed = text.len();
+        Ok((!rest.is_empty()).then_some(rest))
     }
 }
 

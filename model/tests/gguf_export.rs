@@ -1,4 +1,4 @@
-//! GGUF export: the Q8_0/Q4_0 encoders bit for bit against the `gguf` Python package
+//! GGUF export: the Q8_0/Q4_0/Q5_0/Q5_1 encoders bit for bit against the `gguf` Python package
 //! (`scripts/make_gguf_quant_fixture.py`), merged models through our own reader and importer
 //! back to the same tensors, the adapter format llama.cpp reads, and refusals.
 
@@ -12,7 +12,8 @@ use burn::tensor::{Distribution, Tensor};
 use feinschliff_model::config::LlamaConfig;
 use feinschliff_model::io::gguf::adapter::write_adapter_gguf;
 use feinschliff_model::io::gguf::dequant::GgmlType;
-use feinschliff_model::io::gguf::export::{GgufFileType, write_model_gguf};
+use feinschliff_model::io::gguf::export::write_model_gguf;
+use feinschliff_model::io::gguf::file_type::GgufFileType;
 use feinschliff_model::io::gguf::import::import_gguf;
 use feinschliff_model::io::gguf::quantize::quantize;
 use feinschliff_model::io::gguf::{GgufFile, Value};
@@ -43,7 +44,12 @@ fn quantizers_equal_the_gguf_package_bit_for_bit() {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
-    for (name, ty) in [("q8_0", GgmlType::Q8_0), ("q4_0", GgmlType::Q4_0)] {
+    for (name, ty) in [
+        ("q8_0", GgmlType::Q8_0),
+        ("q4_0", GgmlType::Q4_0),
+        ("q5_0", GgmlType::Q5_0),
+        ("q5_1", GgmlType::Q5_1),
+    ] {
         let ours = quantize(ty, &input, shape[1]).unwrap();
         assert_eq!(ours.len(), fixture[name].1.len(), "{name}");
         for (row, (a, b)) in ours
@@ -240,15 +246,17 @@ fn what_llama_cpp_cannot_run_is_refused_naming_it() {
         "{error}"
     );
     assert!(!out.exists());
-    assert!(
-        "q4_k_m"
-            .parse::<GgufFileType>()
-            .unwrap_err()
-            .to_string()
-            .contains("no Q4_K/Q6_K encoder")
+    assert_eq!(
+        "q4_k_s".parse::<GgufFileType>().unwrap_err().to_string(),
+        "`q4_k_s` is not one of f32, f16, bf16, q8_0, q4_0, q4_k, q4_k_m"
     );
+}
 
+#[test]
+fn sentencepiece_vocabularies_round_trip_through_their_scores() {
     // A SentencePiece-style vocabulary (byte-fallback BPE), as import-gguf writes one.
+    let temp = tempfile::tempdir().unwrap();
+    let device = test_device();
     let spm = temp.path().join("spm");
     import_gguf(
         &root().join("tests/fixtures/gguf/tiny_spm.gguf"),
@@ -257,12 +265,25 @@ fn what_llama_cpp_cannot_run_is_refused_naming_it() {
     )
     .unwrap();
     let hf = HfModel::load(&spm, &device).unwrap();
-    let error =
-        write_model_gguf(&hf.model, &hf.config, &spm, "x", &out, GgufFileType::F32).unwrap_err();
-    let message = error.to_string();
-    assert!(
-        message.contains("tokenizer.json") && message.contains("byte_fallback true"),
-        "{message}"
-    );
-    assert!(!out.exists());
+    let out = temp.path().join("spm.gguf");
+    write_model_gguf(&hf.model, &hf.config, &spm, "x", &out, GgufFileType::F32).unwrap();
+    let file = GgufFile::open(&out).unwrap();
+    let meta = &file.metadata;
+    assert_eq!(meta["tokenizer.ggml.model"], Value::String("llama".into()));
+    assert_eq!(meta["tokenizer.ggml.add_space_prefix"], Value::Bool(true));
+    assert!(!meta.contains_key("tokenizer.ggml.merges"));
+    let Value::Array(types) = &meta["tokenizer.ggml.token_type"] else {
+        panic!("token_type is not an array")
+    };
+    assert!(types.contains(&Value::Int(6)), "no BYTE tokens"); // <0x00>…<0xFF>
+    // Importing the export recovers the merges from the scores: the same list, in order.
+    let back = temp.path().join("back");
+    import_gguf(&out, &back, StoreDtype::F32).unwrap();
+    let merges = |dir: &Path| {
+        let text = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json["model"]["merges"].clone()
+    };
+    assert_eq!(merges(&back), merges(&spm));
+    assert!(merges(&spm).as_array().unwrap().len() > 10);
 }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use feinschliff_model::backend::DeviceChoice;
 use feinschliff_model::io::gguf::dequant::GgmlType;
-use feinschliff_model::io::gguf::export::GgufFileType;
+use feinschliff_model::io::gguf::file_type::GgufFileType;
 use feinschliff_model::io::safetensors_out::StoreDtype;
 use feinschliff_train::export::{export_adapter, export_merged, parse_size};
 use feinschliff_train::export_gguf::{GgufSource, export_gguf, export_gguf_adapter};
@@ -72,11 +72,13 @@ impl GgufSourceArgs {
 pub struct ExportGgufArgs {
     #[command(flatten)]
     source: GgufSourceArgs,
-    /// Storage of the weight matrices (norms and biases stay f32).
+    /// Storage of the weight matrices, chosen per tensor as llama.cpp's llama-quantize does
+    /// (norms and biases stay f32; q4_k_m mixes Q4_K and Q6_K; the command lists each tensor
+    /// not of the main type).
     #[arg(
         long = "type",
         default_value = "f16",
-        value_name = "f32|f16|bf16|q8_0|q4_0"
+        value_name = "f32|f16|bf16|q8_0|q4_0|q4_k|q4_k_m"
     )]
     ty: GgufFileType,
 }

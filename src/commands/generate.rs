@@ -73,6 +73,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             Ok(())
         },
     )?;
+    if let Some(rest) = stream.finish()? {
+        print!("{rest}");
+    }
     println!();
     eprintln!("{}", timing.summary(prompt_ids.len(), generated.len()));
     Ok(())

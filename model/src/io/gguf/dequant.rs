@@ -19,6 +19,10 @@ pub enum GgmlType {
     Q4_0,
     /// 4-bit, blocks of 32 with an f16 scale and an f16 minimum.
     Q4_1,
+    /// 5-bit, blocks of 32 with one f16 scale (offset 16).
+    Q5_0,
+    /// 5-bit, blocks of 32 with an f16 scale and an f16 minimum.
+    Q5_1,
     /// 4-bit k-quant, super-blocks of 256.
     Q4K,
     /// 5-bit k-quant, super-blocks of 256.
@@ -37,13 +41,13 @@ impl GgmlType {
             8 => Self::Q8_0,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             12 => Self::Q4K,
             13 => Self::Q5K,
             14 => Self::Q6K,
             other => {
                 let name = match other {
-                    6 => "Q5_0",
-                    7 => "Q5_1",
                     9 => "Q8_1",
                     10 => "Q2_K",
                     11 => "Q3_K",
@@ -58,7 +62,7 @@ impl GgmlType {
                     _ => "unknown",
                 };
                 return Err(format!(
-                    "tensor type {other} ({name}) is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)"
+                    "tensor type {other} ({name}) is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)"
                 ));
             }
         })
@@ -71,6 +75,8 @@ impl GgmlType {
             Self::F16 => 1,
             Self::Q4_0 => 2,
             Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
             Self::Q8_0 => 8,
             Self::Q4K => 12,
             Self::Q5K => 13,
@@ -87,6 +93,8 @@ impl GgmlType {
             Self::Q8_0 => (32, 34),
             Self::Q4_0 => (32, 18),
             Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
+            Self::Q5_1 => (32, 24),
             Self::Q4K => (256, 144),
             Self::Q5K => (256, 176),
             Self::Q6K => (256, 210),
@@ -119,6 +127,14 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Vec<f32> {
             GgmlType::Q8_0 => q8_0(block, &mut out),
             GgmlType::Q4_0 => q4_0(block, &mut out),
             GgmlType::Q4_1 => q4_1(block, &mut out),
+            GgmlType::Q5_0 => {
+                let d = half_at(block, 0);
+                out.extend(q5_codes(&block[2..]).map(|q| (q as i32 - 16) as f32 * d));
+            }
+            GgmlType::Q5_1 => {
+                let (d, m) = (half_at(block, 0), half_at(block, 2));
+                out.extend(q5_codes(&block[4..]).map(|q| q as f32 * d + m));
+            }
             GgmlType::Q4K => q4_k(block, &mut out),
             GgmlType::Q5K => q5_k(block, &mut out),
             GgmlType::Q6K => q6_k(block, &mut out),
@@ -154,9 +170,25 @@ fn q4_1(block: &[u8], out: &mut Vec<f32>) {
     out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
 }
 
+/// The 32 five-bit codes of a Q5_0 / Q5_1 block's `qh: u32, qs: [u8; 16]`: nibbles as in
+/// Q4_0, bit `j` of `qh` the fifth bit of value `j`. Q5_0 reads `x = d · (q − 16)`, Q5_1
+/// `x = d · q + m`.
+fn q5_codes(bits: &[u8]) -> [u8; 32] {
+    let qh = u32::from_le_bytes([bits[0], bits[1], bits[2], bits[3]]);
+    let fifth = |j: usize| (((qh >> j) & 1) << 4) as u8;
+    std::array::from_fn(|j| {
+        let nibble = if j < 16 {
+            bits[4 + j] & 0x0F
+        } else {
+            bits[4 + j - 16] >> 4
+        };
+        nibble | fifth(j)
+    })
+}
+
 /// The 6-bit scale and minimum of sub-block `j` packed in the 12 scale bytes of a
 /// Q4_K/Q5_K super-block (ggml's `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     let (sc, m) = if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

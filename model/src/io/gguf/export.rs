@@ -1,8 +1,8 @@
 //! A model (adapters merged) as a GGUF file llama.cpp runs, laid out as llama.cpp's
 //! `convert_hf_to_gguf.py` writes one: `general.*` and `{arch}.*` metadata (arch `llama` for
 //! Llama and Mistral, `qwen2`, `qwen3`), Llama 3.x's RoPE scaling as `rope_freqs.weight`, q/k
-//! rows in llama.cpp's order for `llama`, vectors (norms, biases) in F32 and matrices in the
-//! chosen type, and the tokenizer as `tokenizer.ggml.*` ([`super::vocab`]).
+//! rows in llama.cpp's order for `llama`, each tensor in the type llama-quantize would give it
+//! ([`super::file_type`]), and the tokenizer as `tokenizer.ggml.*` ([`super::vocab`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +10,7 @@ use std::path::Path;
 use burn::tensor::Tensor;
 
 use super::dequant::GgmlType;
+use super::file_type::{GgufFileType, storage_types};
 use super::names::gguf_name;
 use super::qk_permute::{permute_rows, permutes_qk};
 use super::quantize::quantize;
@@ -20,74 +21,6 @@ use crate::Error;
 use crate::config::{Family, LlamaConfig, RopeScaling};
 use crate::io::hf_export::merged_tensors;
 use crate::llama::Llama;
-
-/// What `export gguf --type` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GgufFileType {
-    /// Everything F32.
-    F32,
-    /// Matrices F16.
-    F16,
-    /// Matrices BF16.
-    BF16,
-    /// Matrices Q8_0.
-    Q8_0,
-    /// Matrices Q4_0, the output projection Q8_0.
-    Q4_0,
-}
-
-impl std::str::FromStr for GgufFileType {
-    type Err = Error;
-
-    /// `f32`, `f16`, `bf16`, `q8_0` or `q4_0`; `q4_k_m` is refused with the reason.
-    fn from_str(name: &str) -> Result<Self, Error> {
-        Ok(match name {
-            "f32" => Self::F32,
-            "f16" => Self::F16,
-            "bf16" => Self::BF16,
-            "q8_0" => Self::Q8_0,
-            "q4_0" => Self::Q4_0,
-            "q4_k_m" => {
-                return Err(Error::Usage(
-                    "--type q4_k_m is not supported yet: feinschliff has no Q4_K/Q6_K encoder; \
-                     export f16 and run llama.cpp's `llama-quantize FILE OUT Q4_K_M`, or use q4_0"
-                        .into(),
-                ));
-            }
-            other => {
-                return Err(Error::Usage(format!(
-                    "`{other}` is not one of f32, f16, bf16, q8_0, q4_0"
-                )));
-            }
-        })
-    }
-}
-
-impl GgufFileType {
-    /// `general.file_type` (llama.cpp's `llama_ftype`).
-    fn id(self) -> u32 {
-        match self {
-            Self::F32 => 0,
-            Self::F16 => 1,
-            Self::Q4_0 => 2,
-            Self::Q8_0 => 7,
-            Self::BF16 => 32,
-        }
-    }
-
-    /// The storage type of a matrix; `is_output` marks the output projection (the embedding
-    /// when tied), which Q4_0 keeps at Q8_0 as llama.cpp's quantizer keeps it above 4 bits.
-    pub fn matrix_type(self, is_output: bool) -> GgmlType {
-        match self {
-            Self::F32 => GgmlType::F32,
-            Self::F16 => GgmlType::F16,
-            Self::BF16 => GgmlType::BF16,
-            Self::Q8_0 => GgmlType::Q8_0,
-            Self::Q4_0 if is_output => GgmlType::Q8_0,
-            Self::Q4_0 => GgmlType::Q4_0,
-        }
-    }
-}
 
 /// `general.architecture` of a family.
 pub fn gguf_architecture(family: Family) -> &'static str {
@@ -128,29 +61,17 @@ pub fn write_model_gguf(
     let mut metadata = model_metadata(config, name, ty);
     metadata.extend(vocab_metadata(model_dir, config)?);
     let tensors = merged_tensors(model);
-    let mut entries = Vec::new();
+    let order = tensor_order(config, &tensors);
+    let shapes: Vec<_> = order
+        .iter()
+        .map(|(_, g, s)| (g.clone(), s.clone()))
+        .collect();
+    let chosen = storage_types(ty, &shapes, config.num_hidden_layers).map_err(Error::Usage)?;
+    notes.extend(chosen.notes);
     let mut sources = Vec::new(); // HF name, or None for rope_freqs
-    for (hf, gguf, shape) in tensor_order(config, &tensors) {
-        let matrix = shape.len() == 2;
-        let is_output =
-            gguf == "output.weight" || (config.tie_word_embeddings && gguf == "token_embd.weight");
-        let mut ty = if matrix {
-            ty.matrix_type(is_output)
-        } else {
-            GgmlType::F32
-        };
-        if !shape[shape.len() - 1].is_multiple_of(ty.block().0) {
-            notes.push(format!(
-                "{gguf}: rows of {} values are not whole {ty:?} blocks; stored as F16",
-                shape[shape.len() - 1]
-            ));
-            ty = GgmlType::F16;
-        }
-        entries.push(TensorEntry {
-            name: gguf,
-            shape,
-            ty,
-        });
+    let mut entries = Vec::new();
+    for ((hf, name, shape), ty) in order.into_iter().zip(chosen.types) {
+        entries.push(TensorEntry { name, shape, ty });
         sources.push(hf);
     }
     write_gguf(out, &metadata, &entries, |i| {

@@ -5,7 +5,9 @@
 pub mod adapter;
 pub mod dequant;
 pub mod export;
+pub mod file_type;
 pub mod import;
+pub mod k_quants;
 pub mod modelfile;
 pub mod names;
 pub mod qk_permute;

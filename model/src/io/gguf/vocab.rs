@@ -7,9 +7,13 @@
 //! special token ids, `add_bos_token` and the chat template. The reverse of
 //! [`super::tokenizer`].
 //!
-//! SentencePiece vocabularies (byte-fallback BPE behind a `▁` Metaspace, Llama 2 and Mistral
-//! v0.1–v0.3) are refused: llama.cpp tokenizes them by token scores that `tokenizer.json`
-//! does not hold.
+//! SentencePiece-style vocabularies (BPE with byte fallback behind `▁`: Llama 2, Mistral
+//! v0.1–v0.3, and what `import-gguf` makes of a `llama` vocabulary) are written as llama.cpp's
+//! `llama` model, which merges the adjacent pair whose joined token has the highest score.
+//! `tokenizer.json` holds merge ranks, not scores, so a token made by merge `r` gets the score
+//! `−r` (earlier merges win, as in BPE), other tokens lower scores than every merge; byte
+//! tokens `<0xXX>` are BYTE and the unknown token UNKNOWN. (llama.cpp's own converter gives
+//! every token −1000 when it has no `tokenizer.model`, which loses the merge order.)
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,9 +28,11 @@ use crate::config::LlamaConfig;
 
 /// llama.cpp token types.
 const NORMAL: i32 = 1;
+const UNKNOWN: i32 = 2;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
+const BYTE: i32 = 6;
 
 /// The `tokenizer.ggml.*` and `tokenizer.chat_template` metadata of the model in `dir`.
 pub fn vocab_metadata(dir: &Path, config: &LlamaConfig) -> Result<Vec<(String, MetaValue)>, Error> {
@@ -36,35 +42,44 @@ pub fn vocab_metadata(dir: &Path, config: &LlamaConfig) -> Result<Vec<(String, M
         .map_err(|e| Error::invalid(&path, format!("invalid JSON: {e}")))?;
     let bad = |message: String| Error::invalid(&path, message);
     let model = &json["model"];
-    if model["type"] != "BPE" || model["byte_fallback"] == true {
+    if model["type"] != "BPE" {
         return Err(bad(format!(
-            "key `model`: only byte-level BPE vocabularies can be written to GGUF here (this is {} \
-             with byte_fallback {}; SentencePiece-style vocabularies need scores tokenizer.json \
-             does not hold)",
-            model["type"], model["byte_fallback"]
+            "key `model.type`: only BPE vocabularies (byte-level, or SentencePiece-style with \
+             byte fallback) can be written to GGUF here, not {}",
+            model["type"]
         )));
     }
-    let pre = pre_tokenizer_name(&json["pre_tokenizer"]).map_err(bad)?;
-    let (tokens, types) = tokens_and_types(&json, config.vocab_size).map_err(bad)?;
+    let (tokens, mut types) = tokens_and_types(&json, config.vocab_size).map_err(bad)?;
     let merges = merges(&model["merges"]).map_err(bad)?;
+    let unk = model["unk_token"].as_str().map(String::from);
+    let mut meta = if model["byte_fallback"] == true {
+        let unk_id = unk
+            .as_ref()
+            .and_then(|t| tokens.iter().position(|s| s == t));
+        sentencepiece_vocab(&json, &tokens, &mut types, unk_id, &merges)
+    } else {
+        let pre = pre_tokenizer_name(&json["pre_tokenizer"]).map_err(bad)?;
+        vec![
+            key("tokenizer.ggml.model", MetaValue::Str("gpt2".into())),
+            key("tokenizer.ggml.pre", MetaValue::Str(pre.into())),
+            key("tokenizer.ggml.merges", MetaValue::Strs(merges)),
+        ]
+    };
+    meta.push(key(
+        "tokenizer.ggml.tokens",
+        MetaValue::Strs(tokens.clone()),
+    ));
+    meta.push(key("tokenizer.ggml.token_type", MetaValue::I32s(types)));
     let special = TokenizerConfig::from_model_dir(dir)?;
     let id_of = |text: &Option<String>| {
         text.as_ref()
             .and_then(|t| tokens.iter().position(|s| s == t))
     };
-    let unk = model["unk_token"].as_str().map(String::from);
     let bos = id_of(&special.bos_token).or(config.bos_token_id.map(|id| id as usize));
     let eos = id_of(&special.eos_token).or(config.eos_token_ids.first().map(|&id| id as usize));
     let add_bos = special
         .add_bos_token
         .unwrap_or_else(|| post_processor_adds_bos(&json["post_processor"]));
-    let mut meta = vec![
-        key("tokenizer.ggml.model", MetaValue::Str("gpt2".into())),
-        key("tokenizer.ggml.pre", MetaValue::Str(pre.into())),
-        key("tokenizer.ggml.tokens", MetaValue::Strs(tokens.clone())),
-        key("tokenizer.ggml.token_type", MetaValue::I32s(types)),
-        key("tokenizer.ggml.merges", MetaValue::Strs(merges)),
-    ];
     let ids = [
         ("bos", bos),
         ("eos", eos),
@@ -88,6 +103,73 @@ pub fn vocab_metadata(dir: &Path, config: &LlamaConfig) -> Result<Vec<(String, M
         meta.push(key("tokenizer.chat_template", MetaValue::Str(template)));
     }
     Ok(meta)
+}
+
+/// `tokenizer.ggml.model = llama` with scores from the merge ranks, BYTE and UNKNOWN types
+/// marked in `types`, and `add_space_prefix` as the pre-tokenizer or normalizer prepends `▁`.
+fn sentencepiece_vocab(
+    json: &Json,
+    tokens: &[String],
+    types: &mut [i32],
+    unk: Option<usize>,
+    merges: &[String],
+) -> Vec<(String, MetaValue)> {
+    let mut rank: BTreeMap<String, usize> = BTreeMap::new();
+    for (r, merge) in merges.iter().enumerate() {
+        rank.entry(merge.replacen(' ', "", 1)).or_insert(r);
+    }
+    let scores = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, token)| match rank.get(token) {
+            Some(&r) => -(r as f32),
+            None => -((merges.len() + id) as f32),
+        })
+        .collect();
+    for (id, token) in tokens.iter().enumerate() {
+        if types[id] == NORMAL && is_byte_token(token) {
+            types[id] = BYTE;
+        }
+    }
+    if let Some(id) = unk {
+        types[id] = UNKNOWN;
+    }
+    vec![
+        key("tokenizer.ggml.model", MetaValue::Str("llama".into())),
+        key("tokenizer.ggml.scores", MetaValue::F32s(scores)),
+        key(
+            "tokenizer.ggml.add_space_prefix",
+            MetaValue::Bool(prepends_space(json)),
+        ),
+    ]
+}
+
+/// A byte-fallback token `<0xXX>`.
+fn is_byte_token(token: &str) -> bool {
+    let b = token.as_bytes();
+    b.len() == 6
+        && token.starts_with("<0x")
+        && b[5] == b'>'
+        && b[3..5].iter().all(u8::is_ascii_hexdigit)
+}
+
+/// Whether the tokenizer puts `▁` before the text: a Metaspace pre-tokenizer that prepends, or
+/// a normalizer that prepends `▁` (Llama 2's `tokenizer.json`).
+fn prepends_space(json: &Json) -> bool {
+    let pre = &json["pre_tokenizer"];
+    let metaspace = pre["type"] == "Metaspace"
+        && (pre["prepend_scheme"] == "first"
+            || pre["prepend_scheme"] == "always"
+            || pre["add_prefix_space"] == true);
+    let normalizer = &json["normalizer"];
+    let steps = match normalizer["normalizers"].as_array() {
+        Some(list) => list.clone(),
+        None => vec![normalizer.clone()],
+    };
+    metaspace
+        || steps
+            .iter()
+            .any(|n| n["type"] == "Prepend" && n["prepend"] == "\u{2581}")
 }
 
 fn key(name: &str, value: MetaValue) -> (String, MetaValue) {
