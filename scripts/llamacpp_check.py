@@ -17,13 +17,13 @@ scripts/setup-llamacpp.sh) put on sys.path from --llama-site. Checks, one JSON l
               with our adapter directory on the base, within 1e-4 relative
   import      `import-gguf` of our f32 GGUF gives back our merged tensors exactly and a
               tokenizer with the same ids
-  quantize    for each of our quantized exports (--quantized TYPE=FILE: q8_0, q4_0, q4_k,
-              q4_k_m), llama.cpp's own `llama_model_quantize` of our f32 merged GGUF with the
-              same file type (q4_k: `pure` Q4_K_S) writes the same tensors with the same types
-              and the same bytes
-  perplexity  llama.cpp's perplexity of our q8_0 and q4_k_m exports on the first
+  quantize    for each of our quantized exports of the base (--quantized TYPE=FILE: q8_0, q4_0,
+              q4_k, q4_k_m), llama.cpp's own `llama_model_quantize` of our f32 base GGUF with
+              the same file type (q4_k: `pure` Q4_K_S) writes the same tensors with the same
+              types and the same bytes
+  perplexity  llama.cpp's perplexity of our q8_0 and q4_k_m base exports on the first
               PPL_RECORDS records of the bundled valid.jsonl stays within PPL_LIMITS of the
-              f32 export's (relative increase)
+              f32 base export's (relative increase)
 
 The last line is "llamacpp: N passed, N failed"; the exit status is 1 on any failure.
 """
@@ -48,8 +48,10 @@ TOL = 1e-4
 LLAMA_FTYPES = {"q8_0": (7, False), "q4_0": (2, False), "q4_k": (14, True), "q4_k_m": (15, False)}
 PPL_RECORDS = 8
 PPL_MAX_LEN = 128
-# largest accepted relative perplexity increase over f32 (SmolLM2, by hand: q8_0 +0.5 %)
-PPL_LIMITS = {"q8_0": 0.02, "q4_k_m": 0.15}
+# largest accepted relative perplexity increase over f32. SmolLM2-135M by hand (8 records of
+# 128 tokens): q8_0 +0.6 %, q4_k_m +15.3 % -- byte for byte llama.cpp's own Q4_K_M, which on
+# this small 576-wide model stores most matrices as Q5_0 (BENCHMARKS.md has 40 x 512).
+PPL_LIMITS = {"q8_0": 0.02, "q4_k_m": 0.25}
 results = []
 
 
@@ -178,7 +180,7 @@ def check_quantized(a, kind, ours):
     theirs = Path(a.work) / f"llama-quantize-{kind}.gguf"
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.pure, params.nthread = ftype, pure, 2
-    rc = llama_cpp.llama_model_quantize(a.merged_gguf.encode(), str(theirs).encode(),
+    rc = llama_cpp.llama_model_quantize(a.base_gguf.encode(), str(theirs).encode(),
                                         ctypes.byref(params))
     if rc != 0:
         report("quantize", False, type=kind, error=f"llama_model_quantize returned {rc}")
@@ -206,7 +208,7 @@ def check_perplexity(a, quantized):
     data = Path(__file__).resolve().parent.parent / "data/corpora/de-admin/valid.jsonl"
     with open(data, encoding="utf-8") as f:
         texts = [json.loads(line)["text"] for line, _ in zip(f, range(PPL_RECORDS))]
-    base = score(a.merged_gguf, texts, PPL_MAX_LEN, 2)["perplexity"]
+    base = score(a.base_gguf, texts, PPL_MAX_LEN, 2)["perplexity"]
     for kind, limit in PPL_LIMITS.items():
         if kind not in quantized:
             continue

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # llama.cpp loads and runs our GGUF exports with the same results: for each base of BASES, in
 # a temporary directory, two 20-step LoRA runs (plain and rsLoRA) on configs/tiny.toml, then
-# `export gguf` (base and merged: f32, and the merged model in q8_0, q4_0, q4_k, q4_k_m),
+# `export gguf` (base and merged in f32, the base also in q8_0, q4_0, q4_k, q4_k_m),
 # `export gguf-adapter` (f32), `export merged --dtype f32` and `export adapter`, and
 # scripts/llamacpp_check.py on them (see its docstring). Besides the committed fixtures, a
 # random-weight model of hidden size 256 (scripts/make_random_llama.py) puts whole k-quant
@@ -54,8 +54,8 @@ for base in "${BASES[@]}"; do
     "$BIN" export gguf --run "$w/lora" --out "$w/merged.gguf" --type f32 >/dev/null
     quantized=()
     for type in q8_0 q4_0 q4_k q4_k_m; do
-        "$BIN" export gguf --run "$w/lora" --out "$w/merged-$type.gguf" --type "$type" >/dev/null
-        quantized+=(--quantized "$type=$w/merged-$type.gguf")
+        "$BIN" export gguf --model "$base" --out "$w/base-$type.gguf" --type "$type" >/dev/null
+        quantized+=(--quantized "$type=$w/base-$type.gguf")
     done
     "$BIN" export merged --run "$w/lora" --out "$w/merged" --dtype f32 >/dev/null
     "$VENV/bin/python" scripts/llamacpp_check.py --bin "$BIN" --base "$base" --base-gguf "$w/base.gguf" \

@@ -51,32 +51,84 @@ pub fn generate(
     device: &Device,
     mut on_token: impl FnMut(u32) -> Result<(), Error>,
 ) -> Result<Vec<u32>, Error> {
+    let prompts = [prompt.to_vec()];
+    let on_row_token = |_row: usize, id: u32| on_token(id);
+    let mut rows = generate_batch(
+        model,
+        &prompts,
+        eos_ids,
+        max_new_tokens,
+        sampling,
+        device,
+        on_row_token,
+    )?;
+    Ok(rows.remove(0))
+}
+
+/// Generates for all `prompts` at once: they are left-padded into one batch (padding masked,
+/// positions per row), the prompts run in one pass, then every unfinished row decodes one
+/// token per step; a row that ends (an id of `eos_ids`, included, or `max_new_tokens`) leaves
+/// the batch. Each row gets its own RNG seeded with `sampling.seed`, so its tokens are those
+/// [`generate`] gives for that prompt alone. `on_token(row, id)` sees each new id.
+pub fn generate_batch(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    eos_ids: &[u32],
+    max_new_tokens: usize,
+    sampling: Sampling,
+    device: &Device,
+    mut on_token: impl FnMut(usize, u32) -> Result<(), Error>,
+) -> Result<Vec<Vec<u32>>, Error> {
     sampling.validate()?;
-    if prompt.is_empty() {
-        return Err(Error::Usage("the prompt has no tokens".into()));
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(Error::Usage(format!("prompt {} has no tokens", i + 1)));
     }
-    let mut rng = StdRng::seed_from_u64(sampling.seed);
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    // Padding repeats each row's first token (masked; any valid id would do).
+    let mut input: Vec<i64> = prompts
+        .iter()
+        .flat_map(|p| {
+            let pad = std::iter::repeat_n(p[0], longest - p.len());
+            pad.chain(p.iter().copied()).map(i64::from)
+        })
+        .collect();
+    let mut rngs: Vec<StdRng> = prompts
+        .iter()
+        .map(|_| StdRng::seed_from_u64(sampling.seed))
+        .collect();
+    let mut generated = vec![Vec::new(); prompts.len()];
+    let mut active: Vec<usize> = (0..prompts.len()).collect(); // prompt index of each row
     let mut cache = KvCache::default();
-    let mut generated = Vec::new();
-    let mut next_input = prompt.to_vec();
-    while generated.len() < max_new_tokens {
-        let len = next_input.len();
-        let ids: Vec<i64> = next_input.iter().map(|&id| i64::from(id)).collect();
-        let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), device);
-        let logits = model.forward_cached(input, &mut cache);
+    let mut width = longest;
+    while max_new_tokens > 0 && !active.is_empty() {
+        let rows = active.len();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(input, [rows, width]), device);
+        let logits = model.forward_cached(ids, &pads, &mut cache);
         let vocab = logits.dims()[2];
         let last: Vec<f32> = logits
-            .narrow(1, len - 1, 1)
-            .reshape([vocab])
+            .narrow(1, width - 1, 1)
+            .reshape([rows * vocab])
             .try_into_vec_as::<f32>()
             .map_err(|e| Error::Usage(format!("cannot read logits: {e:?}")))?;
-        let token = choose(&last, sampling, &mut rng);
-        generated.push(token);
-        on_token(token)?;
-        if eos_ids.contains(&token) {
-            break;
+        let mut keep = Vec::with_capacity(rows);
+        input = Vec::with_capacity(rows);
+        for (row, logits) in last.chunks_exact(vocab).enumerate() {
+            let prompt = active[row];
+            let token = choose(logits, sampling, &mut rngs[prompt]);
+            generated[prompt].push(token);
+            on_token(prompt, token)?;
+            if !eos_ids.contains(&token) && generated[prompt].len() < max_new_tokens {
+                keep.push(row);
+                input.push(i64::from(token));
+            }
         }
-        next_input = vec![token];
+        if keep.len() < rows {
+            cache.keep_rows(&keep);
+            pads = keep.iter().map(|&row| pads[row]).collect();
+            active = keep.iter().map(|&row| active[row]).collect();
+        }
+        width = 1;
     }
     Ok(generated)
 }

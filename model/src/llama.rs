@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, Device, Int, Tensor};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::Error;
 use crate::config::{LlamaConfig, PROJECTIONS};
@@ -288,6 +288,19 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.seen == 0
     }
+
+    /// Keeps only the batch rows `rows` (in that order), dropping the others' keys and values.
+    pub fn keep_rows(&mut self, rows: &[usize]) {
+        let Some(device) = self.layers.iter().flatten().next().map(|c| c.keys.device()) else {
+            return;
+        };
+        let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows.len()]), &device);
+        for layer in self.layers.iter_mut().flatten() {
+            layer.keys = layer.keys.clone().select(0, index.clone());
+            layer.values = layer.values.clone().select(0, index.clone());
+        }
+    }
 }
 
 impl Llama {
@@ -480,19 +493,39 @@ impl Llama {
     }
 
     /// Logits for the next tokens `[batch, seq]`, continuing after the tokens in `cache` and
-    /// appending the new ones to it (no padding: one sequence per row, all of the same length).
-    pub fn forward_cached(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+    /// appending the new ones to it. Row `b` begins with `left_pad[b]` padding tokens (counted
+    /// over the whole cache; empty means none): no query attends to them and they take no
+    /// position, so a padded row computes what it would alone.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<2, Int>,
+        left_pad: &[usize],
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
         let [batch, seq] = input_ids.dims();
+        assert!(
+            left_pad.is_empty() || left_pad.len() == batch,
+            "one left padding per row"
+        );
+        let pad = |row: usize| left_pad.get(row).copied().unwrap_or(0);
         let device = input_ids.device();
-        let start = cache.seen as i64;
-        let positions = Tensor::<1, Int>::arange(start..start + seq as i64, &device)
-            .reshape([1, seq])
-            .expand([batch, seq]);
+        let (start, seen) = (cache.seen, cache.seen + seq);
+        let positions: Vec<i64> = (0..batch)
+            .flat_map(|row| (start..seen).map(move |i| i.saturating_sub(pad(row)) as i64))
+            .collect();
+        let positions =
+            Tensor::<2, Int>::from_data(TensorData::new(positions, [batch, seq]), &device);
+        let padding = left_pad.iter().any(|&p| p > 0).then(|| {
+            let mask: Vec<bool> = (0..batch * seq)
+                .flat_map(|i| (0..seen).map(move |key| key < pad(i / seq)))
+                .collect();
+            Tensor::<3, Bool>::from_data(TensorData::new(mask, [batch, seq, seen]), &device)
+        });
         if cache.layers.is_empty() {
             cache.layers = vec![None; self.model.layers.len()];
         }
-        cache.seen += seq;
-        self.logits(self.hidden_states(input_ids, positions, None, Some(cache)))
+        cache.seen = seen;
+        self.logits(self.hidden_states(input_ids, positions, padding.as_ref(), Some(cache)))
     }
 
     fn hidden_states(

@@ -182,7 +182,7 @@ fn check_kv_cache(name: &str) {
     for chunk in chunks {
         let ids =
             Tensor::<2, Int>::from_data(TensorData::new(chunk.to_vec(), [1, chunk.len()]), &device);
-        pieces.extend(logits_of(model.forward_cached(ids, &mut cache)));
+        pieces.extend(logits_of(model.forward_cached(ids, &[], &mut cache)));
     }
     let diff = full
         .iter()
@@ -246,5 +246,59 @@ fn greedy_generation_follows_full_forward_argmax() {
             .fold(0, |b, (i, v)| if *v > last[b] { i } else { b });
         assert_eq!(token as usize, best, "step {}", len - prompt.len());
         sequence.push(i64::from(token));
+    }
+}
+
+/// Prompts of different lengths generated together (left-padded into one batch, rows leaving
+/// the batch as they end) give each prompt the tokens it gets alone: greedy and sampled, with
+/// one row ending early at an EOS id, on fixtures with GQA, Llama 3 RoPE, q/k norms, biases
+/// and sliding windows.
+#[test]
+fn batched_generation_equals_one_prompt_at_a_time() {
+    use feinschliff_model::generate::{Sampling, generate, generate_batch};
+    let device = test_device();
+    let prompts = vec![
+        vec![5u32, 17, 42, 8, 66, 23, 13],
+        vec![51, 22],
+        vec![25, 83, 49, 7],
+    ];
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+    };
+    let sampled = Sampling {
+        temperature: 0.9,
+        top_p: 0.9,
+        seed: 7,
+    };
+    for name in [
+        "tied_gqa",
+        "llama3_rope",
+        "qwen3_tied_bias_window",
+        "mistral_window",
+    ] {
+        let model = HfModel::load(&fixture(name), &device).unwrap().model;
+        for sampling in [greedy, sampled] {
+            let alone = |prompt: &[u32], eos: &[u32]| {
+                generate(&model, prompt, eos, 12, sampling, &device, |_| Ok(())).unwrap()
+            };
+            // An EOS id that ends the first prompt's row after its fourth token.
+            let eos = [alone(&prompts[0], &[])[3]];
+            let expected: Vec<Vec<u32>> = prompts.iter().map(|p| alone(p, &eos)).collect();
+            assert!(
+                expected[0].len() <= 4,
+                "{name}: the EOS row did not end early"
+            );
+            let mut seen = vec![Vec::new(); prompts.len()];
+            let batched =
+                generate_batch(&model, &prompts, &eos, 12, sampling, &device, |row, id| {
+                    seen[row].push(id);
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(batched, expected, "{name}, {sampling:?}");
+            assert_eq!(seen, expected, "{name}: on_token saw other tokens");
+        }
     }
 }

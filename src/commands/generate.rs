@@ -1,12 +1,15 @@
-//! `feinschliff generate`: text from a prompt, streamed to stdout as it is decoded.
+//! `feinschliff generate`: text from a prompt, streamed to stdout as it is decoded, or for
+//! every prompt of a file in batches, one JSON line each.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use feinschliff_data::template::{ChatTemplate, Message};
 use feinschliff_data::tokenize::TextTokenizer;
-use feinschliff_model::generate::{Sampling, TextStream, generate};
+use feinschliff_model::generate::{Sampling, TextStream, generate, generate_batch};
+use serde_json::json;
 
 use super::model_args::ModelArgs;
 
@@ -16,8 +19,20 @@ pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The prompt text.
-    #[arg(long)]
-    prompt: String,
+    #[arg(
+        long,
+        required_unless_present = "prompts_file",
+        conflicts_with = "prompts_file"
+    )]
+    prompt: Option<String>,
+    /// Prompts from a file: one per non-empty line, or for a `.jsonl` file one JSON object
+    /// with a `prompt` string per line. Prints one JSON line per prompt, in file order:
+    /// `{"prompt", "completion", "new_tokens", "stop": "eos"|"length"}`.
+    #[arg(long, value_name = "FILE")]
+    prompts_file: Option<PathBuf>,
+    /// Prompts generated together (padded into one batch) with --prompts-file.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    batch_size: usize,
     /// Render the prompt as one user message through the model's chat template, with the
     /// generation prompt.
     #[arg(long)]
@@ -36,7 +51,8 @@ pub struct GenerateArgs {
     seed: u64,
 }
 
-/// Generates and prints the continuation.
+/// Generates and prints the continuation of `--prompt`, or of every prompt in
+/// `--prompts-file`.
 pub fn run(args: GenerateArgs) -> Result<()> {
     let sampling = Sampling {
         temperature: args.temperature,
@@ -44,41 +60,124 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
     };
     sampling.validate()?;
-    let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
-    let prompt_ids = if args.chat {
-        let template = ChatTemplate::new(tokenizer.config())?;
-        let text = template.render(&[Message::new("user", args.prompt.as_str())], true)?;
-        tokenizer.encode(&text, false)?
-    } else {
-        tokenizer.encode(&args.prompt, true)?
-    };
-    let (loaded, device) = args.model.load(&tokenizer)?;
-    let mut stream = TextStream::new(&tokenizer);
-    let mut stdout = std::io::stdout();
-    let mut timing = Timing::start();
-    let generated = generate(
-        &loaded.model,
-        &prompt_ids,
-        &loaded.eos_token_ids,
-        args.max_new_tokens,
-        sampling,
-        &device,
-        |id| {
-            timing.token();
-            if let Some(piece) = stream.push(id)? {
-                use std::io::Write;
-                let _ = write!(stdout, "{piece}");
-                let _ = stdout.flush();
-            }
-            Ok(())
-        },
-    )?;
-    if let Some(rest) = stream.finish()? {
-        print!("{rest}");
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
     }
-    println!();
-    eprintln!("{}", timing.summary(prompt_ids.len(), generated.len()));
+    let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
+    let prompts = match (&args.prompt, &args.prompts_file) {
+        (Some(prompt), _) => vec![prompt.clone()],
+        (None, Some(file)) => read_prompts(file)?,
+        (None, None) => bail!("give --prompt TEXT or --prompts-file FILE"),
+    };
+    let template = args
+        .chat
+        .then(|| ChatTemplate::new(tokenizer.config()))
+        .transpose()?;
+    let encode = |prompt: &String| -> Result<Vec<u32>> {
+        Ok(match &template {
+            Some(template) => {
+                let text = template.render(&[Message::new("user", prompt.as_str())], true)?;
+                tokenizer.encode(&text, false)?
+            }
+            None => tokenizer.encode(prompt, true)?,
+        })
+    };
+    let ids = prompts.iter().map(encode).collect::<Result<Vec<_>>>()?;
+    let (loaded, device) = args.model.load(&tokenizer)?;
+    let eos = &loaded.eos_token_ids;
+    if args.prompts_file.is_none() {
+        let mut timing = Timing::start();
+        let mut stream = TextStream::new(&tokenizer);
+        let mut stdout = std::io::stdout();
+        let generated = generate(
+            &loaded.model,
+            &ids[0],
+            eos,
+            args.max_new_tokens,
+            sampling,
+            &device,
+            |id| {
+                timing.token();
+                if let Some(piece) = stream.push(id)? {
+                    use std::io::Write;
+                    let _ = write!(stdout, "{piece}");
+                    let _ = stdout.flush();
+                }
+                Ok(())
+            },
+        )?;
+        if let Some(rest) = stream.finish()? {
+            print!("{rest}");
+        }
+        println!();
+        eprintln!("{}", timing.summary(ids[0].len(), generated.len()));
+        return Ok(());
+    }
+    let start = Instant::now();
+    let (mut prompt_tokens, mut new_tokens) = (0, 0);
+    for (texts, batch) in prompts
+        .chunks(args.batch_size)
+        .zip(ids.chunks(args.batch_size))
+    {
+        let rows = generate_batch(
+            &loaded.model,
+            batch,
+            eos,
+            args.max_new_tokens,
+            sampling,
+            &device,
+            |_, _| Ok(()),
+        )?;
+        for (text, new) in texts.iter().zip(&rows) {
+            let stop = match new.last() {
+                Some(id) if eos.contains(id) => "eos",
+                _ => "length",
+            };
+            let completion = tokenizer.decode(new, true)?;
+            let line = json!({ "prompt": text, "completion": completion, "new_tokens": new.len(), "stop": stop });
+            println!("{line}");
+        }
+        prompt_tokens += batch.iter().map(Vec::len).sum::<usize>();
+        new_tokens += rows.iter().map(Vec::len).sum::<usize>();
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{} prompts in batches of up to {}: {prompt_tokens} prompt tokens and {new_tokens} new \
+         tokens in {seconds:.2} s ({:.1} new tokens/s)",
+        prompts.len(),
+        args.batch_size,
+        new_tokens as f64 / seconds
+    );
     Ok(())
+}
+
+/// The prompts of `path`: one per non-empty line, or for `.jsonl` the `prompt` string of each
+/// line's JSON object. Errors name the file and line.
+fn read_prompts(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
+    let mut prompts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        if !jsonl {
+            prompts.push(line.to_string());
+            continue;
+        }
+        let record: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: invalid JSON", at()))?;
+        match record["prompt"].as_str() {
+            Some(prompt) => prompts.push(prompt.to_string()),
+            None => bail!("{}: no `prompt` string", at()),
+        }
+    }
+    if prompts.is_empty() {
+        bail!("{}: no prompts", path.display());
+    }
+    Ok(prompts)
 }
 
 /// When generation started and when its first and last tokens came: the first token ends the

@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use feinschliff_data::format::Example;
-use feinschliff_model::generate::{Sampling, generate};
+use feinschliff_model::generate::{Sampling, generate_batch};
 use feinschliff_model::llama::Llama;
 use serde_json::json;
 
@@ -88,7 +88,7 @@ impl<'a> Evaluator<'a> {
         Ok(report.loss)
     }
 
-    /// Answers every configured prompt greedily.
+    /// Answers every configured prompt greedily, all in one batch.
     fn answer_prompts(
         &self,
         model: &Llama,
@@ -103,11 +103,15 @@ impl<'a> Evaluator<'a> {
         };
         let (tokenizer, device) = (&self.session.tokenizer, &self.session.plain_device);
         let max_new = self.config.train.generate_max_new_tokens;
-        for prompt in &self.config.train.generate_prompts {
-            let ids = tokenizer.encode(prompt, true)?;
-            let eos = &self.session.eos_ids;
-            let new = generate(model, &ids, eos, max_new, greedy, device, |_| Ok(()))?;
-            let text = tokenizer.decode(&new, true)?;
+        let prompts = &self.config.train.generate_prompts;
+        let ids = prompts
+            .iter()
+            .map(|p| tokenizer.encode(p, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let eos = &self.session.eos_ids;
+        let answers = generate_batch(model, &ids, eos, max_new, greedy, device, |_, _| Ok(()))?;
+        for (prompt, new) in prompts.iter().zip(&answers) {
+            let text = tokenizer.decode(new, true)?;
             log.write(json!({ "step": step, "prompt": prompt, "generation": text }))?;
             progress.note(&format!("sample at step {step}: {prompt:?} -> {text:?}"));
         }
