@@ -109,6 +109,79 @@ fn generate_greedy_is_repeatable_and_chat_works() {
     run(&["--prompt", "Wie beantrage ich Kindergeld?", "--chat"]);
 }
 
+/// `--prompts-file` (plain lines and JSONL) answers every prompt in file order, in batches,
+/// with the text `--prompt` gives for it alone; a JSONL line without a prompt is named.
+#[test]
+fn generate_answers_a_prompts_file_in_batches() {
+    let model = tiny_model();
+    let model = model.to_str().unwrap();
+    let prompts = ["Der Antrag", "Hallo", "Wie beantrage ich Kindergeld?"];
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let output = feinschliff(&[
+                "generate",
+                "--model",
+                model,
+                "--max-new-tokens",
+                "12",
+                "--prompt",
+                p,
+            ]);
+            assert!(output.status.success(), "{}", stderr(&output));
+            stdout(&output).trim_end_matches('\n').to_string()
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("prompts.txt");
+    std::fs::write(
+        &plain,
+        format!("{}\n\n{}\r\n{}\n", prompts[0], prompts[1], prompts[2]),
+    )
+    .unwrap();
+    let jsonl = dir.path().join("prompts.jsonl");
+    let lines: Vec<String> = prompts
+        .iter()
+        .map(|p| serde_json::json!({ "prompt": p, "id": 1 }).to_string())
+        .collect();
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    for (file, batch) in [(&plain, "2"), (&jsonl, "8")] {
+        let output = feinschliff(&[
+            "generate",
+            "--model",
+            model,
+            "--max-new-tokens",
+            "12",
+            "--prompts-file",
+            file.to_str().unwrap(),
+            "--batch-size",
+            batch,
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let answers: Vec<Value> = stdout(&output)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(answers.len(), prompts.len());
+        for ((answer, prompt), text) in answers.iter().zip(prompts).zip(&alone) {
+            assert_eq!(answer["prompt"], prompt);
+            assert_eq!(answer["completion"].as_str().unwrap(), text, "{prompt}");
+            assert!(answer["new_tokens"].as_u64().unwrap() >= 1);
+        }
+    }
+    std::fs::write(&jsonl, "{\"prompt\": \"Hallo\"}\n{\"text\": \"Hallo\"}\n").unwrap();
+    assert_clean_error(
+        &[
+            "generate",
+            "--model",
+            model,
+            "--prompts-file",
+            jsonl.to_str().unwrap(),
+        ],
+        &["prompts.jsonl:2", "no `prompt` string"],
+    );
+}
+
 /// A copy of the tiny model that a test may damage.
 fn model_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
