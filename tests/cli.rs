@@ -116,20 +116,19 @@ fn generate_answers_a_prompts_file_in_batches() {
     let model = tiny_model();
     let model = model.to_str().unwrap();
     let prompts = ["Der Antrag", "Hallo", "Wie beantrage ich Kindergeld?"];
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", model, "--max-new-tokens", "12"];
+        args.extend_from_slice(extra);
+        let output = feinschliff(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output)
+    };
     let alone: Vec<String> = prompts
         .iter()
         .map(|p| {
-            let output = feinschliff(&[
-                "generate",
-                "--model",
-                model,
-                "--max-new-tokens",
-                "12",
-                "--prompt",
-                p,
-            ]);
-            assert!(output.status.success(), "{}", stderr(&output));
-            stdout(&output).trim_end_matches('\n').to_string()
+            generate(&["--prompt", p])
+                .trim_end_matches('\n')
+                .to_string()
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
@@ -146,19 +145,8 @@ fn generate_answers_a_prompts_file_in_batches() {
         .collect();
     std::fs::write(&jsonl, lines.join("\n")).unwrap();
     for (file, batch) in [(&plain, "2"), (&jsonl, "8")] {
-        let output = feinschliff(&[
-            "generate",
-            "--model",
-            model,
-            "--max-new-tokens",
-            "12",
-            "--prompts-file",
-            file.to_str().unwrap(),
-            "--batch-size",
-            batch,
-        ]);
-        assert!(output.status.success(), "{}", stderr(&output));
-        let answers: Vec<Value> = stdout(&output)
+        let file = file.to_str().unwrap();
+        let answers: Vec<Value> = generate(&["--prompts-file", file, "--batch-size", batch])
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
