@@ -50,9 +50,10 @@ step "export for llama.cpp and Ollama: merged GGUF, and base GGUF + adapter GGUF
 mkdir -p "$GGUF"
 "$BIN" export gguf --run "$RUN" --out "$GGUF/behoerde-q8_0.gguf" --type q8_0
 "$BIN" export gguf --model "$MODEL" --out "$GGUF/base-q8_0.gguf" --type q8_0
-# run where the Modelfile lives: Ollama reads its paths relative to it
-(cd "$GGUF" && "$BIN" export gguf-adapter --run "$ROOT/$RUN" --out behoerde-lora.gguf \
-    --base-gguf ./base-q8_0.gguf | sed -n '/^# Ollama Modelfile:/,$p' | tail -n +2 >Modelfile)
+# the Modelfile sits next to the GGUFs; Ollama reads its paths relative to it
+"$BIN" export gguf-adapter --run "$RUN" --out "$GGUF/behoerde-lora.gguf" --base-gguf ./base-q8_0.gguf |
+    sed -n '/^# Ollama Modelfile:/,$p' | tail -n +2 |
+    sed 's|^ADAPTER .*|ADAPTER ./behoerde-lora.gguf|' >"$GGUF/Modelfile"
 echo "llama.cpp: llama-cli -m $GGUF/behoerde-q8_0.gguf   (or -m $GGUF/base-q8_0.gguf --lora $GGUF/behoerde-lora.gguf)"
 echo "Ollama:    ollama create behoerde -f $GGUF/Modelfile"
 
