@@ -183,7 +183,8 @@ fn run_gguf_adapter(args: ExportGgufAdapterArgs) -> Result<()> {
     Ok(())
 }
 
-/// How many tensors of each storage type, which are not the most common one, and the notes.
+/// How many tensors of each storage type, which matrices are not of the most common one
+/// (vectors, always F32, are only counted), and the notes.
 fn print_tensors(tensors: &[(String, GgmlType)], notes: &[String]) {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for (_, ty) in tensors {
@@ -196,7 +197,7 @@ fn print_tensors(tensors: &[(String, GgmlType)], notes: &[String]) {
     let summary: Vec<String> = counts.iter().map(|(t, n)| format!("{n} {t}")).collect();
     println!("tensors: {}", summary.join(", "));
     for (name, ty) in tensors {
-        if Some(format!("{ty:?}")) != main {
+        if Some(format!("{ty:?}")) != main && *ty != GgmlType::F32 {
             println!("  {name}: {ty:?}");
         }
     }

@@ -13,6 +13,8 @@
 //! - Rows that are not whole blocks fall back as llama.cpp's do: Q4_K → Q5_0, Q6_K → Q8_0,
 //!   then F16.
 
+use std::collections::BTreeMap;
+
 use super::dequant::GgmlType;
 use crate::Error;
 
@@ -87,7 +89,8 @@ impl GgufFileType {
 pub struct StorageTypes {
     /// One per tensor, in the order given.
     pub types: Vec<GgmlType>,
-    /// Tensors whose rows did not fit the chosen type's blocks, and what they got instead.
+    /// Tensors whose rows did not fit the chosen type's blocks, and what they got instead
+    /// (one note per kind of fallback).
     pub notes: Vec<String>,
 }
 
@@ -108,6 +111,7 @@ pub fn storage_types(
     let tied = !tensors.iter().any(|(name, _)| name == "output.weight");
     let attn_v_count = tensors.iter().filter(|(n, _)| is_attn_v(n)).count();
     let (mut attn_v_seen, mut ffn_down_seen) = (0, 0);
+    let mut fallbacks: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     let mut out = StorageTypes {
         types: Vec::with_capacity(tensors.len()),
         notes: Vec::new(),
@@ -139,13 +143,22 @@ pub fn storage_types(
         };
         let fitted = fallback(chosen, cols);
         if fitted != chosen {
-            out.notes.push(format!(
-                "{name}: rows of {cols} values are not whole {chosen:?} blocks; stored as \
-                 {fitted:?}, as llama.cpp does"
-            ));
+            let what = format!(
+                "rows of {cols} values are not whole {chosen:?} blocks; stored as {fitted:?}, \
+                 as llama.cpp does"
+            );
+            fallbacks.entry(what).or_default().push(name);
         }
         out.types.push(fitted);
     }
+    out.notes = fallbacks
+        .into_iter()
+        .map(|(what, names)| match names.as_slice() {
+            [one] => format!("{one}: {what}"),
+            [first, ..] => format!("{} tensors ({first}, …): {what}", names.len()),
+            [] => unreachable!("a group has a tensor"),
+        })
+        .collect();
     Ok(out)
 }
 
