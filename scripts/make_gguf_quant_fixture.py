@@ -6,7 +6,8 @@ llama.cpp's own quantizer.)
 
 Run with the reference venv: ~/.cache/peft-bench/venv/bin/python scripts/make_gguf_quant_fixture.py
 Writes tests/fixtures/gguf/quantize_expected.safetensors: `input` (f32 [8, 64]), `q8_0`,
-`q4_0`, `q5_0` and `q5_1` (u8, the encoded rows). Rows: normal values at several scales, a zero row, a row of
+`q4_0`, `q5_0` and `q5_1` (u8, the encoded rows), and `{type}_dequantized` (f32, the
+package's dequantization of those bytes). Rows: normal values at several scales, a zero row, a row of
 ties (x.5 steps after scaling), a row with one outlier, a row whose largest magnitude is
 negative, and tiny values (f16 subnormal scales).
 """
@@ -33,6 +34,8 @@ out = {"input": x}
 for name in ["q8_0", "q4_0", "q5_0", "q5_1"]:
     ty = gguf.GGMLQuantizationType[name.upper()]
     out[name] = np.ascontiguousarray(gguf.quants.quantize(x, ty)).astype(np.uint8)
+    # the package's dequantization of those bytes, for our reader's Q5_0/Q5_1 decoding
+    out[f"{name}_dequantized"] = gguf.quants.dequantize(out[name], ty).astype(np.float32)
 path = Path(__file__).resolve().parent.parent / "tests/fixtures/gguf/quantize_expected.safetensors"
 save_file(out, str(path))
 print(f"wrote {path}: " + ", ".join(f"{k} {v.dtype} {list(v.shape)}" for k, v in out.items()))

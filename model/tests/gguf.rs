@@ -197,9 +197,9 @@ fn unknown_tensor_types_are_named() {
         GgufFile::open(&valid).is_ok(),
         "the F32 variant of the file is valid"
     );
-    let message = open_error(&one_tensor_file(6));
+    let message = open_error(&one_tensor_file(10));
     assert!(
-        message.contains("tensor `w`") && message.contains("Q5_0"),
+        message.contains("tensor `w`") && message.contains("Q2_K"),
         "{message}"
     );
     assert!(open_error(&one_tensor_file(999)).contains("tensor type 999"));

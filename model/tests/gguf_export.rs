@@ -1,4 +1,4 @@
-//! GGUF export: the Q8_0/Q4_0/Q5_0/Q5_1 encoders bit for bit against the `gguf` Python package
+//! GGUF export: the Q8_0/Q4_0/Q5_0/Q5_1 encoders (and their decoding) bit for bit against the `gguf` Python package
 //! (`scripts/make_gguf_quant_fixture.py`), merged models through our own reader and importer
 //! back to the same tensors, the adapter format llama.cpp reads, and refusals.
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Distribution, Tensor};
 use feinschliff_model::config::LlamaConfig;
 use feinschliff_model::io::gguf::adapter::write_adapter_gguf;
-use feinschliff_model::io::gguf::dequant::GgmlType;
+use feinschliff_model::io::gguf::dequant::{GgmlType, dequantize};
 use feinschliff_model::io::gguf::export::write_model_gguf;
 use feinschliff_model::io::gguf::file_type::GgufFileType;
 use feinschliff_model::io::gguf::import::import_gguf;
@@ -59,6 +59,18 @@ fn quantizers_equal_the_gguf_package_bit_for_bit() {
         {
             assert_eq!(a, b, "{name}: row {row} differs from gguf.quants.quantize");
         }
+        let theirs: Vec<f32> = fixture[&format!("{name}_dequantized")]
+            .1
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let back = dequantize(ty, &ours);
+        assert!(
+            back.iter()
+                .zip(&theirs)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}: our dequantization differs from gguf.quants.dequantize"
+        );
     }
 }
 
