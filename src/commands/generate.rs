@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use feinschliff_data::template::{ChatTemplate, Message};
 use feinschliff_data::tokenize::TextTokenizer;
+use feinschliff_model::backend::Device;
 use feinschliff_model::generate::{Sampling, TextStream, generate, generate_batch};
+use feinschliff_model::llama::Llama;
 use serde_json::json;
 
 use super::model_args::ModelArgs;
@@ -84,18 +86,44 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let ids = prompts.iter().map(encode).collect::<Result<Vec<_>>>()?;
     let (loaded, device) = args.model.load(&tokenizer)?;
-    let eos = &loaded.eos_token_ids;
-    if args.prompts_file.is_none() {
+    let run = Generation {
+        model: &loaded.model,
+        eos: &loaded.eos_token_ids,
+        tokenizer: &tokenizer,
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        device: &device,
+    };
+    match args.prompts_file {
+        None => run.stream(&ids[0]),
+        Some(_) => run.answer_all(&prompts, &ids, args.batch_size),
+    }
+}
+
+/// What every prompt of one `generate` call is generated with.
+struct Generation<'a> {
+    model: &'a Llama,
+    eos: &'a [u32],
+    tokenizer: &'a TextTokenizer,
+    max_new_tokens: usize,
+    sampling: Sampling,
+    device: &'a Device,
+}
+
+impl Generation<'_> {
+    /// Streams the continuation of one prompt to stdout, then its speed to stderr.
+    fn stream(&self, ids: &[u32]) -> Result<()> {
         let mut timing = Timing::start();
-        let mut stream = TextStream::new(&tokenizer);
+        let mut stream = TextStream::new(self.tokenizer);
         let mut stdout = std::io::stdout();
+        let (max_new, sampling) = (self.max_new_tokens, self.sampling);
         let generated = generate(
-            &loaded.model,
-            &ids[0],
-            eos,
-            args.max_new_tokens,
+            self.model,
+            ids,
+            self.eos,
+            max_new,
             sampling,
-            &device,
+            self.device,
             |id| {
                 timing.token();
                 if let Some(piece) = stream.push(id)? {
@@ -110,45 +138,47 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             print!("{rest}");
         }
         println!();
-        eprintln!("{}", timing.summary(ids[0].len(), generated.len()));
-        return Ok(());
+        eprintln!("{}", timing.summary(ids.len(), generated.len()));
+        Ok(())
     }
-    let start = Instant::now();
-    let (mut prompt_tokens, mut new_tokens) = (0, 0);
-    for (texts, batch) in prompts
-        .chunks(args.batch_size)
-        .zip(ids.chunks(args.batch_size))
-    {
-        let rows = generate_batch(
-            &loaded.model,
-            batch,
-            eos,
-            args.max_new_tokens,
-            sampling,
-            &device,
-            |_, _| Ok(()),
-        )?;
-        for (text, new) in texts.iter().zip(&rows) {
-            let stop = match new.last() {
-                Some(id) if eos.contains(id) => "eos",
-                _ => "length",
-            };
-            let completion = tokenizer.decode(new, true)?;
-            let line = json!({ "prompt": text, "completion": completion, "new_tokens": new.len(), "stop": stop });
-            println!("{line}");
+
+    /// Answers `prompts` (tokenized as `ids`) in batches of `batch_size`, one JSON line each,
+    /// then the throughput to stderr.
+    fn answer_all(&self, prompts: &[String], ids: &[Vec<u32>], batch_size: usize) -> Result<()> {
+        let start = Instant::now();
+        let (mut prompt_tokens, mut new_tokens) = (0, 0);
+        for (texts, batch) in prompts.chunks(batch_size).zip(ids.chunks(batch_size)) {
+            let (max_new, sampling) = (self.max_new_tokens, self.sampling);
+            let rows = generate_batch(
+                self.model,
+                batch,
+                self.eos,
+                max_new,
+                sampling,
+                self.device,
+                |_, _| Ok(()),
+            )?;
+            for (text, new) in texts.iter().zip(&rows) {
+                let stop = match new.last() {
+                    Some(id) if self.eos.contains(id) => "eos",
+                    _ => "length",
+                };
+                let completion = self.tokenizer.decode(new, true)?;
+                let line = json!({ "prompt": text, "completion": completion, "new_tokens": new.len(), "stop": stop });
+                println!("{line}");
+            }
+            prompt_tokens += batch.iter().map(Vec::len).sum::<usize>();
+            new_tokens += rows.iter().map(Vec::len).sum::<usize>();
         }
-        prompt_tokens += batch.iter().map(Vec::len).sum::<usize>();
-        new_tokens += rows.iter().map(Vec::len).sum::<usize>();
+        let seconds = start.elapsed().as_secs_f64();
+        eprintln!(
+            "{} prompts in batches of up to {batch_size}: {prompt_tokens} prompt tokens and \
+             {new_tokens} new tokens in {seconds:.2} s ({:.1} new tokens/s)",
+            prompts.len(),
+            new_tokens as f64 / seconds
+        );
+        Ok(())
     }
-    let seconds = start.elapsed().as_secs_f64();
-    eprintln!(
-        "{} prompts in batches of up to {}: {prompt_tokens} prompt tokens and {new_tokens} new \
-         tokens in {seconds:.2} s ({:.1} new tokens/s)",
-        prompts.len(),
-        args.batch_size,
-        new_tokens as f64 / seconds
-    );
-    Ok(())
 }
 
 /// The prompts of `path`: one per non-empty line, or for `.jsonl` the `prompt` string of each
