@@ -210,12 +210,9 @@ impl TextTokenizer {
     /// Whether `id` is a byte-fallback token (`<0xXX>`), whose text depends on the byte
     /// tokens around it.
     pub fn is_byte_token(&self, id: u32) -> bool {
-        self.inner.id_to_token(id).is_some_and(|t| {
-            t.len() == 6
-                && t.starts_with("<0x")
-                && t.ends_with('>')
-                && u8::from_str_radix(&t[3..5], 16).is_ok()
-        })
+        self.inner
+            .id_to_token(id)
+            .is_some_and(|t| is_byte_fallback_token(&t))
     }
 
     /// The vocabulary size, added tokens included.
@@ -238,4 +235,13 @@ impl TextTokenizer {
     pub fn config(&self) -> &TokenizerConfig {
         &self.config
     }
+}
+
+/// Whether `token` is the text of a byte-fallback token, `<0xXX>` with two hex digits.
+pub fn is_byte_fallback_token(token: &str) -> bool {
+    let b = token.as_bytes();
+    b.len() == 6
+        && token.starts_with("<0x")
+        && b[5] == b'>'
+        && b[3..5].iter().all(u8::is_ascii_hexdigit)
 }

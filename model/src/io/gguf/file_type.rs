@@ -116,10 +116,10 @@ pub fn storage_types(
         types: Vec::with_capacity(tensors.len()),
         notes: Vec::new(),
     };
+    let base = ty.base_type();
     for (name, shape) in tensors {
         let quantizable =
             shape.len() >= 2 && name.ends_with("weight") && !name.contains("_norm.weight");
-        let base = ty.base_type();
         if !quantizable || base.block().0 == 1 {
             out.types
                 .push(if quantizable { base } else { GgmlType::F32 });

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use feinschliff_data::tokenize::TokenizerConfig;
+use feinschliff_data::tokenize::{TokenizerConfig, is_byte_fallback_token};
 use serde_json::Value as Json;
 
 use super::tokenizer::{GPT4O_SPLIT, LLAMA3_SPLIT, QWEN2_SPLIT, TEKKEN_SPLIT};
@@ -127,7 +127,7 @@ fn sentencepiece_vocab(
         })
         .collect();
     for (id, token) in tokens.iter().enumerate() {
-        if types[id] == NORMAL && is_byte_token(token) {
+        if types[id] == NORMAL && is_byte_fallback_token(token) {
             types[id] = BYTE;
         }
     }
@@ -142,15 +142,6 @@ fn sentencepiece_vocab(
             MetaValue::Bool(prepends_space(json)),
         ),
     ]
-}
-
-/// A byte-fallback token `<0xXX>`.
-fn is_byte_token(token: &str) -> bool {
-    let b = token.as_bytes();
-    b.len() == 6
-        && token.starts_with("<0x")
-        && b[5] == b'>'
-        && b[3..5].iter().all(u8::is_ascii_hexdigit)
 }
 
 /// Whether the tokenizer puts `▁` before the text: a Metaspace pre-tokenizer that prepends, or
