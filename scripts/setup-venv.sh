@@ -17,7 +17,7 @@ if [ $# -gt 1 ] || [[ ${1:-} == -h || ${1:-} == --help ]]; then
 fi
 VENV=${1:-$HOME/.cache/peft-bench/venv}
 PY="$VENV/bin/python"
-PINS=(torch==2.9.0 transformers==5.23.0 peft==0.21.2 safetensors gguf accelerate sentencepiece)
+PINS=(torch==2.9.0 transformers==5.23.0 peft==0.21.2 bitsandbytes==0.50.2 safetensors gguf accelerate sentencepiece)
 
 # Exit status 0 when every package of PINS is installed (at its pinned version, local build
 # tags like +cu128 ignored).

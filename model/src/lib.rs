@@ -5,6 +5,7 @@
 //! - files in and out ([`io`]): Hugging Face directories, PEFT adapters, GGUF;
 //! - host kernels for tensors in CPU memory ([`kernels`]);
 //! - running a model: [`eval`] (token loss) and [`generate`] (KV-cache decoding);
+//! - the frozen base kept quantized ([`quant`], QLoRA);
 //! - the compute device ([`backend`]).
 //!
 //! Dependencies point one way: `io`, `eval` and `generate` use the model, the model uses
@@ -23,6 +24,7 @@ pub mod llama;
 pub mod lora;
 pub mod loss;
 pub mod product;
+pub mod quant;
 pub mod rope;
 pub mod weights;
 

@@ -15,7 +15,7 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::Error;
 use crate::config::{LlamaConfig, PROJECTIONS};
-use crate::linear::{Linear, frozen};
+use crate::linear::{BaseStorage, Linear, frozen};
 use crate::lora::{LoraAdapter, LoraSpec, wants_adapter};
 use crate::product::{in_dtype, linear_hf};
 use crate::rope::Rope;
@@ -305,10 +305,12 @@ impl KvCache {
 
 impl Llama {
     /// Builds the model from checkpoint tensors named as transformers names them; every tensor is
-    /// checked against the config's shapes and taken exactly once.
+    /// checked against the config's shapes and taken exactly once. Each frozen matrix is put
+    /// into `storage` as it is read, so the whole model never exists in f32.
     pub fn load(
         config: &LlamaConfig,
         weights: &mut WeightFiles,
+        storage: BaseStorage,
         device: &Device,
     ) -> Result<Self, Error> {
         let hidden = config.hidden_size;
@@ -318,18 +320,28 @@ impl Llama {
                 eps: config.rms_norm_eps,
             })
         };
-        let embed_tokens = frozen(weights.take(
-            "model.embed_tokens.weight",
-            [config.vocab_size, hidden],
-            device,
-        )?);
+        let embed_tokens = frozen(in_dtype(
+            weights.take(
+                "model.embed_tokens.weight",
+                [config.vocab_size, hidden],
+                device,
+            )?,
+            storage.dtype,
+        ));
         // No capacity from the config: a hostile layer count fails at the first missing layer.
         let mut layers = Vec::new();
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let linear = |module: &&str| {
                 let (shape, bias) = config.projection(module).expect("one of PROJECTIONS");
-                Linear::load(weights, &format!("{p}.{module}"), shape, bias, device)
+                Linear::load(
+                    weights,
+                    &format!("{p}.{module}"),
+                    shape,
+                    bias,
+                    storage,
+                    device,
+                )
             };
             let loaded: Vec<Linear> = PROJECTIONS.iter().map(linear).collect::<Result<_, _>>()?;
             let [
@@ -384,11 +396,10 @@ impl Llama {
         // (transformers ignores it); an untied one must have it.
         let lm_head = match config.tie_word_embeddings {
             true if !weights.contains("lm_head.weight") => None,
-            _ => Some(frozen(weights.take(
-                "lm_head.weight",
-                [config.vocab_size, hidden],
-                device,
-            )?)),
+            _ => Some(frozen(in_dtype(
+                weights.take("lm_head.weight", [config.vocab_size, hidden], device)?,
+                storage.dtype,
+            ))),
         };
         Ok(Self {
             model,
@@ -440,13 +451,13 @@ impl Llama {
         out
     }
 
-    /// Stores the frozen matrices (projections, embedding, output head) in `storage` and has
-    /// their products computed in `products`; a matrix stored in another dtype is cast for each
-    /// product, one at a time. Norms, biases and adapters stay f32.
+    /// Stores the dense frozen matrices (projections not quantized, embedding, output head) in
+    /// `storage` and has the base's products computed in `products`; a matrix stored in another
+    /// dtype is cast for each product, one at a time. Norms, biases and adapters stay f32.
     pub fn set_base_dtypes(&mut self, storage: DType, products: DType) {
-        let cast = |param: &Param<Tensor<2>>| frozen(param.val().cast(storage));
+        let cast = |param: &Param<Tensor<2>>| frozen(in_dtype(param.val(), storage));
         for (_, proj) in self.projections_mut() {
-            proj.weight = cast(&proj.weight);
+            proj.weight = proj.weight.as_ref().map(cast);
             proj.matmul_dtype = products;
         }
         self.head_matmul_dtype = products;
@@ -587,7 +598,7 @@ impl Llama {
         let mut attached = 0;
         for (path, proj) in self.projections_mut() {
             if wants_adapter(&path, spec) {
-                let shape = proj.weight.val().dims();
+                let shape = proj.dims();
                 proj.lora = Some(LoraAdapter::new(&path, shape, spec, device));
                 attached += 1;
             }

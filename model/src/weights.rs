@@ -137,14 +137,19 @@ impl WeightFiles {
         shape: [usize; D],
         device: &Device,
     ) -> Result<Tensor<D>, Error> {
+        let values = self.take_values(name, shape)?;
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+
+    /// [`WeightFiles::take`] as f32 values in host memory (row-major).
+    pub fn take_values<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Vec<f32>, Error> {
         let file = self.location.get(name).map(|&i| &self.files[i]);
         let Some(file) = file else {
-            let where_ = self
-                .files
-                .iter()
-                .map(|f| f.path.display().to_string())
-                .collect::<Vec<_>>();
-            return Err(Error::tensor(where_.join(", "), name, "is missing"));
+            return Err(Error::tensor(self.path_of(name), name, "is missing"));
         };
         let info = file
             .metadata
@@ -163,7 +168,22 @@ impl WeightFiles {
         if !self.taken.insert(name.to_string()) {
             return Err(Error::tensor(&file.path, name, "taken twice"));
         }
-        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+        Ok(values)
+    }
+
+    /// The file holding tensor `name`, or every file's path when none holds it (for errors).
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        match self.location.get(name) {
+            Some(&i) => self.files[i].path.clone(),
+            None => {
+                let paths: Vec<String> = self
+                    .files
+                    .iter()
+                    .map(|f| f.path.display().to_string())
+                    .collect();
+                PathBuf::from(paths.join(", "))
+            }
+        }
     }
 
     /// Ends loading: every tensor that the model did not take is an error naming it.

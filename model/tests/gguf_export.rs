@@ -170,8 +170,7 @@ fn quantized_exports_store_norms_in_f32_and_the_output_above_4_bits() {
     let original = hf.model.model.layers[0]
         .self_attn
         .v_proj
-        .weight
-        .val()
+        .dense_weight(&test_device())
         .into_data()
         .try_to_vec::<f32>()
         .unwrap();
@@ -204,7 +203,7 @@ fn adapters_are_written_as_llama_cpp_reads_them() {
     let mut pairs = BTreeMap::new();
     for (path, proj) in hf.model.projections_mut() {
         if path.ends_with("q_proj") || path.ends_with("v_proj") {
-            let [out, inp] = proj.weight.val().dims();
+            let [out, inp] = proj.dims();
             let a = Tensor::random([4, inp], Distribution::Normal(0.0, 1.0), &device);
             let b = Tensor::random([out, 4], Distribution::Normal(0.0, 1.0), &device);
             pairs.insert(path.clone(), (a.clone(), b.clone()));

@@ -40,10 +40,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let [slowest, fastest] = report.tokens_per_second_range;
     println!(
-        "device {} ({} threads, base in {}, products in {}), micro-batch {} x {} tokens, grad_accum {}; {} steps after {} warm-up",
+        "device {} ({} threads, base in {}, quantized {}, products in {}), micro-batch {} x {} tokens, grad_accum {}; {} steps after {} warm-up",
         report.device,
         report.threads,
         report.base_dtype,
+        report.base_quant,
         report.matmul_dtype,
         report.micro_batch,
         report.seq_len,

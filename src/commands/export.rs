@@ -9,6 +9,7 @@ use feinschliff_model::backend::DeviceChoice;
 use feinschliff_model::io::gguf::dequant::GgmlType;
 use feinschliff_model::io::gguf::file_type::GgufFileType;
 use feinschliff_model::io::safetensors_out::StoreDtype;
+use feinschliff_model::quant::BaseQuant;
 use feinschliff_train::export::{export_adapter, export_merged, parse_size};
 use feinschliff_train::export_gguf::{GgufSource, export_gguf, export_gguf_adapter};
 
@@ -110,6 +111,10 @@ pub struct ExportMergedArgs {
     /// Largest safetensors shard; bigger models get model.safetensors.index.json.
     #[arg(long, default_value = "5GB", value_parser = parse_size, value_name = "SIZE")]
     max_shard_size: usize,
+    /// Merge into this full-precision model directory instead of the base the run trained on
+    /// (for a run on a quantized base: the result then differs from the trained model).
+    #[arg(long, value_name = "DIR")]
+    base: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -146,14 +151,28 @@ fn run_adapter(args: ExportAdapterArgs) -> Result<()> {
 /// Writes the merged model directory.
 fn run_merged(args: ExportMergedArgs) -> Result<()> {
     let source = &args.source;
-    let dir = export_merged(
+    let merged = export_merged(
         &source.run,
         &source.checkpoint,
         &source.out,
         args.dtype,
         args.max_shard_size,
+        args.base.as_deref(),
     )?;
-    println!("wrote {}", dir.display());
+    let quant = merged.trained_quant.name();
+    match (merged.own_base, merged.trained_quant) {
+        (true, BaseQuant::None) => {}
+        (true, _) => println!(
+            "merged into the {quant} base the run trained on, dequantized ({}); --base DIR merges into a full-precision original instead",
+            merged.path.display()
+        ),
+        (false, BaseQuant::None) => {}
+        (false, _) => eprintln!(
+            "warning: merged into {}, not the {quant} base the run trained on: this model differs from the one trained and evaluated",
+            merged.path.display()
+        ),
+    }
+    println!("wrote {}", source.out.display());
     Ok(())
 }
 

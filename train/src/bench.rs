@@ -25,6 +25,8 @@ pub struct BenchReport {
     pub base_dtype: String,
     /// The dtype the frozen base's matrix products were computed in (`f32` or `bf16`).
     pub matmul_dtype: String,
+    /// How the frozen projections are kept (`model.base_quant`).
+    pub base_quant: String,
     /// Rows per micro-batch.
     pub micro_batch: usize,
     /// Micro-batches per optimizer step.
@@ -127,6 +129,7 @@ pub fn bench(
         threads: rayon::current_num_threads(),
         base_dtype: dtype_name(session.storage_dtype).into(),
         matmul_dtype: dtype_name(session.matmul_dtype).into(),
+        base_quant: config.model.base_quant.name().into(),
         micro_batch: config.train.micro_batch,
         grad_accum: config.train.grad_accum,
         seq_len: config.data.max_len,

@@ -8,13 +8,16 @@ use std::path::{Path, PathBuf};
 use crate::Error;
 use crate::checkpoint::list_checkpoints;
 use crate::run_config::RunConfig;
+use burn::tensor::DType;
 use feinschliff_model::backend::DeviceChoice;
 use feinschliff_model::io::hf::HfModel;
 use feinschliff_model::io::hf_export::write_merged;
 use feinschliff_model::io::new_dir::write_new_dir;
 use feinschliff_model::io::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter};
 use feinschliff_model::io::safetensors_out::StoreDtype;
+use feinschliff_model::linear::BaseStorage;
 use feinschliff_model::lora::LoraSpec;
+use feinschliff_model::quant::BaseQuant;
 
 /// The directory of checkpoint `which` (`last`, `best` = lowest eval loss, or `step-N`).
 pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf, Error> {
@@ -79,9 +82,20 @@ pub fn export_adapter(run_dir: &Path, which: &str, out: &Path) -> Result<PathBuf
     })
 }
 
-/// The run's base model (from `config.toml`'s `model.path`, on its `model.device`) with the
-/// adapter of checkpoint `which` attached, and the adapter's settings.
+/// The run's base model (from `config.toml`'s `model.path`, on its `model.device`, quantized
+/// as `model.base_quant` says: the base the run trained on) with the adapter of checkpoint
+/// `which` attached, and the adapter's settings.
 pub fn load_run_model(run_dir: &Path, which: &str) -> Result<(HfModel, LoraSpec), Error> {
+    load_run_adapter_onto(run_dir, which, None)
+}
+
+/// [`load_run_model`], onto the dense f32 model in `base` instead of the run's own base when
+/// given.
+fn load_run_adapter_onto(
+    run_dir: &Path,
+    which: &str,
+    base: Option<&Path>,
+) -> Result<(HfModel, LoraSpec), Error> {
     let source = resolve_checkpoint(run_dir, which)?;
     let config_path = run_dir.join("config.toml");
     let config = RunConfig::load(&config_path, &[])?;
@@ -91,30 +105,61 @@ pub fn load_run_model(run_dir: &Path, which: &str) -> Result<(HfModel, LoraSpec)
         .parse::<DeviceChoice>()
         .map_err(Error::Usage)?
         .device();
-    let mut base = HfModel::load(&config.model.path, &device)?;
-    let spec = load_adapter(&mut base.model, &source, &device)?;
-    Ok((base, spec))
+    // Dense matrices in f32 whatever the run stored them in; quantized ones as the run
+    // trained on them (merging into the dequantized values it saw).
+    let (path, quant) = match base {
+        Some(dir) => (dir, BaseQuant::None),
+        None => (config.model.path.as_path(), config.model.base_quant),
+    };
+    let storage = BaseStorage {
+        dtype: DType::F32,
+        quant,
+    };
+    let mut model = HfModel::load_as(path, storage, &device)?;
+    let spec = load_adapter(&mut model.model, &source, &device)?;
+    Ok((model, spec))
+}
+
+/// What [`export_merged`] merged into.
+pub struct MergedBase {
+    /// The model directory the base came from.
+    pub path: PathBuf,
+    /// How the run kept its base (`none` when it trained on a dense one).
+    pub trained_quant: BaseQuant,
+    /// Whether the merge went into the run's own base (dequantized when it was quantized),
+    /// or into another model given with `--base`.
+    pub own_base: bool,
 }
 
 /// Writes the run's base model with the adapter of checkpoint `which` merged into the new
-/// directory `out`, in `dtype`, sharded above `max_shard_bytes`.
+/// directory `out`, in `dtype`, sharded above `max_shard_bytes`. The base is the one the run
+/// trained on (dequantized when quantized) unless `base` names another model directory (a
+/// full-precision original of a quantized run, say: then the merged model differs from what
+/// was trained and evaluated).
 pub fn export_merged(
     run_dir: &Path,
     which: &str,
     out: &Path,
     dtype: StoreDtype,
     max_shard_bytes: usize,
-) -> Result<PathBuf, Error> {
-    let (base, _) = load_run_model(run_dir, which)?;
+    base: Option<&Path>,
+) -> Result<MergedBase, Error> {
+    let (model, _) = load_run_adapter_onto(run_dir, which, base)?;
+    let config = RunConfig::load(&run_dir.join("config.toml"), &[])?;
     write_new_dir(out, |temp| {
         write_merged(
-            &base.model,
-            &base.config,
-            &base.dir,
+            &model.model,
+            &model.config,
+            &model.dir,
             temp,
             dtype,
             max_shard_bytes,
         )
+    })?;
+    Ok(MergedBase {
+        path: model.dir,
+        trained_quant: config.model.base_quant,
+        own_base: base.is_none(),
     })
 }
 

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use feinschliff_data::config::{DataConfig, Files};
 
 use feinschliff_model::backend::DeviceChoice;
+use feinschliff_model::linear::BaseStorage;
 use feinschliff_model::lora::{LoraSpec, TARGET_MODULES};
+use feinschliff_model::quant::BaseQuant;
 
 use crate::Error;
 
@@ -51,6 +53,10 @@ pub struct ModelSection {
     /// matrix products in; weights stored in another dtype are cast to it one matrix at a time.
     #[serde(default)]
     pub matmul_dtype: DtypeChoice,
+    /// How the frozen projections are kept: dense (`none`), or quantized (`q8_0`, `q4_k`,
+    /// `nf4`) and dequantized a tile at a time inside their products.
+    #[serde(default)]
+    pub base_quant: BaseQuant,
 }
 
 /// `model.base_dtype` and `model.matmul_dtype`.
@@ -92,6 +98,15 @@ impl ModelSection {
             )));
         }
         Ok((self.base_dtype.resolve(device), products))
+    }
+
+    /// How the base is kept when loaded for training on `device`: the storage dtype of
+    /// [`ModelSection::base_dtypes`] and `base_quant`.
+    pub fn base_storage(&self, device: DeviceChoice) -> Result<BaseStorage, Error> {
+        Ok(BaseStorage {
+            dtype: self.base_dtypes(device)?.0,
+            quant: self.base_quant,
+        })
     }
 }
 

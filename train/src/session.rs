@@ -2,6 +2,8 @@
 //! model in its configured dtypes, the tokenizer, the examples of both splits and the rows of
 //! the training stream. `train` and `bench` start the same way, from [`Session::prepare`].
 
+use std::collections::BTreeMap;
+
 use burn::tensor::{DType, Device};
 use feinschliff_data::batch::Batch;
 use feinschliff_data::dataset::{Loaded, load_dataset};
@@ -49,7 +51,8 @@ impl Session {
         let (storage_dtype, matmul_dtype) = config.model.base_dtypes(choice)?;
         let device = choice.device().autodiff();
         let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
-        let loaded = HfModel::load(&config.model.path, &device)?;
+        let storage = config.model.base_storage(choice)?;
+        let loaded = HfModel::load_as(&config.model.path, storage, &device)?;
         loaded.check_tokenizer(&tokenizer)?;
         if loaded.eos_token_ids.is_empty() {
             return Err(Error::invalid(
@@ -61,6 +64,9 @@ impl Session {
         loaded.check_examples(&data)?;
         let mut model = loaded.model;
         model.set_base_dtypes(storage_dtype, matmul_dtype);
+        if let Some(note) = quantized_note(&model) {
+            progress.note(&note);
+        }
         progress.note(&data_note(&data));
         let rows = training_rows(&data.data.train, config, progress);
         if rows.is_empty() {
@@ -103,6 +109,39 @@ impl Session {
             n => n,
         }
     }
+}
+
+/// The line that says which projections are kept quantized, in which block types, and
+/// their size; `None` when none is.
+fn quantized_note(model: &Llama) -> Option<String> {
+    let mut by_type: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut dense = 0;
+    for (_, proj) in model.projections() {
+        match &proj.quantized {
+            Some(matrix) => {
+                let entry = by_type.entry(matrix.format().name()).or_default();
+                entry.0 += 1;
+                entry.1 += matrix.data().len();
+            }
+            None => dense += 1,
+        }
+    }
+    if by_type.is_empty() {
+        return None;
+    }
+    let types: Vec<String> = by_type
+        .iter()
+        .map(|(name, (count, bytes))| {
+            format!(
+                "{count} {name} ({:.1} MiB)",
+                *bytes as f64 / (1 << 20) as f64
+            )
+        })
+        .collect();
+    Some(format!(
+        "base: projections quantized: {}; {dense} dense (rows that fit no block)",
+        types.join(", ")
+    ))
 }
 
 /// The line that says what the data gave.

@@ -4,15 +4,17 @@
 //! of the forward and backward passes are the same ones).
 
 mod common;
-use common::{model_with_adapters, test_device};
+use common::{model_with_adapters, model_with_adapters_as, test_device, write_wide_model};
 
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use feinschliff_data::batch::{Batch, IGNORE_INDEX};
 use feinschliff_model::kernels::host_tensor::is_flex;
+use feinschliff_model::linear::BaseStorage;
 use feinschliff_model::llama::Llama;
 use feinschliff_model::lora::{LoraAdapter, LoraSpec};
 use feinschliff_model::loss::causal_lm_loss_sum;
+use feinschliff_model::quant::BaseQuant;
 use feinschliff_train::pass::backprop::{AdapterGrads, forward_backward};
 
 /// Two rows of 12 tokens: row 0 packs examples of 5 and 7 tokens, row 1 one example of 9 and
@@ -82,6 +84,12 @@ fn check_against_autodiff(name: &str) {
 fn check_batch_against_autodiff(name: &str, batch: Batch) {
     let device = test_device().autodiff();
     let model = model_with_adapters(name, 0.0, &device);
+    check_model_against_autodiff(name, model, batch);
+}
+
+/// The training pass of `model` (on an autodiff device) against autodiff.
+fn check_model_against_autodiff(name: &str, model: Llama, batch: Batch) {
+    let device = model.model.norm.weight.val().device();
     let scale = 1.0 / batch.trained_tokens as f64;
 
     let int = |v: &Vec<i64>| {
@@ -122,6 +130,30 @@ fn check_batch_against_autodiff(name: &str, batch: Batch) {
             worst <= 1e-4 * largest + 1e-7,
             "{name}: gradient differs by {worst} (largest {largest})"
         );
+    }
+}
+
+/// Autodiff's products take the quantized weights dequantized, the pass's the tiled kernels.
+#[test]
+fn matches_autodiff_on_a_quantized_base() {
+    let dir = tempfile::tempdir().unwrap();
+    write_wide_model(dir.path());
+    let device = test_device().autodiff();
+    for quant in [BaseQuant::Q8_0, BaseQuant::Q4K, BaseQuant::Nf4] {
+        let storage = BaseStorage {
+            dtype: DType::F32,
+            quant,
+        };
+        let model = model_with_adapters_as(dir.path(), 0.0, storage, &device);
+        let quantized = model
+            .projections()
+            .iter()
+            .filter(|(_, p)| p.quantized.is_some())
+            .count();
+        // o_proj's rows of 32 are Q8_0 and Q5_0 blocks (Q4_K's fallback), but no NF4 ones.
+        let expected = if quant == BaseQuant::Nf4 { 12 } else { 14 };
+        assert_eq!(quantized, expected, "{quant:?}: quantized projections");
+        check_model_against_autodiff(&format!("{quant:?}"), model, batch());
     }
 }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::Error;
 use crate::config::{LlamaConfig, TokenIds};
 use crate::json::parse_json;
+use crate::linear::BaseStorage;
 use crate::llama::Llama;
 use crate::weights::WeightFiles;
 
@@ -30,6 +31,12 @@ impl HfModel {
     /// Loads config and weights from `dir` onto `device` (f32). Every model tensor must be in
     /// the checkpoint with the right shape, and every checkpoint tensor must be used.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, Error> {
+        Self::load_as(dir, BaseStorage::default(), device)
+    }
+
+    /// [`HfModel::load`] with the frozen matrices kept as `storage` says (dtype, quantization),
+    /// each converted as it is read.
+    pub fn load_as(dir: &Path, storage: BaseStorage, device: &Device) -> Result<Self, Error> {
         if !dir.is_dir() {
             return Err(Error::invalid(dir, "not a model directory"));
         }
@@ -39,7 +46,7 @@ impl HfModel {
         }
         let config = LlamaConfig::from_file(&config_path)?;
         let mut weights = WeightFiles::open(dir)?;
-        let model = Llama::load(&config, &mut weights, device)?;
+        let model = Llama::load(&config, &mut weights, storage, device)?;
         weights.finish()?;
         let eos_token_ids = match generation_eos_ids(dir)? {
             Some(ids) => ids,

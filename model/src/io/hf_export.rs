@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::Param;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use serde_json::{Value, json};
 
 use super::safetensors_out::{StoreDtype, write_safetensors};
@@ -33,6 +33,7 @@ pub fn merged_tensors(model: &Llama) -> BTreeMap<String, Tensor<2>> {
         out.insert(name, v.reshape([1, len]));
     };
     let m = &model.model;
+    let device = m.norm.weight.val().device();
     vector("model.norm.weight".into(), &m.norm.weight);
     for (i, layer) in m.layers.iter().enumerate() {
         vector(
@@ -55,8 +56,8 @@ pub fn merged_tensors(model: &Llama) -> BTreeMap<String, Tensor<2>> {
     }
     for (name, linear) in model.projections() {
         let weight = match &linear.lora {
-            Some(adapter) => linear.weight.val().cast(DType::F32) + adapter.delta_weight(),
-            None => linear.weight.val().cast(DType::F32),
+            Some(adapter) => linear.dense_weight(&device) + adapter.delta_weight(),
+            None => linear.dense_weight(&device),
         };
         out.insert(format!("{name}.weight"), weight);
         if let Some(bias) = &linear.bias {

@@ -213,7 +213,7 @@ pub fn load_adapter(model: &mut Llama, dir: &Path, device: &Device) -> Result<Lo
         if !wants_adapter(&path, &spec) {
             continue;
         }
-        let [out_features, in_features] = proj.weight.val().dims();
+        let [out_features, in_features] = proj.dims();
         let a = weights.take(
             &format!("{PREFIX}{path}.lora_A.weight"),
             [spec.rank, in_features],

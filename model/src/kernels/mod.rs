@@ -1,9 +1,11 @@
 //! Kernels for tensors in host memory (flex, and LibTorch's CPU): plain `f32` views of Burn
 //! tensors ([`host_tensor`]), fused element-wise kernels ([`cpu`]), matrix products through
-//! `gemm` ([`matmul`]) and causal attention ([`attention`]). On other devices callers use
+//! `gemm` ([`matmul`]), products with a quantized weight dequantized a tile at a time
+//! ([`quant_matmul`]) and causal attention ([`attention`]). On other devices callers use
 //! Burn operations.
 
 pub mod attention;
 pub mod cpu;
 pub mod host_tensor;
 pub mod matmul;
+pub mod quant_matmul;

@@ -1,8 +1,10 @@
 //! A frozen projection with its LoRA adapter, forward and backward: `y = x Wᵀ + b + s · B A
-//! dropout(x)`, with the gradients of the adapter's `A` and `B` and of `x`.
+//! dropout(x)`, with the gradients of the adapter's `A` and `B` and of `x`. A quantized `W`
+//! takes the tiled dequantizing products (`quant::product`); no gradient of `W` exists.
 
 use burn::tensor::Tensor;
-use feinschliff_model::linear::Linear;
+use feinschliff_model::linear::{FrozenWeight, Linear};
+use feinschliff_model::quant::product::{quantized_input_grad, quantized_linear};
 
 use crate::pass::backprop::AdapterGrads;
 use crate::pass::dropout_mask::Dropout;
@@ -15,8 +17,10 @@ pub fn linear_forward(
     dropout: Option<Dropout>,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
     use Read::{AsIs, Transposed};
-    let weight = linear.product_weight().inner();
-    let mut y = matmul(x.clone(), AsIs, weight, Transposed);
+    let mut y = match linear.frozen_weight() {
+        FrozenWeight::Dense(weight) => matmul(x.clone(), AsIs, weight.inner(), Transposed),
+        FrozenWeight::Quantized(matrix) => quantized_linear(x.clone(), matrix, linear.matmul_dtype),
+    };
     if let Some(bias) = &linear.bias {
         y = y + bias.val().inner().unsqueeze::<2>();
     }
@@ -51,7 +55,12 @@ pub fn linear_backward(
     grads: &mut AdapterGrads,
 ) -> Tensor<2> {
     use Read::{AsIs, Transposed};
-    let d_x = matmul(d_y.clone(), AsIs, linear.product_weight().inner(), AsIs);
+    let d_x = match linear.frozen_weight() {
+        FrozenWeight::Dense(weight) => matmul(d_y.clone(), AsIs, weight.inner(), AsIs),
+        FrozenWeight::Quantized(matrix) => {
+            quantized_input_grad(d_y.clone(), matrix, linear.matmul_dtype)
+        }
+    };
     let (Some(adapter), Some(low_rank)) = (&linear.lora, low_rank) else {
         return d_x;
     };

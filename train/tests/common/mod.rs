@@ -4,10 +4,13 @@
 mod model_common;
 pub use model_common::test_device;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use feinschliff_model::io::hf::HfModel;
+use feinschliff_model::io::safetensors_out::{StoreDtype, write_safetensors};
+use feinschliff_model::linear::BaseStorage;
 use feinschliff_model::llama::Llama;
 use feinschliff_model::lora::{LoraAdapter, LoraSpec, TARGET_MODULES};
 use rand::rngs::StdRng;
@@ -20,7 +23,18 @@ pub fn model_with_adapters(name: &str, dropout: f64, device: &Device) -> Llama {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/llama")
         .join(name);
-    let mut model = HfModel::load(&dir, device).unwrap().model;
+    model_with_adapters_as(&dir, dropout, BaseStorage::default(), device)
+}
+
+/// [`model_with_adapters`] of the model in `dir`, its base kept as `storage` says (dtype,
+/// quantization).
+pub fn model_with_adapters_as(
+    dir: &Path,
+    dropout: f64,
+    storage: BaseStorage,
+    device: &Device,
+) -> Llama {
+    let mut model = HfModel::load_as(dir, storage, device).unwrap().model;
     let spec = LoraSpec {
         rank: 4,
         alpha: 8.0,
@@ -47,4 +61,51 @@ pub fn model_with_adapters(name: &str, dropout: f64, device: &Device) -> Llama {
         proj.lora = Some(LoraAdapter::from_tensors(&path, a, b, &spec, device));
     }
     model
+}
+
+/// Writes into `dir` a random two-layer Llama whose projections take rows of 256 and 512
+/// values (whole Q4_K super-blocks and NF4 blocks; `o_proj`'s rows of 32 fall back), tied,
+/// with grouped-query attention: `tied_gqa`'s config at hidden 256, intermediate 512.
+#[allow(
+    dead_code,
+    reason = "used by some of the test files that share this module"
+)]
+pub fn write_wide_model(dir: &Path) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama/tied_gqa");
+    let config = std::fs::read_to_string(fixture.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["hidden_size"] = 256.into();
+    config["intermediate_size"] = 512.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let (hidden, inner, vocab) = (256, 512, 96);
+    let mut shapes = BTreeMap::new();
+    shapes.insert("model.embed_tokens.weight".to_string(), vec![vocab, hidden]);
+    shapes.insert("model.norm.weight".to_string(), vec![hidden]);
+    for i in 0..2 {
+        let p = format!("model.layers.{i}");
+        for (name, shape) in [
+            ("self_attn.q_proj", [32, hidden]),
+            ("self_attn.k_proj", [16, hidden]),
+            ("self_attn.v_proj", [16, hidden]),
+            ("self_attn.o_proj", [hidden, 32]),
+            ("mlp.gate_proj", [inner, hidden]),
+            ("mlp.up_proj", [inner, hidden]),
+            ("mlp.down_proj", [hidden, inner]),
+        ] {
+            shapes.insert(format!("{p}.{name}.weight"), shape.to_vec());
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            shapes.insert(format!("{p}.{norm}.weight"), vec![hidden]);
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(7);
+    let path = dir.join("model.safetensors");
+    write_safetensors(&path, &shapes, StoreDtype::F32, |name| {
+        let len = shapes[name].iter().product();
+        Ok(match name.ends_with("norm.weight") {
+            true => (0..len).map(|_| rng.random_range(0.8..1.2)).collect(),
+            false => (0..len).map(|_| rng.random_range(-0.1..0.1)).collect(),
+        })
+    })
+    .unwrap();
 }

@@ -118,29 +118,43 @@ impl GgmlType {
 /// Dequantizes `data` (exactly [`GgmlType::byte_len`] bytes) into f32 values.
 pub fn dequantize(ty: GgmlType, data: &[u8]) -> Vec<f32> {
     let (per_block, block_bytes) = ty.block();
-    let mut out = Vec::with_capacity(data.len() / block_bytes * per_block);
-    for block in data.chunks_exact(block_bytes) {
-        match ty {
-            GgmlType::F32 => out.push(f32::from_le_bytes([block[0], block[1], block[2], block[3]])),
-            GgmlType::F16 => out.push(half_at(block, 0)),
-            GgmlType::BF16 => out.push(bf16::from_le_bytes([block[0], block[1]]).to_f32()),
-            GgmlType::Q8_0 => q8_0(block, &mut out),
-            GgmlType::Q4_0 => q4_0(block, &mut out),
-            GgmlType::Q4_1 => q4_1(block, &mut out),
-            GgmlType::Q5_0 => {
-                let d = half_at(block, 0);
-                out.extend(q5_codes(&block[2..]).map(|q| (q as i32 - 16) as f32 * d));
-            }
-            GgmlType::Q5_1 => {
-                let (d, m) = (half_at(block, 0), half_at(block, 2));
-                out.extend(q5_codes(&block[4..]).map(|q| q as f32 * d + m));
-            }
-            GgmlType::Q4K => q4_k(block, &mut out),
-            GgmlType::Q5K => q5_k(block, &mut out),
-            GgmlType::Q6K => q6_k(block, &mut out),
-        }
+    let mut out = vec![0f32; data.len() / block_bytes * per_block];
+    for (block, values) in data
+        .chunks_exact(block_bytes)
+        .zip(out.chunks_exact_mut(per_block))
+    {
+        dequantize_block(ty, block, values);
     }
     out
+}
+
+/// Dequantizes one block of `ty` (its [`GgmlType::block`] bytes) into `out` (its values).
+pub fn dequantize_block(ty: GgmlType, block: &[u8], out: &mut [f32]) {
+    match ty {
+        GgmlType::F32 => out[0] = f32::from_le_bytes([block[0], block[1], block[2], block[3]]),
+        GgmlType::F16 => out[0] = half_at(block, 0),
+        GgmlType::BF16 => out[0] = bf16::from_le_bytes([block[0], block[1]]).to_f32(),
+        GgmlType::Q8_0 => q8_0(block, out),
+        GgmlType::Q4_0 => q4_0(block, out),
+        GgmlType::Q4_1 => q4_1(block, out),
+        GgmlType::Q5_0 => {
+            let d = half_at(block, 0);
+            let codes = q5_codes(&block[2..]);
+            for (y, q) in out.iter_mut().zip(codes) {
+                *y = (q as i32 - 16) as f32 * d;
+            }
+        }
+        GgmlType::Q5_1 => {
+            let (d, m) = (half_at(block, 0), half_at(block, 2));
+            let codes = q5_codes(&block[4..]);
+            for (y, q) in out.iter_mut().zip(codes) {
+                *y = q as f32 * d + m;
+            }
+        }
+        GgmlType::Q4K => q4_k(block, out),
+        GgmlType::Q5K => q5_k(block, out),
+        GgmlType::Q6K => q6_k(block, out),
+    }
 }
 
 /// The f16 at byte `at`, as f32.
@@ -149,25 +163,31 @@ fn half_at(bytes: &[u8], at: usize) -> f32 {
 }
 
 /// `d: f16, qs: [i8; 32]`; `x = d · q`.
-fn q8_0(block: &[u8], out: &mut Vec<f32>) {
+fn q8_0(block: &[u8], out: &mut [f32]) {
     let d = half_at(block, 0);
-    out.extend(block[2..34].iter().map(|&q| q as i8 as f32 * d));
+    for (y, &q) in out.iter_mut().zip(&block[2..34]) {
+        *y = q as i8 as f32 * d;
+    }
 }
 
 /// `d: f16, qs: [u8; 16]`; low nibbles are values 0..16, high nibbles 16..32; `x = d · (q − 8)`.
-fn q4_0(block: &[u8], out: &mut Vec<f32>) {
+fn q4_0(block: &[u8], out: &mut [f32]) {
     let d = half_at(block, 0);
-    let qs = &block[2..18];
-    out.extend(qs.iter().map(|&q| ((q & 0x0F) as i32 - 8) as f32 * d));
-    out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
+    let (low, high) = out.split_at_mut(16);
+    for ((lo, hi), &q) in low.iter_mut().zip(high).zip(&block[2..18]) {
+        *lo = ((q & 0x0F) as i32 - 8) as f32 * d;
+        *hi = ((q >> 4) as i32 - 8) as f32 * d;
+    }
 }
 
 /// `d: f16, m: f16, qs: [u8; 16]`; nibbles as in Q4_0; `x = d · q + m`.
-fn q4_1(block: &[u8], out: &mut Vec<f32>) {
+fn q4_1(block: &[u8], out: &mut [f32]) {
     let (d, m) = (half_at(block, 0), half_at(block, 2));
-    let qs = &block[4..20];
-    out.extend(qs.iter().map(|&q| (q & 0x0F) as f32 * d + m));
-    out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
+    let (low, high) = out.split_at_mut(16);
+    for ((lo, hi), &q) in low.iter_mut().zip(high).zip(&block[4..20]) {
+        *lo = (q & 0x0F) as f32 * d + m;
+        *hi = (q >> 4) as f32 * d + m;
+    }
 }
 
 /// The 32 five-bit codes of a Q5_0 / Q5_1 block's `qh: u32, qs: [u8; 16]`: nibbles as in
@@ -202,52 +222,55 @@ pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
 
 /// `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`: eight sub-blocks of 32 with 6-bit
 /// scales and minimums; `x = d·sc · q − dmin·m`.
-fn q4_k(block: &[u8], out: &mut Vec<f32>) {
+fn q4_k(block: &[u8], out: &mut [f32]) {
     let (d, dmin) = (half_at(block, 0), half_at(block, 2));
     let scales = &block[4..16];
-    for (pair, qs) in block[16..144].chunks_exact(32).enumerate() {
+    let pairs = block[16..144]
+        .chunks_exact(32)
+        .zip(out.chunks_exact_mut(64));
+    for (pair, (qs, y)) in pairs.enumerate() {
         let (sc1, m1) = scale_min_k4(2 * pair, scales);
         let (sc2, m2) = scale_min_k4(2 * pair + 1, scales);
         let (d1, m1, d2, m2) = (d * sc1, dmin * m1, d * sc2, dmin * m2);
-        out.extend(qs.iter().map(|&q| d1 * (q & 0x0F) as f32 - m1));
-        out.extend(qs.iter().map(|&q| d2 * (q >> 4) as f32 - m2));
+        let (low, high) = y.split_at_mut(32);
+        for ((lo, hi), &q) in low.iter_mut().zip(high).zip(qs) {
+            *lo = d1 * (q & 0x0F) as f32 - m1;
+            *hi = d2 * (q >> 4) as f32 - m2;
+        }
     }
 }
 
 /// Q4_K plus a fifth bit per value in `qh: [u8; 32]`.
-fn q5_k(block: &[u8], out: &mut Vec<f32>) {
+fn q5_k(block: &[u8], out: &mut [f32]) {
     let (d, dmin) = (half_at(block, 0), half_at(block, 2));
     let scales = &block[4..16];
     let qh = &block[16..48];
-    for (pair, ql) in block[48..176].chunks_exact(32).enumerate() {
+    let pairs = block[48..176]
+        .chunks_exact(32)
+        .zip(out.chunks_exact_mut(64));
+    for (pair, (ql, y)) in pairs.enumerate() {
         let (sc1, m1) = scale_min_k4(2 * pair, scales);
         let (sc2, m2) = scale_min_k4(2 * pair + 1, scales);
         let (d1, m1, d2, m2) = (d * sc1, dmin * m1, d * sc2, dmin * m2);
         let (u1, u2) = (1u8 << (2 * pair), 2u8 << (2 * pair));
         let high = |h: u8, bit: u8| if h & bit != 0 { 16.0 } else { 0.0 };
-        out.extend(
-            ql.iter()
-                .zip(qh)
-                .map(|(&q, &h)| d1 * ((q & 0x0F) as f32 + high(h, u1)) - m1),
-        );
-        out.extend(
-            ql.iter()
-                .zip(qh)
-                .map(|(&q, &h)| d2 * ((q >> 4) as f32 + high(h, u2)) - m2),
-        );
+        let (low, hi) = y.split_at_mut(32);
+        for (((lo, hi), &q), &h) in low.iter_mut().zip(hi).zip(ql).zip(qh) {
+            *lo = d1 * ((q & 0x0F) as f32 + high(h, u1)) - m1;
+            *hi = d2 * ((q >> 4) as f32 + high(h, u2)) - m2;
+        }
     }
 }
 
 /// `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`: 6-bit values in two halves of
 /// 128, each value `d · scale · (q − 32)`.
-fn q6_k(block: &[u8], out: &mut Vec<f32>) {
+fn q6_k(block: &[u8], out: &mut [f32]) {
     let d = half_at(block, 208);
-    let mut values = [0f32; 256];
     for half in 0..2 {
         let ql = &block[64 * half..64 * half + 64];
         let qh = &block[128 + 32 * half..128 + 32 * half + 32];
         let sc = &block[192 + 8 * half..192 + 8 * half + 8];
-        let y = &mut values[128 * half..128 * half + 128];
+        let y = &mut out[128 * half..128 * half + 128];
         for l in 0..32 {
             let is = l / 16;
             let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
@@ -260,5 +283,4 @@ fn q6_k(block: &[u8], out: &mut Vec<f32>) {
             y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
         }
     }
-    out.extend_from_slice(&values);
 }

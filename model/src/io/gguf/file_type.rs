@@ -175,7 +175,7 @@ fn more_bits(i: usize, n: usize, base: GgmlType) -> GgmlType {
 }
 
 /// llama.cpp's `tensor_type_fallback`: a type whose blocks fit rows of `cols` values.
-fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
+pub(crate) fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
     if cols.is_multiple_of(ty.block().0) {
         return ty;
     }

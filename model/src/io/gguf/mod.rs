@@ -115,11 +115,17 @@ impl GgufFile {
 
     /// Tensor `name` dequantized to f32, in row-major order.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, Error> {
+        let (info, bytes) = self.tensor_bytes(name)?;
+        Ok(dequantize(info.ty, bytes))
+    }
+
+    /// Tensor `name` as stored: its directory entry and its bytes.
+    pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, &[u8]), Error> {
         let info = self
             .tensors
             .get(name)
             .ok_or_else(|| Error::invalid(&self.path, format!("tensor `{name}` is missing")))?;
-        Ok(dequantize(info.ty, &self.map[info.range.clone()]))
+        Ok((info, &self.map[info.range.clone()]))
     }
 }
 
