@@ -1,8 +1,9 @@
 //! Products with a quantized frozen weight `W` `[m, k]` (a [`QuantizedMatrix`]) that never
 //! hold `W` in f32: each task dequantizes a tile of at most [`TILE_ROWS`] × [`TILE_COLS`]
 //! values (512 KiB, cache-sized) into its own buffer and hands it to `gemm`, accumulating over
-//! the tiles of its part of the result. Tasks own disjoint rows of the transposed result, so
-//! they run on all cores without sharing anything; the result is transposed back at the end.
+//! the tiles of its columns of the result into a buffer of its own; the columns are gathered
+//! into the result at the end. Both operands enter `gemm` in their stored orientation (the
+//! forward product dequantizes its tiles transposed), the layout `gemm` packs fastest.
 
 use rayon::prelude::*;
 
@@ -29,103 +30,106 @@ pub fn linear_input_grad(d_y: &HostTensor<2>, w: &QuantizedMatrix) -> HostTensor
     HostTensor::new_like(d_y, d_x, [n, w.dims()[1]])
 }
 
-/// `x Wᵀ` for `x` `[n, k]` row-major: tasks of whole rows of `W` (rows of `yᵀ`), each
-/// accumulating over the column strips of its rows.
+/// `x Wᵀ` for `x` `[n, k]` row-major: a task per band of rows of `W` (columns of `y`),
+/// accumulating `x[:, strip] · tileᵀ` over the column strips of its band.
 pub fn linear_values(x: &[f32], n: usize, w: &QuantizedMatrix) -> Vec<f32> {
     let [m, k] = w.dims();
     assert_eq!(x.len(), n * k, "quantized linear: input is not [{n}, {k}]");
     if n == 0 || m == 0 {
-        return Vec::new();
+        return vec![0.0; n * m];
     }
-    let rows_per_task = task_size(m, 16, TILE_ROWS);
+    let band = task_size(m, 16, TILE_ROWS);
     let strip = TILE_COLS.min(k);
-    let mut y_t = vec![0f32; m * n];
-    y_t.par_chunks_mut(rows_per_task * n)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let (first, rows) = (task * rows_per_task, out.len() / n);
-            let mut tile = vec![0f32; rows * strip];
+    let columns: Vec<Vec<f32>> = (0..m.div_ceil(band))
+        .into_par_iter()
+        .map(|task| {
+            let (first, rows) = (task * band, band.min(m - task * band));
+            let mut out = vec![0f32; n * rows];
+            let (mut tile, mut tile_t) = (vec![0f32; rows * strip], vec![0f32; rows * strip]);
             for start in (0..k).step_by(strip) {
                 let width = strip.min(k - start);
-                let tile = &mut tile[..rows * width];
+                let (tile, tile_t) = (&mut tile[..rows * width], &mut tile_t[..rows * width]);
                 w.dequantize_tile(first..first + rows, start..start + width, tile);
-                let a = Operand::dense(tile, [rows, width], Read::AsIs);
-                let b = columns_transposed(x, k, start, [width, n]);
-                gemm_into(out, n, start > 0, a, b, 1.0, false);
+                transpose_into(tile, [rows, width], tile_t);
+                let a = columns_of(x, k, start, [n, width]);
+                let b = Operand::dense(tile_t, [width, rows], Read::AsIs);
+                gemm_into(&mut out, rows, start > 0, a, b, 1.0, false);
             }
-        });
-    transpose(&y_t, [m, n])
+            out
+        })
+        .collect();
+    gather_columns(&columns, n, m)
 }
 
-/// `d_y W` for `d_y` `[n, m]` row-major: tasks of whole block columns of `W` (rows of
-/// `d_xᵀ`), each accumulating over the row tiles of its columns.
+/// `d_y W` for `d_y` `[n, m]` row-major: a task per band of block columns of `W` (columns of
+/// `d_x`), accumulating `d_y[:, rows] · tile` over the row tiles of its band.
 pub fn input_grad_values(d_y: &[f32], n: usize, w: &QuantizedMatrix) -> Vec<f32> {
     let [m, k] = w.dims();
-    assert_eq!(
-        d_y.len(),
-        n * m,
-        "quantized linear: gradient is not [{n}, {m}]"
-    );
+    assert_eq!(d_y.len(), n * m, "quantized linear: gradient is not [{n}, {m}]");
     if n == 0 || k == 0 {
-        return Vec::new();
+        return vec![0.0; n * k];
     }
-    let cols_per_task = task_size(k, w.block_values(), TILE_COLS);
-    let mut d_x_t = vec![0f32; k * n];
-    d_x_t
-        .par_chunks_mut(cols_per_task * n)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let (first, width) = (task * cols_per_task, out.len() / n);
+    let band = task_size(k, w.block_values(), TILE_COLS);
+    let columns: Vec<Vec<f32>> = (0..k.div_ceil(band))
+        .into_par_iter()
+        .map(|task| {
+            let (first, width) = (task * band, band.min(k - task * band));
+            let mut out = vec![0f32; n * width];
             let mut tile = vec![0f32; TILE_ROWS.min(m) * width];
             for start in (0..m).step_by(TILE_ROWS) {
                 let rows = TILE_ROWS.min(m - start);
                 let tile = &mut tile[..rows * width];
                 w.dequantize_tile(start..start + rows, first..first + width, tile);
-                let a = Operand::dense(tile, [rows, width], Read::Transposed);
-                let b = columns_transposed(d_y, m, start, [rows, n]);
-                gemm_into(out, n, start > 0, a, b, 1.0, false);
+                let a = columns_of(d_y, m, start, [n, rows]);
+                let b = Operand::dense(tile, [rows, width], Read::AsIs);
+                gemm_into(&mut out, width, start > 0, a, b, 1.0, false);
             }
-        });
-    transpose(&d_x_t, [k, n])
+            out
+        })
+        .collect();
+    gather_columns(&columns, n, k)
 }
 
-/// Columns `start..start + width` of the row-major `matrix` (rows of `cols` values), read
-/// transposed: `[width, n]`.
-fn columns_transposed(matrix: &[f32], cols: usize, start: usize, dims: [usize; 2]) -> Operand<'_> {
+/// Columns `start..start + dims[1]` of the row-major `matrix` (rows of `cols` values), all
+/// `dims[0]` rows.
+fn columns_of(matrix: &[f32], cols: usize, start: usize, dims: [usize; 2]) -> Operand<'_> {
     Operand {
         values: &matrix[start..],
         dims,
-        row_stride: 1,
-        col_stride: cols,
+        row_stride: cols,
+        col_stride: 1,
     }
 }
 
 /// Work items of `unit` (a multiple of it, at most `max`) splitting `len` into about four per
-/// core, so that two cores finish together.
+/// core, so that the cores finish together.
 fn task_size(len: usize, unit: usize, max: usize) -> usize {
     let tasks = 4 * rayon::current_num_threads();
     let size = len.div_ceil(tasks).div_ceil(unit) * unit;
     size.clamp(unit, max.max(unit))
 }
 
-/// The transpose of the row-major `[rows, cols]` matrix `values`, in blocks of 32 × 32.
-fn transpose(values: &[f32], [rows, cols]: [usize; 2]) -> Vec<f32> {
-    const BLOCK: usize = 32;
-    let mut out = vec![0f32; rows * cols];
-    out.par_chunks_mut(BLOCK * rows)
-        .enumerate()
-        .for_each(|(band, out)| {
-            let first_col = band * BLOCK;
-            let band_cols = out.len() / rows;
-            for row_block in (0..rows).step_by(BLOCK) {
-                for c in 0..band_cols {
-                    let out_row = &mut out[c * rows..(c + 1) * rows];
-                    for r in row_block..(row_block + BLOCK).min(rows) {
-                        out_row[r] = values[r * cols + first_col + c];
-                    }
-                }
-            }
-        });
+/// `values` (`[rows, cols]`, row-major) transposed into `out`.
+fn transpose_into(values: &[f32], [rows, cols]: [usize; 2], out: &mut [f32]) {
+    for (r, row) in values.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+}
+
+/// The `[n, total]` matrix whose columns are the bands `bands` (each `[n, width]`,
+/// row-major) side by side.
+fn gather_columns(bands: &[Vec<f32>], n: usize, total: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n * total];
+    out.par_chunks_mut(total).enumerate().for_each(|(i, row)| {
+        let mut at = 0;
+        for band in bands {
+            let width = band.len() / n;
+            row[at..at + width].copy_from_slice(&band[i * width..(i + 1) * width]);
+            at += width;
+        }
+    });
     out
 }
 
@@ -199,11 +203,4 @@ mod tests {
         }
     }
 
-    #[test]
-    fn transposes_of_odd_shapes() {
-        let v: Vec<f32> = (0..35 * 70).map(|i| i as f32).collect();
-        let t = transpose(&v, [35, 70]);
-        assert_eq!(t[69 * 35 + 34], v[34 * 70 + 69]);
-        assert_eq!(transpose(&t, [70, 35]), v);
-    }
 }
