@@ -104,6 +104,15 @@ fn every_family_trains_and_resumes_exactly() {
     }
 }
 
+/// A run on a quantized base resumes exactly too (the base is quantized the same way on every
+/// load).
+#[test]
+fn runs_on_a_quantized_base_resume_exactly() {
+    for quant in ["q8_0", "q4_k"] {
+        check_exact_resume(&[&format!("model.base_quant=\"{quant}\"")]);
+    }
+}
+
 /// A run of `configs/tiny.toml` with `sets`, resumed from its step-2 checkpoint, ends with the
 /// adapters and losses of the uninterrupted run.
 fn check_exact_resume(sets: &[&str]) {
@@ -320,6 +329,85 @@ fn adapter_for_another_model_is_rejected() {
             "tests/fixtures/eval_sample.jsonl",
         ],
         "q_proj.lora_B.weight` has shape [32, 4], the model expects [64, 4]",
+    );
+}
+
+/// A run on a q8_0 base merges into that base dequantized: the merged model gives the loss of
+/// the adapter on the quantized base; `--base` merges into the original instead, with a
+/// warning.
+#[test]
+fn merged_export_of_a_quantized_run_gives_the_adapters_loss_on_that_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train(
+        &run,
+        &["train.max_steps=4", "model.base_quant=\"q8_0\""],
+        false,
+    );
+    let eval = |args: &[&str]| -> f64 {
+        let mut all = vec![
+            "eval",
+            "--data",
+            "tests/fixtures/eval_sample.jsonl",
+            "--max-len",
+            "16",
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        serde_json::from_str::<Value>(ok(&all).trim()).unwrap()["loss"]
+            .as_f64()
+            .unwrap()
+    };
+    let adapter = run.join("checkpoints/step-000004");
+    let base = "tests/fixtures/llama/tied_gqa";
+    let adapter_args = ["--model", base, "--adapter", adapter.to_str().unwrap()];
+    let on_quantized = eval(&[&adapter_args[..], &["--base-quant", "q8_0"]].concat());
+    let on_original = eval(&adapter_args);
+    assert_ne!(
+        on_quantized, on_original,
+        "q8_0 changed nothing: the test tests nothing"
+    );
+    let merged = dir.path().join("merged");
+    let out = feinschliff(&[
+        "export",
+        "merged",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("merged into the q8_0 base the run trained on"),
+        "{stdout}"
+    );
+    let merged_loss = eval(&["--model", merged.to_str().unwrap()]);
+    assert!(
+        (merged_loss - on_quantized).abs() <= 1e-5 * on_quantized,
+        "merged {merged_loss} vs adapter on the q8_0 base {on_quantized}"
+    );
+    let onto_original = dir.path().join("onto-original");
+    let out = feinschliff(&[
+        "export",
+        "merged",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        onto_original.to_str().unwrap(),
+        "--base",
+        base,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && stderr.contains("warning: merged into")
+            && stderr.contains("differs"),
+        "{stderr}"
+    );
+    let original_loss = eval(&["--model", onto_original.to_str().unwrap()]);
+    assert!(
+        (original_loss - on_original).abs() <= 1e-5 * on_original,
+        "{original_loss} vs {on_original}"
     );
 }
 

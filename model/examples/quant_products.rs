@@ -28,24 +28,41 @@ fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn host(values: Vec<f32>, dims: [usize; 2]) -> HostTensor<2> {
-    HostTensor::of(Tensor::from_data(TensorData::new(values, dims), &Device::flex()))
+    HostTensor::of(Tensor::from_data(
+        TensorData::new(values, dims),
+        &Device::flex(),
+    ))
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
     let (n, m, k) = match args[..] {
         [n, m, k] => (n, m, k),
         _ => (2048, 1536, 576),
     };
     let values = |len: usize, seed: usize| -> Vec<f32> {
-        (0..len).map(|i| (((i + seed) * 7919 % 1013) as f32 - 506.0) / 4000.0).collect()
+        (0..len)
+            .map(|i| (((i + seed) * 7919 % 1013) as f32 - 506.0) / 4000.0)
+            .collect()
     };
     let w = values(m * k, 1);
-    let (x, d_y) = (host(values(n * k, 2), [n, k]), host(values(n * m, 3), [n, m]));
+    let (x, d_y) = (
+        host(values(n * k, 2), [n, k]),
+        host(values(n * m, 3), [n, m]),
+    );
     let dense = host(w.clone(), [m, k]);
-    let forward = median_ms(5, || drop(matmul(&x, Read::AsIs, &dense, Read::Transposed, 1.0)));
-    let backward = median_ms(5, || drop(matmul(&d_y, Read::AsIs, &dense, Read::AsIs, 1.0)));
-    println!("[{n}, {k}] x [{m}, {k}]ᵀ: dense forward {forward:.1} ms, input gradient {backward:.1} ms");
+    let forward = median_ms(5, || {
+        drop(matmul(&x, Read::AsIs, &dense, Read::Transposed, 1.0))
+    });
+    let backward = median_ms(5, || {
+        drop(matmul(&d_y, Read::AsIs, &dense, Read::AsIs, 1.0))
+    });
+    println!(
+        "[{n}, {k}] x [{m}, {k}]ᵀ: dense forward {forward:.1} ms, input gradient {backward:.1} ms"
+    );
     for format in [
         BlockFormat::Ggml(GgmlType::Q8_0),
         BlockFormat::Ggml(GgmlType::Q4K),

@@ -8,6 +8,8 @@ use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_model::backend::{Device, DeviceChoice};
 use feinschliff_model::io::hf::HfModel;
 use feinschliff_model::io::peft::load_adapter;
+use feinschliff_model::linear::BaseStorage;
+use feinschliff_model::quant::BaseQuant;
 
 /// The model, its device and an optional adapter.
 #[derive(Args)]
@@ -21,6 +23,16 @@ pub struct ModelArgs {
     /// A PEFT LoRA adapter directory to apply on top of the model (ours or PEFT's).
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
+    /// Keep the model's projections quantized as a run with this `model.base_quant` did
+    /// (an adapter trained on a quantized base is evaluated on that base).
+    #[arg(long, default_value = "none", value_parser = parse_base_quant, value_name = "none|q8_0|q4_k|nf4")]
+    base_quant: BaseQuant,
+}
+
+/// A `--base-quant` value.
+fn parse_base_quant(text: &str) -> Result<BaseQuant, String> {
+    serde_json::from_value(serde_json::Value::String(text.into()))
+        .map_err(|_| format!("`{text}`: one of none, q8_0, q4_k, nf4"))
 }
 
 impl ModelArgs {
@@ -28,7 +40,11 @@ impl ModelArgs {
     /// ids past its vocabulary.
     pub fn load(&self, tokenizer: &TextTokenizer) -> Result<(HfModel, Device)> {
         let device = self.device.device();
-        let mut loaded = HfModel::load(&self.model, &device)?;
+        let storage = BaseStorage {
+            quant: self.base_quant,
+            ..BaseStorage::default()
+        };
+        let mut loaded = HfModel::load_as(&self.model, storage, &device)?;
         loaded.check_tokenizer(tokenizer)?;
         if let Some(adapter) = &self.adapter {
             load_adapter(&mut loaded.model, adapter, &device)?;

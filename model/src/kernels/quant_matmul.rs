@@ -65,7 +65,11 @@ pub fn linear_values(x: &[f32], n: usize, w: &QuantizedMatrix) -> Vec<f32> {
 /// `d_x`), accumulating `d_y[:, rows] · tile` over the row tiles of its band.
 pub fn input_grad_values(d_y: &[f32], n: usize, w: &QuantizedMatrix) -> Vec<f32> {
     let [m, k] = w.dims();
-    assert_eq!(d_y.len(), n * m, "quantized linear: gradient is not [{n}, {m}]");
+    assert_eq!(
+        d_y.len(),
+        n * m,
+        "quantized linear: gradient is not [{n}, {m}]"
+    );
     if n == 0 || k == 0 {
         return vec![0.0; n * k];
     }
@@ -202,5 +206,4 @@ mod tests {
             }
         }
     }
-
 }

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::ops::Range;
 
+use rayon::prelude::*;
+
 use super::BlockFormat;
 
 /// A quantized matrix, row-major, blocks along each row.
@@ -20,12 +22,17 @@ impl fmt::Debug for QuantizedMatrix {
 }
 
 impl QuantizedMatrix {
-    /// `values` (`[rows, cols]`, row-major) encoded in `format`.
+    /// `values` (`[rows, cols]`, row-major) encoded in `format`, bands of rows on all cores.
     pub fn quantize(format: BlockFormat, values: &[f32], dims: [usize; 2]) -> Result<Self, String> {
-        if values.len() != dims[0] * dims[1] {
+        if values.len() != dims[0] * dims[1] || dims[1] == 0 {
             return Err(format!("{} values are not {dims:?}", values.len()));
         }
-        Self::from_blocks(format, dims, format.encode(values, dims[1])?)
+        let band = dims[1] * 64;
+        let bands: Vec<Vec<u8>> = values
+            .par_chunks(band)
+            .map(|rows| format.encode(rows, dims[1]))
+            .collect::<Result<_, _>>()?;
+        Self::from_blocks(format, dims, bands.concat())
     }
 
     /// A matrix of `dims` from its encoded blocks (as a GGUF file holds them); an error when
