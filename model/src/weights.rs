@@ -54,6 +54,26 @@ impl MappedFile {
         let (start, end) = info.data_offsets;
         &self.map[self.data_start + start..self.data_start + end]
     }
+
+    /// Drops the pages of `info`'s bytes from the process's resident memory once they have been
+    /// read: a file-backed page stays resident (and counts in RSS) while mapped, so loading an
+    /// 8B checkpoint would otherwise hold all of its 16 GB of file pages until the end.
+    fn release(&self, info: &TensorInfo) {
+        let (start, end) = info.data_offsets;
+        // SAFETY: the map is a read-only shared mapping of a file: MADV_DONTNEED only drops
+        // its pages from this process, and a later read faults them in again from the file,
+        // with the same contents. No slice of these bytes is borrowed here (`bytes`' result
+        // is used and dropped before this is called, under `&mut WeightFiles`). A failure
+        // (an old kernel) only keeps the pages resident.
+        #[cfg(unix)]
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.data_start + start,
+                end - start,
+            )
+        };
+    }
 }
 
 /// The checkpoint's tensors, handed out by name.
@@ -168,6 +188,7 @@ impl WeightFiles {
         if !self.taken.insert(name.to_string()) {
             return Err(Error::tensor(&file.path, name, "taken twice"));
         }
+        file.release(info);
         Ok(values)
     }
 
