@@ -104,6 +104,22 @@ fn every_family_trains_and_resumes_exactly() {
     }
 }
 
+/// The loss of `feinschliff eval` with `args` on the eval fixture (max-len 16).
+fn eval_loss(args: &[&str]) -> f64 {
+    let mut all = vec![
+        "eval",
+        "--data",
+        "tests/fixtures/eval_sample.jsonl",
+        "--max-len",
+        "16",
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    serde_json::from_str::<Value>(ok(&all).trim()).unwrap()["loss"]
+        .as_f64()
+        .unwrap()
+}
+
 /// A run on a quantized base resumes exactly too (the base is quantized the same way on every
 /// load).
 #[test]
@@ -344,25 +360,11 @@ fn merged_export_of_a_quantized_run_gives_the_adapters_loss_on_that_base() {
         &["train.max_steps=4", "model.base_quant=\"q8_0\""],
         false,
     );
-    let eval = |args: &[&str]| -> f64 {
-        let mut all = vec![
-            "eval",
-            "--data",
-            "tests/fixtures/eval_sample.jsonl",
-            "--max-len",
-            "16",
-            "--json",
-        ];
-        all.extend_from_slice(args);
-        serde_json::from_str::<Value>(ok(&all).trim()).unwrap()["loss"]
-            .as_f64()
-            .unwrap()
-    };
     let adapter = run.join("checkpoints/step-000004");
     let base = "tests/fixtures/llama/tied_gqa";
     let adapter_args = ["--model", base, "--adapter", adapter.to_str().unwrap()];
-    let on_quantized = eval(&[&adapter_args[..], &["--base-quant", "q8_0"]].concat());
-    let on_original = eval(&adapter_args);
+    let on_quantized = eval_loss(&[&adapter_args[..], &["--base-quant", "q8_0"]].concat());
+    let on_original = eval_loss(&adapter_args);
     assert_ne!(
         on_quantized, on_original,
         "q8_0 changed nothing: the test tests nothing"
@@ -381,7 +383,7 @@ fn merged_export_of_a_quantized_run_gives_the_adapters_loss_on_that_base() {
         out.status.success() && stdout.contains("merged into the q8_0 base the run trained on"),
         "{stdout}"
     );
-    let merged_loss = eval(&["--model", merged.to_str().unwrap()]);
+    let merged_loss = eval_loss(&["--model", merged.to_str().unwrap()]);
     assert!(
         (merged_loss - on_quantized).abs() <= 1e-5 * on_quantized,
         "merged {merged_loss} vs adapter on the q8_0 base {on_quantized}"
@@ -404,7 +406,7 @@ fn merged_export_of_a_quantized_run_gives_the_adapters_loss_on_that_base() {
             && stderr.contains("differs"),
         "{stderr}"
     );
-    let original_loss = eval(&["--model", onto_original.to_str().unwrap()]);
+    let original_loss = eval_loss(&["--model", onto_original.to_str().unwrap()]);
     assert!(
         (original_loss - on_original).abs() <= 1e-5 * on_original,
         "{original_loss} vs {on_original}"
@@ -417,22 +419,8 @@ fn merged_export_gives_the_adapters_loss() {
     let run = dir.path().join("run");
     train(&run, &["train.max_steps=4"], false);
     let run_text = run.to_str().unwrap();
-    let eval = |args: &[&str]| -> f64 {
-        let mut all = vec![
-            "eval",
-            "--data",
-            "tests/fixtures/eval_sample.jsonl",
-            "--max-len",
-            "16",
-            "--json",
-        ];
-        all.extend_from_slice(args);
-        serde_json::from_str::<Value>(ok(&all).trim()).unwrap()["loss"]
-            .as_f64()
-            .unwrap()
-    };
     let adapter = run.join("checkpoints/step-000004");
-    let with_adapter = eval(&[
+    let with_adapter = eval_loss(&[
         "--model",
         "tests/fixtures/llama/tied_gqa",
         "--adapter",
@@ -475,7 +463,7 @@ fn merged_export_gives_the_adapters_loss() {
     assert!(
         merged.join("tokenizer.json").exists() && merged.join("generation_config.json").exists()
     );
-    let merged_loss = eval(&["--model", merged.to_str().unwrap()]);
+    let merged_loss = eval_loss(&["--model", merged.to_str().unwrap()]);
     assert!(
         (merged_loss - with_adapter).abs() <= 1e-5 * with_adapter,
         "merged {merged_loss} vs adapter {with_adapter}"
@@ -492,7 +480,7 @@ fn merged_export_gives_the_adapters_loss() {
         "--dtype",
         "bf16",
     ]);
-    let bf16_loss = eval(&["--model", bf16.to_str().unwrap()]);
+    let bf16_loss = eval_loss(&["--model", bf16.to_str().unwrap()]);
     assert!(
         (bf16_loss - with_adapter).abs() <= 1e-2 * with_adapter,
         "bf16 {bf16_loss} vs {with_adapter}"
