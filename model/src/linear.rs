@@ -46,7 +46,8 @@ pub struct Linear {
     pub bias: Option<Param<Tensor<1>>>,
     /// The LoRA adapter, when one is attached.
     pub lora: Option<LoraAdapter>,
-    /// The dtype `weight`'s products are computed in ([`Llama::set_base_dtypes`]).
+    /// The dtype `weight`'s products are computed in ([`Llama::set_base_dtypes`]); quantized
+    /// products on host tensors always run in f32.
     ///
     /// [`Llama::set_base_dtypes`]: crate::llama::Llama::set_base_dtypes
     #[module(skip)]
@@ -97,9 +98,10 @@ impl Linear {
 
     /// `[out_features, in_features]`.
     pub fn dims(&self) -> [usize; 2] {
-        match self.frozen_weight() {
-            FrozenWeight::Dense(weight) => weight.dims(),
-            FrozenWeight::Quantized(matrix) => matrix.dims(),
+        match (&self.weight, &self.quantized) {
+            (Some(weight), _) => weight.val().dims(),
+            (None, Some(matrix)) => matrix.dims(),
+            (None, None) => unreachable!("a projection holds a dense or a quantized weight"),
         }
     }
 
@@ -116,9 +118,10 @@ impl Linear {
     /// `W` in f32 on `device`: the dense weight, or the quantized one dequantized (the values
     /// its products use).
     pub fn dense_weight(&self, device: &Device) -> Tensor<2> {
-        match self.frozen_weight() {
-            FrozenWeight::Dense(weight) => weight.cast(DType::F32),
-            FrozenWeight::Quantized(matrix) => dequantized(matrix, device, DType::F32),
+        match (&self.weight, &self.quantized) {
+            (Some(weight), _) => weight.val().cast(DType::F32),
+            (None, Some(matrix)) => dequantized(matrix, device, DType::F32),
+            (None, None) => unreachable!("a projection holds a dense or a quantized weight"),
         }
     }
 

@@ -58,11 +58,14 @@ impl MappedFile {
     /// Drops the pages of `info`'s bytes from the process's resident memory once they have been
     /// read: a file-backed page stays resident (and counts in RSS) while mapped, so loading an
     /// 8B checkpoint would otherwise hold all of its 16 GB of file pages until the end.
+    #[cfg_attr(not(unix), allow(unused_variables))]
     fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
         let (start, end) = info.data_offsets;
         // SAFETY: the map is a read-only shared mapping of a file: MADV_DONTNEED only drops
-        // its pages from this process, and a later read faults them in again from the file,
-        // with the same contents. No slice of these bytes is borrowed here (`bytes`' result
+        // its pages from this process (whole pages, so parts of the header or a neighbouring
+        // tensor may go too), and a later read faults them in again from the file, with the
+        // same contents. No slice of these bytes is borrowed here (`bytes`' result
         // is used and dropped before this is called, under `&mut WeightFiles`). A failure
         // (an old kernel) only keeps the pages resident.
         #[cfg(unix)]

@@ -9,6 +9,7 @@ use feinschliff_data::dataset::load_dataset;
 use feinschliff_data::source::read_texts;
 use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_model::eval::{EvalReport, text_examples};
+use feinschliff_model::quant::BaseQuant;
 use feinschliff_train::bench::peak_rss_bytes;
 use feinschliff_train::packed_eval::evaluate_packed;
 use feinschliff_train::run_config::RunConfig;
@@ -85,7 +86,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 );
             }
             let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
-            let (loaded, device) = args.model.load(&tokenizer)?;
+            let (loaded, device) = args.model.load(&tokenizer, config.model.base_quant)?;
             loaded.check_examples(&loaded_data)?;
             let pad_id = tokenizer.pad_id();
             evaluate_packed(
@@ -100,7 +101,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (None, Some(data)) => {
             let texts = read_texts(std::slice::from_ref(data), &args.field)?;
             let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
-            let (loaded, device) = args.model.load(&tokenizer)?;
+            let (loaded, device) = args.model.load(&tokenizer, BaseQuant::None)?;
             let (examples, truncated) = text_examples(&tokenizer, &texts, args.max_len)
                 .with_context(|| format!("evaluating {}", data.display()))?;
             let pad_id = tokenizer.pad_id();

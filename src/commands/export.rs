@@ -161,12 +161,11 @@ fn run_merged(args: ExportMergedArgs) -> Result<()> {
     )?;
     let quant = merged.trained_quant.name();
     match (merged.own_base, merged.trained_quant) {
-        (true, BaseQuant::None) => {}
+        (_, BaseQuant::None) => {}
         (true, _) => println!(
             "merged into the {quant} base the run trained on, dequantized ({}); --base DIR merges into a full-precision original instead",
             merged.path.display()
         ),
-        (false, BaseQuant::None) => {}
         (false, _) => eprintln!(
             "warning: merged into {}, not the {quant} base the run trained on: this model differs from the one trained and evaluated",
             merged.path.display()

@@ -11,6 +11,7 @@ use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_model::backend::Device;
 use feinschliff_model::generate::{Sampling, TextStream, generate, generate_batch};
 use feinschliff_model::llama::Llama;
+use feinschliff_model::quant::BaseQuant;
 use serde_json::json;
 
 use super::model_args::ModelArgs;
@@ -85,7 +86,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         })
     };
     let ids = prompts.iter().map(encode).collect::<Result<Vec<_>>>()?;
-    let (loaded, device) = args.model.load(&tokenizer)?;
+    let (loaded, device) = args.model.load(&tokenizer, BaseQuant::None)?;
     let run = Generation {
         model: &loaded.model,
         eos: &loaded.eos_token_ids,

@@ -24,9 +24,10 @@ pub struct ModelArgs {
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
     /// Keep the model's projections quantized as a run with this `model.base_quant` did
-    /// (an adapter trained on a quantized base is evaluated on that base).
-    #[arg(long, default_value = "none", value_parser = parse_base_quant, value_name = "none|q8_0|q4_k|nf4")]
-    base_quant: BaseQuant,
+    /// (an adapter trained on a quantized base is evaluated on that base); default `none`, or
+    /// the configuration's with `eval --config`.
+    #[arg(long, value_parser = parse_base_quant, value_name = "none|q8_0|q4_k|nf4")]
+    base_quant: Option<BaseQuant>,
 }
 
 /// A `--base-quant` value.
@@ -36,12 +37,17 @@ fn parse_base_quant(text: &str) -> Result<BaseQuant, String> {
 }
 
 impl ModelArgs {
-    /// The model, with the adapter applied when one is given; refused when `tokenizer` can give
-    /// ids past its vocabulary.
-    pub fn load(&self, tokenizer: &TextTokenizer) -> Result<(HfModel, Device)> {
+    /// The model, with the adapter applied when one is given, its projections quantized as
+    /// `--base-quant` says, else as `default_quant`; refused when `tokenizer` can give ids past
+    /// its vocabulary.
+    pub fn load(
+        &self,
+        tokenizer: &TextTokenizer,
+        default_quant: BaseQuant,
+    ) -> Result<(HfModel, Device)> {
         let device = self.device.device();
         let storage = BaseStorage {
-            quant: self.base_quant,
+            quant: self.base_quant.unwrap_or(default_quant),
             ..BaseStorage::default()
         };
         let mut loaded = HfModel::load_as(&self.model, storage, &device)?;

@@ -371,7 +371,9 @@ impl RunConfig {
         shaping.train.generate_prompts = Vec::new();
         shaping.train.generate_max_new_tokens = 0;
         shaping.output = OutputSection::default();
-        format!("{:x}", Sha256::digest(shaping.to_toml().as_bytes()))
+        // A dense base hashes as before `model.base_quant` existed, so older runs resume.
+        let text = shaping.to_toml().replace("base_quant = \"none\"\n", "");
+        format!("{:x}", Sha256::digest(text.as_bytes()))
     }
 
     /// The configuration as TOML (what the run directory keeps).
@@ -459,6 +461,16 @@ mod tests {
     }
 
     #[cfg(feature = "flex")]
+    #[test]
+    fn a_quantized_base_changes_the_training_hash() {
+        let dense = RunConfig::parse(MINIMAL, &[]).unwrap();
+        let text = dense.to_toml();
+        assert!(text.contains("base_quant = \"none\"\n"), "{text}");
+        let mut quantized = dense.clone();
+        quantized.model.base_quant = BaseQuant::Q8_0;
+        assert_ne!(dense.training_hash(), quantized.training_hash());
+    }
+
     #[test]
     fn base_dtypes_resolve_and_refuse_bf16_products_on_flex() {
         let parse = |sets: &[&str]| {

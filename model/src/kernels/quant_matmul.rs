@@ -1,6 +1,7 @@
 //! Products with a quantized frozen weight `W` `[m, k]` (a [`QuantizedMatrix`]) that never
 //! hold `W` in f32: each task dequantizes a tile of at most [`TILE_ROWS`] × [`TILE_COLS`]
-//! values (512 KiB, cache-sized) into its own buffer and hands it to `gemm`, accumulating over
+//! values (512 KiB, cache-sized; the forward product keeps it transposed beside it) into its
+//! own buffer and hands it to `gemm`, accumulating over
 //! the tiles of its columns of the result into a buffer of its own; the columns are gathered
 //! into the result at the end. Both operands enter `gemm` in their stored orientation (the
 //! forward product dequantizes its tiles transposed), the layout `gemm` packs fastest.

@@ -111,6 +111,9 @@ impl BaseQuant {
             GgmlType::F16 => None,
             fitting => Some(BlockFormat::Ggml(fitting)),
         };
+        if cols == 0 {
+            return None;
+        }
         match self {
             Self::None => None,
             Self::Q8_0 => ggml(GgmlType::Q8_0),
