@@ -1,9 +1,9 @@
 //! Time of the tiled dequantizing products against the dense product of the same weight, per
-//! block format, at the shapes of a training step (`--n` rows of input) — what
+//! block format, at the shapes of a training step — what
 //! `model.base_quant` costs on this CPU, and where (dequantization alone is timed too).
 //!
-//! `cargo run --release -p feinschliff-model --example quant_products -- [N] [OUT] [IN]`
-//! (defaults: 2048 rows through SmolLM2's gate_proj, 1536 × 576).
+//! `cargo run --release -p feinschliff-model --example quant_products -- [N OUT IN]`
+//! (all three or none; default 2048 rows of input through SmolLM2's gate_proj, 1536 × 576).
 
 use std::time::Instant;
 
