@@ -8,7 +8,7 @@ use burn::tensor::{DType, Device, Tensor};
 
 use crate::Error;
 use crate::lora::LoraAdapter;
-use crate::product::{in_dtype, linear_hf};
+use crate::product::{in_dtype, linear_hf, linear_rows};
 use crate::quant::product::{dequantized, quantized_linear};
 use crate::quant::{BaseQuant, QuantizedMatrix};
 use crate::weights::WeightFiles;
@@ -131,15 +131,9 @@ impl Linear {
         let base = match self.frozen_weight() {
             FrozenWeight::Dense(weight) => linear_hf(x.clone(), weight, bias),
             FrozenWeight::Quantized(matrix) => {
-                let mut dims = x.dims();
-                let rows = dims[..D - 1].iter().product();
-                let flat = x.clone().reshape([rows, dims[D - 1]]);
-                let mut out = quantized_linear(flat, matrix, self.matmul_dtype);
-                if let Some(bias) = bias {
-                    out = out + bias.unsqueeze::<2>();
-                }
-                dims[D - 1] = matrix.dims()[0];
-                out.reshape(dims)
+                linear_rows(x.clone(), matrix.dims()[0], bias, |rows| {
+                    quantized_linear(rows, matrix, self.matmul_dtype)
+                })
             }
         };
         match &self.lora {

@@ -21,18 +21,30 @@ pub fn linear_hf<const D: usize>(
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
+    let dtype = x.dtype();
+    let out_features = weight.dims()[0];
+    linear_rows(x, out_features, bias, |rows| {
+        rows.cast(weight.dtype())
+            .matmul(weight.transpose())
+            .cast(dtype)
+    })
+}
+
+/// `product(rows of x) + b`, for a `product` that maps `[rows, in]` to `[rows, out_features]`:
+/// the last dimension of `x` replaced by `out_features`.
+pub fn linear_rows<const D: usize>(
+    x: Tensor<D>,
+    out_features: usize,
+    bias: Option<Tensor<1>>,
+    product: impl FnOnce(Tensor<2>) -> Tensor<2>,
+) -> Tensor<D> {
     let mut dims = x.dims();
     let rows: usize = dims[..D - 1].iter().product();
-    let dtype = x.dtype();
-    let out = x
-        .reshape([rows, dims[D - 1]])
-        .cast(weight.dtype())
-        .matmul(weight.transpose())
-        .cast(dtype);
+    let out = product(x.reshape([rows, dims[D - 1]]));
     let out = match bias {
         Some(bias) => out + bias.unsqueeze::<2>(),
         None => out,
     };
-    dims[D - 1] = out.dims()[1];
+    dims[D - 1] = out_features;
     out.reshape(dims)
 }

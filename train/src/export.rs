@@ -86,16 +86,17 @@ pub fn export_adapter(run_dir: &Path, which: &str, out: &Path) -> Result<PathBuf
 /// as `model.base_quant` says: the base the run trained on) with the adapter of checkpoint
 /// `which` attached, and the adapter's settings.
 pub fn load_run_model(run_dir: &Path, which: &str) -> Result<(HfModel, LoraSpec), Error> {
-    load_run_adapter_onto(run_dir, which, None)
+    let (model, spec, _) = load_run_adapter_onto(run_dir, which, None)?;
+    Ok((model, spec))
 }
 
 /// [`load_run_model`], onto the dense f32 model in `base` instead of the run's own base when
-/// given.
+/// given; also returns the run's configuration.
 fn load_run_adapter_onto(
     run_dir: &Path,
     which: &str,
     base: Option<&Path>,
-) -> Result<(HfModel, LoraSpec), Error> {
+) -> Result<(HfModel, LoraSpec, RunConfig), Error> {
     let source = resolve_checkpoint(run_dir, which)?;
     let config_path = run_dir.join("config.toml");
     let config = RunConfig::load(&config_path, &[])?;
@@ -117,7 +118,7 @@ fn load_run_adapter_onto(
     };
     let mut model = HfModel::load_as(path, storage, &device)?;
     let spec = load_adapter(&mut model.model, &source, &device)?;
-    Ok((model, spec))
+    Ok((model, spec, config))
 }
 
 /// What [`export_merged`] merged into.
@@ -144,8 +145,7 @@ pub fn export_merged(
     max_shard_bytes: usize,
     base: Option<&Path>,
 ) -> Result<MergedBase, Error> {
-    let (model, _) = load_run_adapter_onto(run_dir, which, base)?;
-    let config = RunConfig::load(&run_dir.join("config.toml"), &[])?;
+    let (model, _, config) = load_run_adapter_onto(run_dir, which, base)?;
     write_new_dir(out, |temp| {
         write_merged(
             &model.model,

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use feinschliff_data::config::{DataConfig, Files};
 
 use feinschliff_model::backend::DeviceChoice;
-use feinschliff_model::linear::BaseStorage;
 use feinschliff_model::lora::{LoraSpec, TARGET_MODULES};
 use feinschliff_model::quant::BaseQuant;
 
@@ -98,15 +97,6 @@ impl ModelSection {
             )));
         }
         Ok((self.base_dtype.resolve(device), products))
-    }
-
-    /// How the base is kept when loaded for training on `device`: the storage dtype of
-    /// [`ModelSection::base_dtypes`] and `base_quant`.
-    pub fn base_storage(&self, device: DeviceChoice) -> Result<BaseStorage, Error> {
-        Ok(BaseStorage {
-            dtype: self.base_dtypes(device)?.0,
-            quant: self.base_quant,
-        })
     }
 }
 

@@ -11,6 +11,7 @@ use feinschliff_data::format::Example;
 use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_model::backend::DeviceChoice;
 use feinschliff_model::io::hf::HfModel;
+use feinschliff_model::linear::BaseStorage;
 use feinschliff_model::llama::Llama;
 
 use crate::Error;
@@ -51,7 +52,10 @@ impl Session {
         let (storage_dtype, matmul_dtype) = config.model.base_dtypes(choice)?;
         let device = choice.device().autodiff();
         let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
-        let storage = config.model.base_storage(choice)?;
+        let storage = BaseStorage {
+            dtype: storage_dtype,
+            quant: config.model.base_quant,
+        };
         let loaded = HfModel::load_as(&config.model.path, storage, &device)?;
         loaded.check_tokenizer(&tokenizer)?;
         if loaded.eos_token_ids.is_empty() {
