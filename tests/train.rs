@@ -129,6 +129,36 @@ fn runs_on_a_quantized_base_resume_exactly() {
     }
 }
 
+/// A GGUF file as the base (`tiny_llama.gguf`, the tiny fixture converted by llama.cpp's
+/// rules, Q8_0 projections kept in their blocks): the run trains, resumes exactly, and gives
+/// the losses of the same run on its import (dense f32 of the same values) within 1e-4.
+#[test]
+fn runs_on_a_gguf_base_resume_exactly_and_match_its_import() {
+    let gguf = "model.path=\"tests/fixtures/gguf/tiny_llama.gguf\"";
+    check_exact_resume(&[gguf]);
+    let dir = tempfile::tempdir().unwrap();
+    let imported = dir.path().join("imported");
+    ok(&[
+        "import-gguf",
+        "tests/fixtures/gguf/tiny_llama.gguf",
+        imported.to_str().unwrap(),
+    ]);
+    let from_import = format!("model.path={:?}", imported.display().to_string());
+    let losses = |run: &str, set: &str| {
+        let run_dir = dir.path().join(run);
+        train(&run_dir, &[set], false);
+        step_losses(&run_dir)
+    };
+    let (on_gguf, on_import) = (losses("gguf", gguf), losses("import", &from_import));
+    assert_eq!(on_gguf.len(), 6);
+    for ((step, a), (_, b)) in on_gguf.iter().zip(&on_import) {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs(),
+            "step {step}: {a} against {b}"
+        );
+    }
+}
+
 /// A run of `configs/tiny.toml` with `sets`, resumed from its step-2 checkpoint, ends with the
 /// adapters and losses of the uninterrupted run.
 fn check_exact_resume(sets: &[&str]) {

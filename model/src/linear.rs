@@ -65,7 +65,9 @@ impl Linear {
     ) -> Result<Self, Error> {
         let weight_name = format!("{name}.weight");
         let dims = [out_features, in_features];
+        let stored_blocks = weights.take_blocks(&weight_name, dims)?;
         let (weight, quantized) = match storage.quant.format_for(in_features) {
+            _ if stored_blocks.is_some() => (None, stored_blocks.map(Arc::new)),
             Some(format) => {
                 let values = weights.take_values(&weight_name, dims)?;
                 let matrix =

@@ -17,7 +17,7 @@ use crate::Error;
 use crate::config::{LlamaConfig, PROJECTIONS};
 use crate::linear::{BaseStorage, Linear, frozen};
 use crate::lora::{LoraAdapter, LoraSpec, wants_adapter};
-use crate::product::{in_dtype, linear_hf};
+use crate::product::{concat, in_dtype, linear_hf, row_bands};
 use crate::rope::Rope;
 use crate::weights::WeightFiles;
 
@@ -573,14 +573,20 @@ impl Llama {
         self.model.norm.forward(x)
     }
 
-    /// The output head (the embedding when tied) in the dtype of its products.
-    pub fn head_weight(&self) -> Tensor<2> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.model.embed_tokens);
-        in_dtype(head.val(), self.head_matmul_dtype)
+    /// The output head (the embedding when tied) as stored; its products are computed in
+    /// [`Llama::head_matmul_dtype`], a band of rows at a time ([`row_bands`]).
+    pub fn head(&self) -> Tensor<2> {
+        self.lm_head
+            .as_ref()
+            .unwrap_or(&self.model.embed_tokens)
+            .val()
     }
 
     fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        linear_hf(hidden, self.head_weight(), None)
+        let head = self.head();
+        let bands = row_bands(&head, self.head_matmul_dtype);
+        let parts = bands.map(|(_, band)| linear_hf(hidden.clone(), band, None));
+        concat(parts.collect(), 2)
     }
 }
 

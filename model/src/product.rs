@@ -11,6 +11,33 @@ pub fn in_dtype<const D: usize>(tensor: Tensor<D>, dtype: DType) -> Tensor<D> {
     }
 }
 
+/// Rows of a stored matrix cast at a time by [`row_bands`]: 128 MiB of f32 at a width of 4096.
+pub const CAST_BAND_ROWS: usize = 8192;
+
+/// `w` `[rows, cols]` in bands of rows, each cast to `dtype` only when it is taken, with the
+/// index of its first row. A matrix stored in one dtype and multiplied in another (a bf16 base
+/// on flex, whose products are f32) thus never exists whole in the products' dtype; a matrix
+/// already in `dtype` is one band, itself.
+pub fn row_bands(w: &Tensor<2>, dtype: DType) -> impl Iterator<Item = (usize, Tensor<2>)> + '_ {
+    let rows = w.dims()[0];
+    let band = match w.dtype() == dtype {
+        true => rows.max(1),
+        false => CAST_BAND_ROWS,
+    };
+    (0..rows).step_by(band).map(move |start| {
+        let len = band.min(rows - start);
+        (start, in_dtype(w.clone().narrow(0, start, len), dtype))
+    })
+}
+
+/// The tensors of `parts` side by side along `dim`: the one part itself when there is one.
+pub fn concat<const D: usize>(mut parts: Vec<Tensor<D>>, dim: usize) -> Tensor<D> {
+    match parts.len() {
+        1 => parts.pop().expect("one part"),
+        _ => Tensor::cat(parts, dim),
+    }
+}
+
 /// `x Wᵀ + b` for a weight in HF layout `[out, in]`, computed in the weight's dtype (a bf16
 /// base computes in bf16) and returned in `x`'s. The rows of `x` are flattened into one
 /// 2-D product so the transposed weight goes to the matmul as a strided view: Burn's `linear`

@@ -15,6 +15,8 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 
 use crate::Error;
+use crate::io::gguf::base::GgufTensors;
+use crate::quant::QuantizedMatrix;
 
 /// The single-file checkpoint name.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -55,36 +57,44 @@ impl MappedFile {
         &self.map[self.data_start + start..self.data_start + end]
     }
 
-    /// Drops the pages of `info`'s bytes from the process's resident memory once they have been
-    /// read: a file-backed page stays resident (and counts in RSS) while mapped, so loading an
-    /// 8B checkpoint would otherwise hold all of its 16 GB of file pages until the end.
-    #[cfg_attr(not(unix), allow(unused_variables))]
+    /// Drops the pages of `info`'s bytes once read; see [`release_pages`].
     fn release(&self, info: &TensorInfo) {
-        #[cfg(unix)]
         let (start, end) = info.data_offsets;
-        // SAFETY: the map is a read-only shared mapping of a file: MADV_DONTNEED only drops
-        // its pages from this process (whole pages, so parts of the header or a neighbouring
-        // tensor may go too), and a later read faults them in again from the file, with the
-        // same contents. No slice of these bytes is borrowed here (`bytes`' result
-        // is used and dropped before this is called, under `&mut WeightFiles`). A failure
-        // (an old kernel) only keeps the pages resident.
-        #[cfg(unix)]
-        let _ = unsafe {
-            self.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                self.data_start + start,
-                end - start,
-            )
-        };
+        release_pages(&self.map, self.data_start + start..self.data_start + end);
     }
+}
+
+/// Drops the pages of `range` of a read-only file map from the process's resident memory once
+/// they have been read: a file-backed page stays resident (and counts in RSS) while mapped, so
+/// loading an 8B checkpoint would otherwise hold all of its 16 GB of file pages until the end.
+/// The caller holds no borrowed slice of these bytes.
+#[cfg_attr(not(unix), allow(unused_variables))]
+pub(crate) fn release_pages(map: &Mmap, range: std::ops::Range<usize>) {
+    // SAFETY: the map is a read-only shared mapping of a file: MADV_DONTNEED only drops its
+    // pages from this process (whole pages, so parts of a header or a neighbouring tensor may
+    // go too), and a later read faults them in again from the file, with the same contents.
+    // A failure (an old kernel) only keeps the pages resident.
+    #[cfg(unix)]
+    let _ = unsafe {
+        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len())
+    };
 }
 
 /// The checkpoint's tensors, handed out by name.
 pub struct WeightFiles {
-    files: Vec<MappedFile>,
-    /// Tensor name -> index into `files`.
-    location: BTreeMap<String, usize>,
+    source: Source,
     taken: BTreeSet<String>,
+}
+
+/// Where the tensors are.
+enum Source {
+    /// Safetensors files, with tensor name -> index into `files`.
+    Safetensors {
+        files: Vec<MappedFile>,
+        location: BTreeMap<String, usize>,
+    },
+    /// A GGUF file, read under Hugging Face names.
+    Gguf(Box<GgufTensors>),
 }
 
 impl WeightFiles {
@@ -122,11 +132,7 @@ impl WeightFiles {
         if let Some((index, declared)) = declared {
             check_index(&index, &declared, &files, &location)?;
         }
-        Ok(Self {
-            files,
-            location,
-            taken: BTreeSet::new(),
-        })
+        Ok(Self::of(Source::Safetensors { files, location }))
     }
 
     /// Opens one safetensors file (an adapter, say) with the same bookkeeping.
@@ -141,16 +147,30 @@ impl WeightFiles {
             .into_keys()
             .map(|name| (name, 0))
             .collect();
-        Ok(Self {
+        Ok(Self::of(Source::Safetensors {
             files: vec![file],
             location,
+        }))
+    }
+
+    /// The tensors of a GGUF file, under their Hugging Face names.
+    pub fn gguf(tensors: GgufTensors) -> Self {
+        Self::of(Source::Gguf(Box::new(tensors)))
+    }
+
+    fn of(source: Source) -> Self {
+        Self {
+            source,
             taken: BTreeSet::new(),
-        })
+        }
     }
 
     /// Whether the checkpoint has a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
-        self.location.contains_key(name)
+        match &self.source {
+            Source::Safetensors { location, .. } => location.contains_key(name),
+            Source::Gguf(tensors) => tensors.contains(name),
+        }
     }
 
     /// Takes tensor `name` as f32 on `device`, checking its shape; each tensor is taken once.
@@ -170,58 +190,98 @@ impl WeightFiles {
         name: &str,
         shape: [usize; D],
     ) -> Result<Vec<f32>, Error> {
-        let file = self.location.get(name).map(|&i| &self.files[i]);
-        let Some(file) = file else {
-            return Err(Error::tensor(self.path_of(name), name, "is missing"));
+        self.check_shape(name, &shape)?;
+        let values = match &self.source {
+            Source::Safetensors { files, location } => {
+                let file = &files[location[name]];
+                let info = file.metadata.info(name).expect("indexed from this header");
+                let values = to_f32(info.dtype, file.bytes(info)).map_err(|message| {
+                    Error::tensor(&file.path, name, format!("cannot be read: {message}"))
+                })?;
+                file.release(info);
+                values
+            }
+            Source::Gguf(tensors) => tensors.values(name)?,
         };
-        let info = file
-            .metadata
-            .info(name)
-            .expect("name indexed from this file's header");
-        if info.shape != shape {
-            return Err(Error::tensor(
-                &file.path,
-                name,
-                format!("has shape {:?}, the model expects {:?}", info.shape, shape),
-            ));
-        }
-        let values = to_f32(info.dtype, file.bytes(info)).map_err(|message| {
-            Error::tensor(&file.path, name, format!("cannot be read: {message}"))
-        })?;
-        if !self.taken.insert(name.to_string()) {
-            return Err(Error::tensor(&file.path, name, "taken twice"));
-        }
-        file.release(info);
+        self.mark_taken(name)?;
         Ok(values)
+    }
+
+    /// Takes matrix `name` as the quantized blocks it is stored in, when it is (a GGUF file's
+    /// Q8_0, Q4_K, ... tensors); `None`, leaving it to [`WeightFiles::take_values`], when it
+    /// is stored dense.
+    pub fn take_blocks(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+    ) -> Result<Option<QuantizedMatrix>, Error> {
+        let Source::Gguf(tensors) = &self.source else {
+            return Ok(None);
+        };
+        self.check_shape(name, &shape)?;
+        let Some(matrix) = tensors.blocks(name)? else {
+            return Ok(None);
+        };
+        self.mark_taken(name)?;
+        Ok(Some(matrix))
+    }
+
+    /// An error unless the checkpoint holds `name` in `shape`.
+    fn check_shape(&self, name: &str, shape: &[usize]) -> Result<(), Error> {
+        let stored = match &self.source {
+            Source::Safetensors { files, location } => location.get(name).map(|&i| {
+                let info = files[i].metadata.info(name).expect("indexed");
+                info.shape.clone()
+            }),
+            Source::Gguf(tensors) => tensors.shape(name),
+        };
+        match stored {
+            None => Err(Error::tensor(self.path_of(name), name, "is missing")),
+            Some(stored) if stored != shape => Err(Error::tensor(
+                self.path_of(name),
+                name,
+                format!("has shape {stored:?}, the model expects {shape:?}"),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn mark_taken(&mut self, name: &str) -> Result<(), Error> {
+        match self.taken.insert(name.to_string()) {
+            true => Ok(()),
+            false => Err(Error::tensor(self.path_of(name), name, "taken twice")),
+        }
     }
 
     /// The file holding tensor `name`, or every file's path when none holds it (for errors).
     pub fn path_of(&self, name: &str) -> PathBuf {
-        match self.location.get(name) {
-            Some(&i) => self.files[i].path.clone(),
-            None => {
-                let paths: Vec<String> = self
-                    .files
-                    .iter()
-                    .map(|f| f.path.display().to_string())
-                    .collect();
-                PathBuf::from(paths.join(", "))
-            }
+        match &self.source {
+            Source::Gguf(tensors) => tensors.path().to_path_buf(),
+            Source::Safetensors { files, location } => match location.get(name) {
+                Some(&i) => files[i].path.clone(),
+                None => {
+                    let paths: Vec<String> =
+                        files.iter().map(|f| f.path.display().to_string()).collect();
+                    PathBuf::from(paths.join(", "))
+                }
+            },
         }
     }
 
     /// Ends loading: every tensor that the model did not take is an error naming it.
     pub fn finish(self) -> Result<(), Error> {
-        let unused: Vec<(&String, usize)> = self
-            .location
-            .iter()
-            .filter(|(name, _)| !self.taken.contains(*name) && !is_known_leftover(name))
-            .map(|(name, &file)| (name, file))
+        let names: Vec<&String> = match &self.source {
+            Source::Safetensors { location, .. } => location.keys().collect(),
+            Source::Gguf(tensors) => tensors.names().collect(),
+        };
+        let unused: Vec<&String> = names
+            .into_iter()
+            .filter(|name| !self.taken.contains(*name) && !is_known_leftover(name))
             .collect();
         match unused.first() {
             None => Ok(()),
-            Some((name, file)) => Err(Error::tensor(
-                &self.files[*file].path,
+            Some(name) => Err(Error::tensor(
+                self.path_of(name),
                 name,
                 format!(
                     "is not used by the model{}",

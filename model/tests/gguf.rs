@@ -208,7 +208,6 @@ fn unknown_tensor_types_are_named() {
 /// Imports `{name}.gguf` and checks it against `{name}_expected.*`: config keys, logits within
 /// 1e-4 of transformers' for the same GGUF, and the tokenizer checks. Returns the model dir.
 fn check_import(name: &str, dir: &Path) -> PathBuf {
-    use burn::tensor::{Device, Int, Tensor, TensorData};
     use feinschliff_data::tokenize::TextTokenizer;
     use feinschliff_model::io::gguf::import::import_gguf;
     use feinschliff_model::io::hf::HfModel;
@@ -224,8 +223,19 @@ fn check_import(name: &str, dir: &Path) -> PathBuf {
             _ => assert_eq!(config[key], *value, "{name}: config key `{key}`"),
         }
     }
+    let model = HfModel::load(&out, &burn::tensor::Device::flex()).unwrap();
+    check_logits(&model, name);
+    let tokenizer = TextTokenizer::from_model_dir(&out).unwrap();
+    assert_tokenizer_checks(&tokenizer, &expected["tokenizer_checks"], 8);
+    out
+}
+
+/// `model`'s logits within 1e-4 of `{name}_expected.safetensors`' (transformers' for the same
+/// GGUF) on its input ids.
+fn check_logits(model: &feinschliff_model::io::hf::HfModel, name: &str) {
+    use burn::tensor::{Device, Int, Tensor, TensorData};
+
     let device = Device::flex();
-    let model = HfModel::load(&out, &device).unwrap();
     let bytes = std::fs::read(fixture(&format!("{name}_expected.safetensors"))).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let ids: Vec<i64> = file
@@ -256,9 +266,53 @@ fn check_import(name: &str, dir: &Path) -> PathBuf {
         .zip(&logits)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(worst <= 1e-4, "{name}: max |Δlogit| {worst:e}");
-    let tokenizer = TextTokenizer::from_model_dir(&out).unwrap();
-    assert_tokenizer_checks(&tokenizer, &expected["tokenizer_checks"], 8);
-    out
+}
+
+/// The tiny Llama GGUF named as the base, without an import: its Q8_0 projections keep their
+/// blocks (q/k rows moved back to HF order), its F16 ones are dense, and the model gives
+/// transformers' logits for the same file. Its config and tokenizer files are the import's.
+#[test]
+fn a_gguf_base_keeps_its_blocks_and_gives_transformers_logits() {
+    use feinschliff_model::io::gguf::base::ModelFiles;
+    use feinschliff_model::io::gguf::import::import_gguf;
+    use feinschliff_model::io::hf::HfModel;
+    use feinschliff_model::io::safetensors_out::StoreDtype;
+    use feinschliff_model::linear::BaseStorage;
+
+    let path = fixture("tiny_llama.gguf");
+    let device = burn::tensor::Device::flex();
+    let model = HfModel::load_as(&path, BaseStorage::default(), &device).unwrap();
+    check_logits(&model, "tiny_llama");
+    let stored: Vec<(String, Option<String>)> = model
+        .model
+        .projections()
+        .into_iter()
+        .map(|(name, proj)| (name, proj.quantized.as_ref().map(|m| m.format().name())))
+        .collect();
+    for (name, format) in &stored {
+        // attn_v and blk.1.ffn_up are F16 in the file, every other projection Q8_0.
+        let dense = name.ends_with("v_proj") || name == "model.layers.1.mlp.up_proj";
+        let want = (!dense).then(|| "Q8_0".to_string());
+        assert_eq!(format, &want, "{name}");
+    }
+    assert_eq!(model.eos_token_ids, [2]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let imported = dir.path().join("imported");
+    import_gguf(&path, &imported, StoreDtype::F32).unwrap();
+    let files = ModelFiles::of(&path).unwrap();
+    for file in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        let read = |dir: &Path| std::fs::read(dir.join(file)).unwrap();
+        assert_eq!(read(files.dir()), read(&imported), "{file}");
+    }
+    let temp = files.dir().to_path_buf();
+    drop(files);
+    assert!(!temp.exists(), "the temporary files outlive their owner");
 }
 
 fn read_json(path: &Path) -> serde_json::Value {

@@ -9,6 +9,7 @@ use feinschliff_data::dataset::load_dataset;
 use feinschliff_data::source::read_texts;
 use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_model::eval::{EvalReport, text_examples};
+use feinschliff_model::io::gguf::base::ModelFiles;
 use feinschliff_model::quant::BaseQuant;
 use feinschliff_train::bench::peak_rss_bytes;
 use feinschliff_train::packed_eval::evaluate_packed;
@@ -77,7 +78,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let report = match (&args.config, &args.data) {
         (Some(config), _) => {
             let config = RunConfig::load(config, &args.overrides)?;
-            let loaded_data = load_dataset(&config.data, &args.model.model)?;
+            let files = ModelFiles::of(&args.model.model)?;
+            let loaded_data = load_dataset(&config.data, files.dir())?;
             let data = &loaded_data.data;
             if data.valid.is_empty() {
                 anyhow::bail!(
@@ -85,7 +87,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                     args.config.as_ref().expect("config").display()
                 );
             }
-            let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
+            let tokenizer = TextTokenizer::from_model_dir(files.dir())?;
             let (loaded, device) = args.model.load(&tokenizer, config.model.base_quant)?;
             loaded.check_examples(&loaded_data)?;
             let pad_id = tokenizer.pad_id();
@@ -100,7 +102,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         (None, Some(data)) => {
             let texts = read_texts(std::slice::from_ref(data), &args.field)?;
-            let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
+            let files = ModelFiles::of(&args.model.model)?;
+            let tokenizer = TextTokenizer::from_model_dir(files.dir())?;
             let (loaded, device) = args.model.load(&tokenizer, BaseQuant::None)?;
             let (examples, truncated) = text_examples(&tokenizer, &texts, args.max_len)
                 .with_context(|| format!("evaluating {}", data.display()))?;

@@ -10,6 +10,7 @@ use feinschliff_data::template::{ChatTemplate, Message};
 use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_model::backend::Device;
 use feinschliff_model::generate::{Sampling, TextStream, generate, generate_batch};
+use feinschliff_model::io::gguf::base::ModelFiles;
 use feinschliff_model::llama::Llama;
 use feinschliff_model::quant::BaseQuant;
 use serde_json::json;
@@ -66,7 +67,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
+    let files = ModelFiles::of(&args.model.model)?;
+    let tokenizer = TextTokenizer::from_model_dir(files.dir())?;
     let prompts = match (&args.prompt, &args.prompts_file) {
         (Some(prompt), _) => vec![prompt.clone()],
         (None, Some(file)) => read_prompts(file)?,

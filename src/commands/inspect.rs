@@ -11,6 +11,7 @@ use feinschliff_data::inspect::{Marking, highlight};
 use feinschliff_data::pack::{pack, packing_efficiency};
 use feinschliff_data::prepared::SplitStats;
 use feinschliff_data::tokenize::TextTokenizer;
+use feinschliff_model::io::gguf::base::ModelFiles;
 use feinschliff_train::run_config::RunConfig;
 
 /// Arguments of `data inspect`.
@@ -31,8 +32,9 @@ pub struct InspectArgs {
 pub fn run(args: InspectArgs) -> Result<()> {
     let config = RunConfig::load(&args.config, &args.overrides)?;
     let data = &config.data;
-    let loaded = load_dataset(data, &config.model.path)?;
-    let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
+    let files = ModelFiles::of(&config.model.path)?;
+    let loaded = load_dataset(data, files.dir())?;
+    let tokenizer = TextTokenizer::from_model_dir(files.dir())?;
     let marking = match std::io::stdout().is_terminal() {
         true => Marking::Colour,
         false => Marking::Brackets,

@@ -14,7 +14,7 @@ use feinschliff_model::quant::BaseQuant;
 /// The model, its device and an optional adapter.
 #[derive(Args)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json), or a GGUF file.
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     /// Compute backend.

@@ -123,7 +123,7 @@ fn load_run_adapter_onto(
 
 /// What [`export_merged`] merged into.
 pub struct MergedBase {
-    /// The model directory the base came from.
+    /// The model directory (or GGUF file) the base came from.
     pub path: PathBuf,
     /// How the run kept its base (`none` when it trained on a dense one).
     pub trained_quant: BaseQuant,
@@ -157,7 +157,7 @@ pub fn export_merged(
         )
     })?;
     Ok(MergedBase {
-        path: model.dir,
+        path: base.map_or_else(|| config.model.path.clone(), Path::to_path_buf),
         trained_quant: config.model.base_quant,
         own_base: base.is_none(),
     })

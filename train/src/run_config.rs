@@ -258,7 +258,10 @@ impl RunConfig {
         let (lora, train, data) = (&self.lora, &self.train, &self.data);
         let fail = |key: &str, why: String| Err(Error::config(key, why));
         if self.model.path.as_os_str().is_empty() {
-            return fail("model.path", "must name a model directory".into());
+            return fail(
+                "model.path",
+                "must name a model directory or a .gguf file".into(),
+            );
         }
         data.validate()?;
         if lora.r == 0 {

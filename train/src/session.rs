@@ -10,6 +10,7 @@ use feinschliff_data::dataset::{Loaded, load_dataset};
 use feinschliff_data::format::Example;
 use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_model::backend::DeviceChoice;
+use feinschliff_model::io::gguf::base::ModelFiles;
 use feinschliff_model::io::hf::HfModel;
 use feinschliff_model::linear::BaseStorage;
 use feinschliff_model::llama::Llama;
@@ -51,7 +52,10 @@ impl Session {
         let choice: DeviceChoice = config.model.device.parse().map_err(Error::Usage)?;
         let (storage_dtype, matmul_dtype) = config.model.base_dtypes(choice)?;
         let device = choice.device().autodiff();
-        let tokenizer = TextTokenizer::from_model_dir(&config.model.path)?;
+        // The tokenizer and the data first: a missing data file fails before a long load.
+        let files = ModelFiles::of(&config.model.path)?;
+        let tokenizer = TextTokenizer::from_model_dir(files.dir())?;
+        let data = load_dataset(&config.data, files.dir())?;
         let storage = BaseStorage {
             dtype: storage_dtype,
             quant: config.model.base_quant,
@@ -64,7 +68,6 @@ impl Session {
                 "the model names no EOS token (config.json / generation_config.json)",
             ));
         }
-        let data = load_dataset(&config.data, &config.model.path)?;
         loaded.check_examples(&data)?;
         let mut model = loaded.model;
         model.set_base_dtypes(storage_dtype, matmul_dtype);

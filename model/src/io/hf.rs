@@ -10,6 +10,9 @@ use serde::Deserialize;
 
 use crate::Error;
 use crate::config::{LlamaConfig, TokenIds};
+use crate::io::gguf::base::{GgufTensors, ModelFiles, is_gguf};
+use crate::io::gguf::import::GgufModel;
+use crate::io::safetensors_out::StoreDtype;
 use crate::json::parse_json;
 use crate::linear::BaseStorage;
 use crate::llama::Llama;
@@ -17,8 +20,11 @@ use crate::weights::WeightFiles;
 
 /// A loaded model with what generation needs to know about it.
 pub struct HfModel {
-    /// The directory it came from.
+    /// The directory of its config and tokenizer files: the model directory, or for a GGUF
+    /// file a temporary one that lives as long as this model.
     pub dir: PathBuf,
+    /// What `dir` is made of (a GGUF file's temporary directory, removed when dropped).
+    pub files: ModelFiles,
     /// The architecture.
     pub config: LlamaConfig,
     /// The frozen base model.
@@ -35,25 +41,48 @@ impl HfModel {
     }
 
     /// [`HfModel::load`] with the frozen matrices kept as `storage` says (dtype, quantization),
-    /// each converted as it is read.
-    pub fn load_as(dir: &Path, storage: BaseStorage, device: &Device) -> Result<Self, Error> {
-        if !dir.is_dir() {
-            return Err(Error::invalid(dir, "not a model directory"));
-        }
+    /// each converted as it is read. `path` is a model directory or a GGUF file, whose
+    /// quantized projections keep their blocks ([`crate::io::gguf::base`]).
+    pub fn load_as(path: &Path, storage: BaseStorage, device: &Device) -> Result<Self, Error> {
+        let (files, weights) = match is_gguf(path) {
+            true => {
+                let gguf = GgufModel::read(path, StoreDtype::F32)?;
+                let files = ModelFiles::of_gguf(&gguf)?;
+                (files, WeightFiles::gguf(GgufTensors::of(gguf)))
+            }
+            false if !path.is_dir() => {
+                return Err(Error::invalid(
+                    path,
+                    "not a model directory (nor a .gguf file)",
+                ));
+            }
+            false => (ModelFiles::of(path)?, WeightFiles::open(path)?),
+        };
+        Self::load_from(files, weights, storage, device)
+    }
+
+    /// The model of config and tokenizer `files` and checkpoint `weights`.
+    fn load_from(
+        files: ModelFiles,
+        mut weights: WeightFiles,
+        storage: BaseStorage,
+        device: &Device,
+    ) -> Result<Self, Error> {
+        let dir = files.dir().to_path_buf();
         let config_path = dir.join("config.json");
         if !config_path.exists() {
             return Err(Error::invalid(&config_path, "not found"));
         }
         let config = LlamaConfig::from_file(&config_path)?;
-        let mut weights = WeightFiles::open(dir)?;
         let model = Llama::load(&config, &mut weights, storage, device)?;
         weights.finish()?;
-        let eos_token_ids = match generation_eos_ids(dir)? {
+        let eos_token_ids = match generation_eos_ids(&dir)? {
             Some(ids) => ids,
             None => config.eos_token_ids.clone(),
         };
         Ok(Self {
-            dir: dir.to_path_buf(),
+            dir,
+            files,
             config,
             model,
             eos_token_ids,

@@ -25,9 +25,9 @@ use feinschliff_model::llama::{DecoderLayer, Llama, RmsNorm};
 use crate::pass::dropout_mask::{Dropout, child_seed};
 use crate::pass::linear::{linear_backward, linear_forward};
 use crate::pass::ops::{
-    KeyMask, RopeTables, Shape, attention_backward, attention_forward, embedding_rows, from_heads,
-    head_loss_backward, rms_norm, rms_norm_backward, rotate_to_heads, silu_mul, silu_mul_backward,
-    to_heads, unrotate_from_heads,
+    Head, KeyMask, RopeTables, Shape, attention_backward, attention_forward, embedding_rows,
+    from_heads, head_loss_backward, rms_norm, rms_norm_backward, rotate_to_heads, silu_mul,
+    silu_mul_backward, to_heads, unrotate_from_heads,
 };
 
 /// Adapter gradients summed over micro-batches, in the order they were first produced (so
@@ -91,10 +91,10 @@ pub fn forward_backward(
         tapes.push(tape);
         x = out;
     }
-    let head = model.head_weight().inner();
     let normed = rms_norm(&model.model.norm, x.clone());
     let targets = shifted_targets(batch);
-    let (loss, d_normed) = head_loss_backward(normed, head, &targets, loss_scale, device);
+    let head = Head::of(model);
+    let (loss, d_normed) = head_loss_backward(normed, &head, &targets, loss_scale, device);
     let forward_seconds = started.elapsed().as_secs_f64();
 
     let started = std::time::Instant::now();

@@ -7,7 +7,7 @@ use feinschliff_data::batch::Batch;
 use feinschliff_model::llama::Llama;
 
 use crate::pass::backprop::{LayerMasks, Pass, layer_forward, shifted_targets};
-use crate::pass::ops::{head_loss, rms_norm};
+use crate::pass::ops::{Head, head_loss, rms_norm};
 
 /// `Σ −log p(label)` over the scored tokens of `batch` (labels shifted by one, `-100`
 /// ignored), with the adapters on and no dropout; `device` is the device without autodiff.
@@ -18,6 +18,5 @@ pub fn loss_sum(model: &Llama, batch: &Batch, device: &Device) -> f64 {
         x = layer_forward(layer, x, &pass, &masks).0;
     }
     let normed = rms_norm(&model.model.norm, x);
-    let head = model.head_weight().inner();
-    head_loss(normed, head, &shifted_targets(batch), device)
+    head_loss(normed, &Head::of(model), &shifted_targets(batch), device)
 }

@@ -14,7 +14,7 @@ use burn::tensor::Tensor;
 use super::dequant::GgmlType;
 use super::export::{GgufSummary, gguf_architecture};
 use super::names::gguf_name;
-use super::qk_permute::{permute_rows, permutes_qk};
+use super::qk_permute::{permute_rows, qk_heads};
 use super::quantize::quantize;
 use super::writer::{MetaValue, TensorEntry, write_gguf};
 use crate::Error;
@@ -66,12 +66,7 @@ pub fn write_adapter_gguf(
         let Some(lora) = &linear.lora else { continue };
         let base = gguf_name(&format!("{path}.weight"))
             .ok_or_else(|| Error::Usage(format!("adapter: `{path}` has no GGUF name")))?;
-        let heads = match path.rsplit('.').next() {
-            _ if !permutes_qk(config.family) => 0,
-            Some("q_proj") => config.num_attention_heads,
-            Some("k_proj") => config.num_key_value_heads,
-            _ => 0,
-        };
+        let heads = qk_heads(config, &format!("{path}.weight")).unwrap_or(0);
         for (suffix, tensor, heads) in [
             ("lora_a", lora.lora_a.val(), 0),
             ("lora_b", lora.lora_b.val(), heads),

@@ -12,7 +12,7 @@ use burn::tensor::Tensor;
 use super::dequant::GgmlType;
 use super::file_type::{GgufFileType, storage_types};
 use super::names::gguf_name;
-use super::qk_permute::{permute_rows, permutes_qk};
+use super::qk_permute::{permute_rows, qk_heads};
 use super::quantize::quantize;
 use super::rope_freqs::llama3_factors;
 use super::vocab::vocab_metadata;
@@ -185,11 +185,8 @@ fn tensor_values(config: &LlamaConfig, hf: &str, tensor: &Tensor<2>) -> Result<V
         .clone()
         .try_into_vec_as::<f32>()
         .map_err(|e| Error::Usage(format!("cannot read tensor `{hf}`: {e:?}")))?;
-    let heads = match hf {
-        _ if !permutes_qk(config.family) => return Ok(values),
-        _ if hf.contains(".self_attn.q_proj.") => config.num_attention_heads,
-        _ if hf.contains(".self_attn.k_proj.") => config.num_key_value_heads,
-        _ => return Ok(values),
+    let Some(heads) = qk_heads(config, hf) else {
+        return Ok(values);
     };
     let rows = match hf.ends_with(".bias") {
         true => values.len(),

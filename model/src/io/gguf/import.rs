@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value as Json, json};
 
 use super::names::hf_name;
-use super::qk_permute::{permutes_qk, unpermute_rows};
+use super::qk_permute::{qk_heads, unpermute_rows};
 use super::tokenizer::{TokenizerFiles, convert_tokenizer};
 use super::{GgufFile, Value, rope_freqs};
 use crate::Error;
@@ -38,9 +38,61 @@ pub struct ImportSummary {
 }
 
 /// The architecture read from `{arch}.*` metadata: validated, and as `config.json` text.
-struct Arch {
-    config: LlamaConfig,
-    json: Json,
+pub(crate) struct Arch {
+    /// The validated architecture.
+    pub config: LlamaConfig,
+    /// Its `config.json`.
+    pub json: Json,
+}
+
+/// A GGUF file with what its metadata and tensor directory say as a Hugging Face model.
+pub(crate) struct GgufModel {
+    /// The open file.
+    pub file: GgufFile,
+    /// The architecture.
+    pub arch: Arch,
+    /// GGUF tensor name -> (HF name, row-major shape), every tensor checked against `arch`.
+    pub names: BTreeMap<String, (String, Vec<usize>)>,
+    /// The tokenizer as `tokenizer.json` and `tokenizer_config.json`.
+    pub tokenizer: TokenizerFiles,
+}
+
+impl GgufModel {
+    /// Opens `gguf` and reads its architecture, tensor names and tokenizer; `dtype` is the
+    /// `torch_dtype` its `config.json` names. Errors name the file.
+    pub fn read(gguf: &Path, dtype: StoreDtype) -> Result<Self, Error> {
+        let file = GgufFile::open(gguf)?;
+        let bad = |message: String| Error::invalid(gguf, message);
+        let arch = architecture(&file, dtype).map_err(bad)?;
+        let names = hf_names(&file, &arch.config).map_err(bad)?;
+        let tokenizer = convert_tokenizer(&file.metadata, &arch.json).map_err(bad)?;
+        Ok(Self {
+            file,
+            arch,
+            names,
+            tokenizer,
+        })
+    }
+
+    /// Writes the model's files other than its weights into `dir`: `config.json`,
+    /// `generation_config.json`, `tokenizer.json`, `tokenizer_config.json`.
+    pub fn write_files(&self, dir: &Path) -> Result<(), Error> {
+        let write_json = |name: &str, value: &Json| {
+            let path = dir.join(name);
+            let text = serde_json::to_string_pretty(value).expect("JSON serializes") + "\n";
+            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+        };
+        let json = &self.arch.json;
+        write_json("config.json", json)?;
+        let generation = json!({
+            "bos_token_id": json["bos_token_id"],
+            "eos_token_id": json["eos_token_id"],
+            "pad_token_id": json["pad_token_id"],
+        });
+        write_json("generation_config.json", &generation)?;
+        write_json("tokenizer.json", &self.tokenizer.tokenizer)?;
+        write_json("tokenizer_config.json", &self.tokenizer.tokenizer_config)
+    }
 }
 
 /// The `config.json` keys the import derives from GGUF metadata or tensors, with where they
@@ -78,52 +130,26 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, dtype: StoreDtype) -> Result<Imp
             "already exists; remove it or choose another output directory",
         ));
     }
-    let file = GgufFile::open(gguf)?;
-    let bad = |message: String| Error::invalid(gguf, message);
-    let arch = architecture(&file, dtype).map_err(bad)?;
-    let names = hf_names(&file, &arch.config).map_err(bad)?;
-    let tokenizer = convert_tokenizer(&file.metadata, &arch.json).map_err(bad)?;
-
-    write_new_dir(out_dir, |temp| {
-        write_model_dir(&file, &arch, &names, &tokenizer, dtype, temp)
-    })?;
-    let parameters = names
+    let model = GgufModel::read(gguf, dtype)?;
+    write_new_dir(out_dir, |temp| write_model_dir(&model, dtype, temp))?;
+    let parameters = model
+        .names
         .values()
         .map(|(_, shape)| shape.iter().product::<usize>())
         .sum();
     Ok(ImportSummary {
         out_dir: out_dir.to_path_buf(),
-        tensors: names.len(),
+        tensors: model.names.len(),
         parameters,
-        notes: tokenizer.notes,
+        notes: model.tokenizer.notes,
     })
 }
 
-fn write_model_dir(
-    file: &GgufFile,
-    arch: &Arch,
-    names: &BTreeMap<String, (String, Vec<usize>)>,
-    tokenizer: &TokenizerFiles,
-    dtype: StoreDtype,
-    dir: &Path,
-) -> Result<(), Error> {
-    let write_json = |name: &str, value: &Json| {
-        let path = dir.join(name);
-        let text = serde_json::to_string_pretty(value).expect("JSON serializes") + "\n";
-        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
-    };
-    write_json("config.json", &arch.json)?;
-    let generation = json!({
-        "bos_token_id": arch.json["bos_token_id"],
-        "eos_token_id": arch.json["eos_token_id"],
-        "pad_token_id": arch.json["pad_token_id"],
-    });
-    write_json("generation_config.json", &generation)?;
-    write_json("tokenizer.json", &tokenizer.tokenizer)?;
-    write_json("tokenizer_config.json", &tokenizer.tokenizer_config)?;
-
+fn write_model_dir(model: &GgufModel, dtype: StoreDtype, dir: &Path) -> Result<(), Error> {
+    model.write_files(dir)?;
     // HF name -> (GGUF name, shape), written in HF name order.
-    let by_hf: BTreeMap<&String, (&String, &Vec<usize>)> = names
+    let by_hf: BTreeMap<&String, (&String, &Vec<usize>)> = model
+        .names
         .iter()
         .map(|(gguf_name, (hf, shape))| (hf, (gguf_name, shape)))
         .collect();
@@ -133,15 +159,10 @@ fn write_model_dir(
         .collect();
     write_safetensors(&dir.join("model.safetensors"), &shapes, dtype, |hf_name| {
         let (gguf_name, shape) = by_hf[&hf_name.to_string()];
-        let values = file.tensor_f32(gguf_name)?;
-        Ok(if !permutes_qk(arch.config.family) {
-            values
-        } else if hf_name.contains(".self_attn.q_proj.") {
-            unpermute_rows(&values, shape[0], arch.config.num_attention_heads)
-        } else if hf_name.contains(".self_attn.k_proj.") {
-            unpermute_rows(&values, shape[0], arch.config.num_key_value_heads)
-        } else {
-            values
+        let values = model.file.tensor_f32(gguf_name)?;
+        Ok(match qk_heads(&model.arch.config, hf_name) {
+            Some(heads) => unpermute_rows(&values, shape[0], heads),
+            None => values,
         })
     })
 }

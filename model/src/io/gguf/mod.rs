@@ -3,6 +3,7 @@
 //! Tensor data is memory-mapped and dequantized on request.
 
 pub mod adapter;
+pub mod base;
 pub mod dequant;
 pub mod export;
 pub mod file_type;
@@ -117,6 +118,14 @@ impl GgufFile {
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, Error> {
         let (info, bytes) = self.tensor_bytes(name)?;
         Ok(dequantize(info.ty, bytes))
+    }
+
+    /// Drops the pages of tensor `name`'s bytes from resident memory once they have been read
+    /// (see [`crate::weights::release_pages`]).
+    pub fn release(&self, name: &str) {
+        if let Some(info) = self.tensors.get(name) {
+            crate::weights::release_pages(&self.map, info.range.clone());
+        }
     }
 
     /// Tensor `name` as stored: its directory entry and its bytes.

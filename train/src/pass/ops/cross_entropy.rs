@@ -3,22 +3,76 @@
 //! turns each chunk's logits into their gradient in place; elsewhere Burn operations compute
 //! the log-softmax and the loss stays on the device until the end.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use feinschliff_data::batch::IGNORE_INDEX;
 use feinschliff_model::kernels::cpu as cpu_kernels;
 use feinschliff_model::kernels::host_tensor::{HostTensor, is_host};
+use feinschliff_model::llama::Llama;
+use feinschliff_model::product::{concat, row_bands};
 
-use super::matmul::{Read, embedding_rows, matmul};
+use super::matmul::{Read, add_matmul, embedding_rows, matmul};
 
 /// Rows of the output head computed at once: `rows × vocab` floats of logits.
 const HEAD_CHUNK_ROWS: usize = 256;
+
+/// The output head `[vocab, width]` as stored, and the dtype of its products. A head stored in
+/// another dtype (bf16 on flex, which multiplies in f32) is cast a band of rows at a time, so
+/// no f32 copy of it exists.
+#[derive(Clone)]
+pub struct Head {
+    stored: Tensor<2>,
+    dtype: DType,
+}
+
+impl Head {
+    /// The head of `model`, on its device without autodiff.
+    pub fn of(model: &Llama) -> Self {
+        Self {
+            stored: model.head().inner(),
+            dtype: model.head_matmul_dtype,
+        }
+    }
+
+    /// The logits `[rows, vocab]` of `hidden` `[rows, width]`.
+    fn logits(&self, hidden: &Tensor<2>) -> Tensor<2> {
+        let bands = row_bands(&self.stored, self.dtype);
+        let parts =
+            bands.map(|(_, band)| matmul(hidden.clone(), Read::AsIs, band, Read::Transposed));
+        concat(parts.collect(), 1)
+    }
+
+    /// `d_logits · head` `[rows, width]`, the gradient of [`Head::logits`].
+    fn input_grad(&self, d_logits: Tensor<2>) -> Tensor<2> {
+        let [rows, vocab] = d_logits.dims();
+        let mut bands = row_bands(&self.stored, self.dtype);
+        let (_, first) = bands.next().expect("a head has rows");
+        let part = |start: usize, len: usize| d_logits.clone().narrow(1, start, len);
+        let len = first.dims()[0];
+        let mut sum = matmul(part(0, len), Read::AsIs, first, Read::AsIs);
+        for (start, band) in bands {
+            let len = band.dims()[0];
+            sum = add_matmul(sum, part(start, len), Read::AsIs, band, Read::AsIs, 1.0);
+        }
+        debug_assert_eq!(
+            sum.dims()[0],
+            rows,
+            "one gradient row per row of {vocab} logits"
+        );
+        sum
+    }
+
+    /// Rows `ids` of the head, in f32.
+    fn rows(&self, ids: Tensor<1, Int>) -> Tensor<2> {
+        embedding_rows(self.stored.clone(), ids)
+    }
+}
 
 /// Loss `scale · Σ nll` of the output head over `hidden` `[n, width]` and its gradient with
 /// respect to `hidden`, `rows` at a time: `d_logits = scale · (softmax − onehot)` on scored
 /// rows, so `d_hidden = (scale·p) W − scale · W[target]`.
 pub fn head_loss_backward(
     hidden: Tensor<2>,
-    head: Tensor<2>,
+    head: &Head,
     targets: &[i64],
     scale: f64,
     device: &Device,
@@ -33,8 +87,8 @@ pub fn head_loss_backward(
             d_hidden.push(Tensor::zeros([rows, width], device));
             continue;
         };
-        let logits = chunk_logits(&hidden, &head, start, rows);
-        let (chunk_loss, d_chunk) = chunk_loss_backward(logits, &head, chunk_targets, weights);
+        let logits = head.logits(&hidden.clone().narrow(0, start, rows));
+        let (chunk_loss, d_chunk) = chunk_loss_backward(logits, head, chunk_targets, weights);
         loss = loss.add(chunk_loss);
         d_hidden.push(d_chunk);
     }
@@ -43,7 +97,7 @@ pub fn head_loss_backward(
 
 /// Loss `Σ nll` of the output head over `hidden` `[n, width]`, without a gradient (for
 /// evaluation), `rows` at a time like [`head_loss_backward`].
-pub fn head_loss(hidden: Tensor<2>, head: Tensor<2>, targets: &[i64], device: &Device) -> f64 {
+pub fn head_loss(hidden: Tensor<2>, head: &Head, targets: &[i64], device: &Device) -> f64 {
     let n = hidden.dims()[0];
     let mut loss = LossSum::new(device);
     for start in (0..n).step_by(HEAD_CHUNK_ROWS) {
@@ -52,7 +106,7 @@ pub fn head_loss(hidden: Tensor<2>, head: Tensor<2>, targets: &[i64], device: &D
         let Some(weights) = chunk_weights(chunk_targets, 1.0) else {
             continue;
         };
-        let logits = chunk_logits(&hidden, &head, start, rows);
+        let logits = head.logits(&hidden.clone().narrow(0, start, rows));
         loss = loss.add(chunk_loss(logits, chunk_targets, weights));
     }
     loss.total()
@@ -65,12 +119,6 @@ fn chunk_weights(targets: &[i64], scale: f64) -> Option<Vec<f32>> {
         .map(|&t| if t == IGNORE_INDEX { 0.0 } else { scale as f32 })
         .collect();
     weights.iter().any(|&w| w != 0.0).then_some(weights)
-}
-
-/// The logits `[rows, vocab]` of rows `start..start + rows` of `hidden`.
-fn chunk_logits(hidden: &Tensor<2>, head: &Tensor<2>, start: usize, rows: usize) -> Tensor<2> {
-    let chunk = hidden.clone().narrow(0, start, rows);
-    matmul(chunk, Read::AsIs, head.clone(), Read::Transposed)
 }
 
 /// The loss `Σ weight · nll` of one chunk's `logits`.
@@ -127,7 +175,7 @@ impl LossSum {
 /// rows of weight `0` (unscored targets) add nothing.
 fn chunk_loss_backward(
     logits: Tensor<2>,
-    head: &Tensor<2>,
+    head: &Head,
     targets: &[i64],
     weights: Vec<f32>,
 ) -> (ChunkLoss, Tensor<2>) {
@@ -147,7 +195,7 @@ fn chunk_loss_backward(
 /// in place.
 fn host_chunk_loss_backward(
     logits: Tensor<2>,
-    head: &Tensor<2>,
+    head: &Head,
     targets: &[i64],
     weights: &[f32],
 ) -> (f64, Tensor<2>) {
@@ -155,7 +203,7 @@ fn host_chunk_loss_backward(
     let vocab = logits.dims()[1];
     let safe: Vec<usize> = targets.iter().map(|&t| t.max(0) as usize).collect();
     let loss = cpu_kernels::cross_entropy(logits.values_mut(), vocab, &safe, weights);
-    let d_hidden = matmul(logits.into_tensor(), Read::AsIs, head.clone(), Read::AsIs);
+    let d_hidden = head.input_grad(logits.into_tensor());
     (loss, d_hidden)
 }
 
@@ -163,7 +211,7 @@ fn host_chunk_loss_backward(
 /// loss left on the device.
 fn burn_chunk_loss_backward(
     logits: Tensor<2>,
-    head: &Tensor<2>,
+    head: &Head,
     targets: &[i64],
     weights: Vec<f32>,
 ) -> (Tensor<1>, Tensor<2>) {
@@ -175,8 +223,8 @@ fn burn_chunk_loss_backward(
         weights,
     } = burn_nll(logits, targets, weights);
     let probs = exp * (weights.clone() / sum);
-    let target_rows = embedding_rows(head.clone(), safe);
-    let d_hidden = matmul(probs, Read::AsIs, head.clone(), Read::AsIs) - target_rows * weights;
+    let target_rows = head.rows(safe);
+    let d_hidden = head.input_grad(probs) - target_rows * weights;
     (loss, d_hidden)
 }
 
@@ -224,7 +272,10 @@ mod tests {
         let (rows, vocab, width, scale) = (40, 300, 24, 0.125f32);
         // Logits over [-8, 8), as a trained head gives: a few large, most small.
         let logits = random(1, [rows, vocab]).mul_scalar(8.0);
-        let head = random(2, [vocab, width]);
+        let head = Head {
+            stored: random(2, [vocab, width]),
+            dtype: DType::F32,
+        };
         let targets: Vec<i64> = (0..rows as i64)
             .map(|r| match r % 7 {
                 3 => IGNORE_INDEX,
@@ -244,5 +295,30 @@ mod tests {
             "loss {host_loss} against {loss}"
         );
         assert_close("hidden states' gradient", host_d, d, 1e-5);
+    }
+
+    #[test]
+    fn a_head_cast_band_by_band_gives_the_loss_of_the_head_cast_whole() {
+        use feinschliff_model::product::CAST_BAND_ROWS;
+        let (rows, vocab, width) = (20, CAST_BAND_ROWS + 300, 8);
+        let hidden = random(1, [rows, width]);
+        let stored = random(2, [vocab, width]).cast(DType::BF16);
+        let targets: Vec<i64> = (0..rows as i64).map(|r| (r * 811) % vocab as i64).collect();
+        let banded = Head {
+            stored: stored.clone(),
+            dtype: DType::F32,
+        };
+        let whole = Head {
+            stored: stored.cast(DType::F32),
+            dtype: DType::F32,
+        };
+        let device = hidden.device();
+        let (loss, d) = head_loss_backward(hidden.clone(), &banded, &targets, 0.5, &device);
+        let (want, want_d) = head_loss_backward(hidden, &whole, &targets, 0.5, &device);
+        assert!(
+            (loss - want).abs() <= 1e-5 * want.abs(),
+            "{loss} against {want}"
+        );
+        assert_close("hidden states' gradient", d, want_d, 1e-5);
     }
 }

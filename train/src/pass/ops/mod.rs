@@ -13,7 +13,7 @@ pub mod rope;
 pub mod silu_mul;
 
 pub use attention::{KeyMask, attention_backward, attention_forward};
-pub use cross_entropy::{head_loss, head_loss_backward};
+pub use cross_entropy::{Head, head_loss, head_loss_backward};
 pub use matmul::{Read, add_matmul, embedding_rows, matmul, scaled_matmul};
 pub use norm::{rms_norm, rms_norm_backward};
 pub use rope::{RopeTables, Shape, from_heads, rotate_to_heads, to_heads, unrotate_from_heads};
