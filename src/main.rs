@@ -98,7 +98,30 @@ struct JemallocConf(*const std::ffi::c_char);
 // SAFETY: the pointer is to a static, immutable C string.
 unsafe impl Sync for JemallocConf {}
 
+/// Hands the pages jemalloc keeps of freed buffers (`dirty_decay_ms:-1` above) back to the
+/// kernel, in every arena: called once a model is loaded, so the temporaries of its conversion
+/// do not stay resident for the whole run.
+#[cfg(not(target_env = "msvc"))]
+fn purge_freed_pages() {
+    /// jemalloc's `MALLCTL_ARENAS_ALL`.
+    const ALL_ARENAS_PURGE: &std::ffi::CStr = c"arena.4096.purge";
+    // SAFETY: a documented mallctl name that takes and returns nothing; a failure (an unknown
+    // name) only leaves the pages resident.
+    unsafe {
+        use std::ptr::null_mut;
+        tikv_jemalloc_sys::mallctl(
+            ALL_ARENAS_PURGE.as_ptr(),
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            0,
+        );
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(not(target_env = "msvc"))]
+    feinschliff_model::memory::set_release_freed(purge_freed_pages);
     // Past a file-size limit (RLIMIT_FSIZE) the kernel would kill us with SIGXFSZ; with the
     // signal caught, the write fails with EFBIG instead and is reported like a full disk.
     if let Err(error) = signal_hook::flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false))) {

@@ -23,6 +23,7 @@ pub mod linear;
 pub mod llama;
 pub mod lora;
 pub mod loss;
+pub mod memory;
 pub mod product;
 pub mod quant;
 pub mod rope;

@@ -90,6 +90,7 @@ pub fn bench(
             ),
             max_grad_norm: train_cfg.max_grad_norm,
             dropout_seed: dropout_seed(train_cfg.seed, step),
+            mlp: train_cfg.mlp_activations(),
         };
         let started = std::time::Instant::now();
         let (updated, report) = train_step(model, &mut optim, &batches, settings, plain);

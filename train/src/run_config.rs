@@ -15,6 +15,7 @@ use feinschliff_model::lora::{LoraSpec, TARGET_MODULES};
 use feinschliff_model::quant::BaseQuant;
 
 use crate::Error;
+use crate::pass::backprop::MlpActivations;
 
 /// A whole run configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -160,6 +161,20 @@ pub struct TrainSection {
     pub generate_prompts: Vec<String>,
     /// Tokens generated per prompt (default 32).
     pub generate_max_new_tokens: usize,
+    /// Recompute each layer's MLP gate and up projections in the backward pass instead of
+    /// keeping them from the forward pass (default false): less memory, a slower step, the
+    /// same result.
+    pub recompute_mlp: bool,
+}
+
+impl TrainSection {
+    /// What the training pass keeps of each layer's MLP.
+    pub fn mlp_activations(&self) -> MlpActivations {
+        match self.recompute_mlp {
+            true => MlpActivations::Recompute,
+            false => MlpActivations::Keep,
+        }
+    }
 }
 
 /// The learning-rate schedule after warm-up.
@@ -221,6 +236,7 @@ impl Default for TrainSection {
             eval_records: 0,
             generate_prompts: Vec::new(),
             generate_max_new_tokens: 32,
+            recompute_mlp: false,
         }
     }
 }
@@ -363,9 +379,13 @@ impl RunConfig {
         shaping.train.eval_records = 0;
         shaping.train.generate_prompts = Vec::new();
         shaping.train.generate_max_new_tokens = 0;
+        shaping.train.recompute_mlp = false; // the same adapters either way
         shaping.output = OutputSection::default();
-        // A dense base hashes as before `model.base_quant` existed, so older runs resume.
-        let text = shaping.to_toml().replace("base_quant = \"none\"\n", "");
+        // Keys added since hash as before they existed, so older runs resume.
+        let text = shaping
+            .to_toml()
+            .replace("base_quant = \"none\"\n", "")
+            .replace("recompute_mlp = false\n", "");
         format!("{:x}", Sha256::digest(text.as_bytes()))
     }
 
@@ -462,6 +482,14 @@ mod tests {
         let mut quantized = dense.clone();
         quantized.model.base_quant = BaseQuant::Q8_0;
         assert_ne!(dense.training_hash(), quantized.training_hash());
+    }
+
+    #[test]
+    fn recomputing_the_mlp_keeps_the_training_hash() {
+        let kept = RunConfig::parse(MINIMAL, &[]).unwrap();
+        let recomputed = RunConfig::parse(MINIMAL, &["train.recompute_mlp=true".into()]).unwrap();
+        assert!(recomputed.train.recompute_mlp);
+        assert_eq!(kept.training_hash(), recomputed.training_hash());
     }
 
     #[test]

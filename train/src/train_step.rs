@@ -9,7 +9,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use feinschliff_data::batch::Batch;
 
-use crate::pass::backprop::{AdapterGrads, forward_backward};
+use crate::pass::backprop::{AdapterGrads, MlpActivations, forward_backward};
 use crate::pass::dropout_mask::child_seed;
 use feinschliff_model::llama::Llama;
 
@@ -37,6 +37,8 @@ pub struct StepSettings {
     pub max_grad_norm: f64,
     /// Seed of this step's dropout masks.
     pub dropout_seed: u64,
+    /// What the forward pass keeps of each layer's MLP.
+    pub mlp: MlpActivations,
 }
 
 /// Trains `model` on the micro-batches `batches` (one accumulation window) and returns the
@@ -57,7 +59,15 @@ pub fn train_step(
     let (mut loss, mut forward_seconds, mut backward_seconds) = (0.0, 0.0, 0.0);
     for (index, batch) in batches.iter().enumerate() {
         let seed = child_seed(settings.dropout_seed, index as u64);
-        let result = forward_backward(&model, batch, 1.0 / window_tokens, seed, device, &mut grads);
+        let result = forward_backward(
+            &model,
+            batch,
+            1.0 / window_tokens,
+            seed,
+            settings.mlp,
+            device,
+            &mut grads,
+        );
         loss += result.loss;
         forward_seconds += result.forward_seconds;
         backward_seconds += result.backward_seconds;

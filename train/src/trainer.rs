@@ -316,6 +316,7 @@ impl StepLoop<'_> {
             lr,
             max_grad_norm: train_cfg.max_grad_norm,
             dropout_seed: dropout_seed(train_cfg.seed, step),
+            mlp: train_cfg.mlp_activations(),
         };
         let device = &self.session.plain_device;
         let (model, report) = train_step(model, optim, &batches, settings, device);

@@ -15,7 +15,7 @@ use feinschliff_model::llama::Llama;
 use feinschliff_model::lora::{LoraAdapter, LoraSpec};
 use feinschliff_model::loss::causal_lm_loss_sum;
 use feinschliff_model::quant::BaseQuant;
-use feinschliff_train::pass::backprop::{AdapterGrads, forward_backward};
+use feinschliff_train::pass::backprop::{AdapterGrads, MlpActivations, forward_backward};
 
 /// Two rows of 12 tokens: row 0 packs examples of 5 and 7 tokens, row 1 one example of 9 and
 /// three padding tokens; some labels are not scored.
@@ -107,6 +107,7 @@ fn check_model_against_autodiff(name: &str, model: Llama, batch: Batch) {
         &batch,
         scale,
         0,
+        MlpActivations::Keep,
         &device.clone().inner(),
         &mut grads,
     );
@@ -202,7 +203,8 @@ fn dropout_gradients_agree_with_finite_differences() {
     let model = model_with_adapters("tied_gqa", 0.3, &device);
     let batch = batch();
     let loss_of = |model: &Llama, grads: &mut AdapterGrads| {
-        forward_backward(model, &batch, 1.0, 11, &device.clone().inner(), grads).loss
+        let plain = device.clone().inner();
+        forward_backward(model, &batch, 1.0, 11, MlpActivations::Keep, &plain, grads).loss
     };
     let mut grads = AdapterGrads::default();
     let base_loss = loss_of(&model, &mut grads);
@@ -292,7 +294,16 @@ fn pass_with_base(storage: DType, products: DType) -> BasePass {
     model.set_base_dtypes(storage, products);
     let batch = batch();
     let mut grads = AdapterGrads::default();
-    let loss = forward_backward(&model, &batch, 1.0, 0, &device, &mut grads).loss;
+    let loss = forward_backward(
+        &model,
+        &batch,
+        1.0,
+        0,
+        MlpActivations::Keep,
+        &device,
+        &mut grads,
+    )
+    .loss;
     let int = |v: &Vec<i64>| {
         Tensor::<2, Int>::from_data(TensorData::new(v.clone(), [batch.rows, batch.len]), &device)
     };
@@ -399,4 +410,27 @@ fn packed_evaluation_equals_one_text_at_a_time() {
             );
         }
     }
+}
+
+/// Recomputing the MLP's gate and up projections in the backward pass (with dropout, whose
+/// masks must be rebuilt the same) gives the loss and gradients of keeping them, bit for bit.
+#[test]
+fn recomputing_the_mlp_changes_nothing() {
+    let device = test_device();
+    let model = model_with_adapters("tied_gqa", 0.3, &device);
+    let batch = batch();
+    let run = |mlp: MlpActivations| {
+        let mut grads = AdapterGrads::default();
+        let loss = forward_backward(&model, &batch, 1.0, 11, mlp, &device, &mut grads).loss;
+        let grads: Vec<Vec<f32>> = grads
+            .into_inner()
+            .into_iter()
+            .map(|(_, g)| values(g))
+            .collect();
+        (loss, grads)
+    };
+    let (kept, recomputed) = (run(MlpActivations::Keep), run(MlpActivations::Recompute));
+    assert_eq!(kept.0.to_bits(), recomputed.0.to_bits(), "loss");
+    assert!(!kept.1.is_empty());
+    assert_eq!(kept.1, recomputed.1, "gradients");
 }

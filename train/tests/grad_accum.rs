@@ -16,7 +16,7 @@ use feinschliff_data::batch::{Batch, make_batch};
 use feinschliff_data::format::Example;
 use feinschliff_model::llama::Llama;
 use feinschliff_train::optim::adamw;
-use feinschliff_train::pass::backprop::{AdapterGrads, forward_backward};
+use feinschliff_train::pass::backprop::{AdapterGrads, MlpActivations, forward_backward};
 use feinschliff_train::run_config::RunConfig;
 use feinschliff_train::stream::step_batches;
 use feinschliff_train::train_step::{StepReport, StepSettings, train_step};
@@ -81,6 +81,7 @@ fn one_step(
         lr,
         max_grad_norm: config.train.max_grad_norm,
         dropout_seed: 7,
+        mlp: MlpActivations::Keep,
     };
     let batches = batches(config);
     let (model, report) = train_step(model, optim, &batches, settings, &device.clone().inner());
@@ -139,7 +140,16 @@ fn two_micro_batches_update_like_one_batch_of_both_rows() {
 /// `model` on `batch`, unnormalised.
 fn sums(model: &Llama, batch: &Batch, device: &Device) -> (f64, Vec<Vec<f32>>) {
     let mut grads = AdapterGrads::default();
-    let loss = forward_backward(model, batch, 1.0, 0, device, &mut grads).loss;
+    let loss = forward_backward(
+        model,
+        batch,
+        1.0,
+        0,
+        MlpActivations::Keep,
+        device,
+        &mut grads,
+    )
+    .loss;
     let grads = grads.into_inner();
     let by_id = |id| {
         let (_, grad) = grads.iter().find(|(g, _)| *g == id).unwrap();

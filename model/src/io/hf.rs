@@ -76,6 +76,7 @@ impl HfModel {
         let config = LlamaConfig::from_file(&config_path)?;
         let model = Llama::load(&config, &mut weights, storage, device)?;
         weights.finish()?;
+        crate::memory::release_freed();
         let eos_token_ids = match generation_eos_ids(&dir)? {
             Some(ids) => ids,
             None => config.eos_token_ids.clone(),

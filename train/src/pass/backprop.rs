@@ -59,6 +59,18 @@ impl AdapterGrads {
     }
 }
 
+/// What the forward pass keeps of each layer's MLP for the backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MlpActivations {
+    /// The gate and up projections' outputs (`2 · intermediate_size` values per token).
+    #[default]
+    Keep,
+    /// Nothing: the backward pass recomputes the gate and up projections from the layer's
+    /// kept `mid` (the same values: same kernels, same dropout masks). Two thirds less
+    /// activation memory per layer of a Llama, for two projections' forward products again.
+    Recompute,
+}
+
 /// One micro-batch's share of a step: forward, loss and backward.
 pub struct MicroBatchResult {
     /// Sum of `-log p(label)` over the scored tokens, times the loss scale.
@@ -79,6 +91,7 @@ pub fn forward_backward(
     batch: &Batch,
     loss_scale: f64,
     dropout_seed: u64,
+    mlp: MlpActivations,
     device: &Device,
     grads: &mut AdapterGrads,
 ) -> MicroBatchResult {
@@ -87,7 +100,7 @@ pub fn forward_backward(
     let mut tapes = Vec::with_capacity(model.model.layers.len());
     for (index, layer) in model.model.layers.iter().enumerate() {
         let masks = LayerMasks::new(child_seed(dropout_seed, index as u64));
-        let (out, tape) = layer_forward(layer, x, &pass, &masks);
+        let (out, tape) = layer_forward(layer, x, &pass, &masks, mlp);
         tapes.push(tape);
         x = out;
     }
@@ -175,8 +188,8 @@ pub(crate) struct LayerTape {
     values: Tensor<4>,
     attended: Tensor<2>,
     mid: Tensor<2>,
-    gate: Tensor<2>,
-    up: Tensor<2>,
+    /// The MLP's gate and up projections, unless they are recomputed.
+    gate_up: Option<(Tensor<2>, Tensor<2>)>,
     /// `A · dropout(x)` of the seven adapters (q, k, v, o, gate, up, down).
     low_rank: [Option<Tensor<2>>; 7],
 }
@@ -188,6 +201,7 @@ pub(crate) fn layer_forward(
     x: Tensor<2>,
     pass: &Pass,
     masks: &LayerMasks,
+    activations: MlpActivations,
 ) -> (Tensor<2>, LayerTape) {
     let (shape, rope) = (&pass.shape, &pass.rope);
     let linear = |linear: &Linear, x: &Tensor<2>, which: u64| {
@@ -229,8 +243,7 @@ pub(crate) fn layer_forward(
         values,
         attended,
         mid,
-        gate,
-        up,
+        gate_up: (activations == MlpActivations::Keep).then_some((gate, up)),
         low_rank: [lq, lk, lv, lo, lg, lu, ld],
     };
     (out, tape)
@@ -255,8 +268,7 @@ fn layer_backward(
         values,
         attended,
         mid,
-        gate,
-        up,
+        gate_up,
         low_rank: [lq, lk, lv, lo, lg, lu, ld],
     } = tape;
     let mut linear = |linear: &Linear, x, which: u64, low_rank, d_y| {
@@ -267,10 +279,14 @@ fn layer_backward(
     let mlp = &layer.mlp;
 
     // MLP: out = mid + down(silu(gate) · up).
+    let normed = rms_norm(&layer.post_attention_layernorm, mid.clone());
+    let (gate, up) = gate_up.unwrap_or_else(|| {
+        let forward = |proj: &Linear, which| linear_forward(proj, &normed, masks.get(proj, which));
+        (forward(&mlp.gate_proj, 4).0, forward(&mlp.up_proj, 5).0)
+    });
     let act = silu_mul(&gate, &up);
     let d_act = linear(&mlp.down_proj, act, 6, ld, d_out.clone());
     let (d_gate, d_up) = silu_mul_backward(gate, up, d_act);
-    let normed = rms_norm(&layer.post_attention_layernorm, mid.clone());
     let d_normed = linear(&mlp.gate_proj, normed.clone(), 4, lg, d_gate)
         + linear(&mlp.up_proj, normed, 5, lu, d_up);
     let d_mid = d_out + rms_norm_backward(&layer.post_attention_layernorm, mid, d_normed);

@@ -6,7 +6,7 @@ use burn::tensor::Device;
 use feinschliff_data::batch::Batch;
 use feinschliff_model::llama::Llama;
 
-use crate::pass::backprop::{LayerMasks, Pass, layer_forward, shifted_targets};
+use crate::pass::backprop::{LayerMasks, MlpActivations, Pass, layer_forward, shifted_targets};
 use crate::pass::ops::{Head, head_loss, rms_norm};
 
 /// `Σ −log p(label)` over the scored tokens of `batch` (labels shifted by one, `-100`
@@ -15,7 +15,7 @@ pub fn loss_sum(model: &Llama, batch: &Batch, device: &Device) -> f64 {
     let (pass, mut x) = Pass::start(model, batch, device);
     let masks = LayerMasks::none();
     for layer in &model.model.layers {
-        x = layer_forward(layer, x, &pass, &masks).0;
+        x = layer_forward(layer, x, &pass, &masks, MlpActivations::Recompute).0;
     }
     let normed = rms_norm(&model.model.norm, x);
     head_loss(normed, &Head::of(model), &shifted_targets(batch), device)
