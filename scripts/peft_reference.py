@@ -8,6 +8,10 @@ One configuration per process (peak RSS is per process), on the CPU:
   --mode autocast_bf16  float32 weights, forward under torch.autocast("cpu", bfloat16)
   --mode bf16           base loaded in bfloat16 from --model-bf16 (PEFT keeps the LoRA weights
                         in float32: autocast_adapter_dtype=True, its default)
+  --mode bnb_nf4        QLoRA as PEFT users run it: the base's linear layers loaded through
+                        bitsandbytes (BitsAndBytesConfig load_in_4bit, nf4, no double
+                        quantization, compute dtype bfloat16) on the CPU backend of
+                        bitsandbytes >= 0.49; embedding and head stay float32
 
 Setup, the same for every mode and the same as feinschliff's side of scripts/bench-vs-peft.sh:
   * model: a Hugging Face model directory (config.json, model.safetensors, tokenizer files),
@@ -62,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "checkpoints" / "base" / "smollm2-135m-instruct"
 DEFAULT_DATA = ROOT / "data" / "corpora" / "de-admin" / "train.jsonl"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-MODES = ["fp32", "fp32_gc", "autocast_bf16", "bf16"]
+MODES = ["fp32", "fp32_gc", "autocast_bf16", "bf16", "bnb_nf4"]
 QUIET = 0.05  # share of all CPUs other processes may use for the machine to count as quiet
 
 
@@ -246,6 +250,11 @@ def main():
     kwargs = dict(dtype=torch.bfloat16 if args.mode == "bf16" else torch.float32)
     if args.attn:
         kwargs["attn_implementation"] = args.attn
+    if args.mode == "bnb_nf4":
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["device_map"] = "cpu"
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     model.config.use_cache = False
     if args.mode == "fp32_gc":

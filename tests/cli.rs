@@ -65,6 +65,47 @@ fn eval_matches_transformers() {
     }
 }
 
+/// `eval` and `generate` take a GGUF file as `--model`: the same loss as on its import (the
+/// kept Q8_0 blocks hold the values the import dequantizes to), and a greedy answer of as many
+/// tokens as asked (the model is random: it never says EOS).
+#[test]
+fn eval_and_generate_run_on_a_gguf_file() {
+    let gguf = fixtures().join("gguf/tiny_llama.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let imported = dir.path().join("imported");
+    let import = feinschliff(&[
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        imported.to_str().unwrap(),
+    ]);
+    assert!(import.status.success(), "{}", stderr(&import));
+    let loss = |model: &Path| {
+        let mut args = eval_args(model);
+        args.push("--json".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = feinschliff(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let report: Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+        report["loss"].as_f64().unwrap()
+    };
+    let (on_gguf, on_import) = (loss(&gguf), loss(&imported));
+    assert!(
+        (on_gguf - on_import).abs() <= 1e-5 * on_import.abs(),
+        "{on_gguf} against {on_import}"
+    );
+    let args = [
+        "generate",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--prompt",
+        "Der Antrag",
+    ];
+    let output = feinschliff(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(err.contains("decode: 127 tokens"), "{err}");
+}
+
 #[test]
 fn generate_greedy_is_repeatable_and_chat_works() {
     let model = tiny_model();
