@@ -15,7 +15,7 @@ One record per forward pass (batch 1, no padding), torch.no_grad, float32 model 
 
 Usage:
   python scripts/reference_eval.py --model DIR --data FILE.jsonl [--max-len 512]
-      [--field text] [--dtype float32] [--attn sdpa] [--threads 2]
+      [--field text] [--dtype float32] [--attn sdpa] [--threads 2] [--bnb-nf4]
 
 Prints one JSON object: loss, ppl, tokens, records, seconds, tokens_per_s, model, data,
 max_len, dtype, attn, transformers and torch versions.
@@ -63,8 +63,16 @@ def evaluate(model, tok, texts, max_len):
     }
 
 
-def load_model(path, dtype=torch.float32, attn="eager"):
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+def load_model(path, dtype=torch.float32, attn="eager", bnb_nf4=False):
+    kwargs = {}
+    if bnb_nf4:
+        # The QLoRA base as PEFT users load it: bitsandbytes NF4 (blocks of 64, f32 absmax, no
+        # double quantization) on every linear layer but the head, products in `dtype`.
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
+            bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = "cpu"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kwargs)
     model.eval()
     return model
 
@@ -78,11 +86,13 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bnb-nf4", action="store_true",
+                    help="quantize the linear layers with bitsandbytes NF4 (feinschliff's base_quant nf4)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = load_model(args.model, DTYPES[args.dtype], args.attn)
+    model = load_model(args.model, DTYPES[args.dtype], args.attn, args.bnb_nf4)
     texts = load_texts(args.data, args.field)
 
     t0 = time.perf_counter()
@@ -95,6 +105,7 @@ def main():
         data=args.data,
         dtype=args.dtype,
         attn=args.attn,
+        bnb_nf4=args.bnb_nf4,
         transformers=transformers.__version__,
         torch=torch.__version__,
     )
