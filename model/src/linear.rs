@@ -77,8 +77,8 @@ impl Linear {
                 (None, Some(Arc::new(matrix)))
             }
             None => {
-                let dense = weights.take(&weight_name, dims, device)?;
-                (Some(frozen(in_dtype(dense, storage.dtype))), None)
+                let dense = weights.take_as(&weight_name, dims, storage.dtype, device)?;
+                (Some(frozen(dense)), None)
             }
         };
         let bias = match has_bias {

@@ -320,14 +320,12 @@ impl Llama {
                 eps: config.rms_norm_eps,
             })
         };
-        let embed_tokens = frozen(in_dtype(
-            weights.take(
-                "model.embed_tokens.weight",
-                [config.vocab_size, hidden],
-                device,
-            )?,
+        let embed_tokens = frozen(weights.take_as(
+            "model.embed_tokens.weight",
+            [config.vocab_size, hidden],
             storage.dtype,
-        ));
+            device,
+        )?);
         // No capacity from the config: a hostile layer count fails at the first missing layer.
         let mut layers = Vec::new();
         for i in 0..config.num_hidden_layers {
@@ -396,10 +394,12 @@ impl Llama {
         // (transformers ignores it); an untied one must have it.
         let lm_head = match config.tie_word_embeddings {
             true if !weights.contains("lm_head.weight") => None,
-            _ => Some(frozen(in_dtype(
-                weights.take("lm_head.weight", [config.vocab_size, hidden], device)?,
+            _ => Some(frozen(weights.take_as(
+                "lm_head.weight",
+                [config.vocab_size, hidden],
                 storage.dtype,
-            ))),
+                device,
+            )?)),
         };
         Ok(Self {
             model,

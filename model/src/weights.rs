@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 
 use crate::Error;
 use crate::io::gguf::base::GgufTensors;
+use crate::product::in_dtype;
 use crate::quant::QuantizedMatrix;
 
 /// The single-file checkpoint name.
@@ -182,6 +183,53 @@ impl WeightFiles {
     ) -> Result<Tensor<D>, Error> {
         let values = self.take_values(name, shape)?;
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+
+    /// [`WeightFiles::take`] in `dtype`: a tensor stored in bf16 and wanted in bf16 is copied
+    /// as stored, without an f32 temporary of twice its size (an 8B model's embedding and head
+    /// are 1 GB each in bf16).
+    pub fn take_as<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor<D>, Error> {
+        if dtype == DType::BF16
+            && let Some(values) = self.take_stored_bf16(name, &shape)?
+        {
+            let data = TensorData::new(values, shape);
+            return Ok(Tensor::from_data(data, (device, DType::BF16)));
+        }
+        Ok(in_dtype(self.take(name, shape, device)?, dtype))
+    }
+
+    /// Tensor `name` as its bf16 values, when a safetensors file stores it in bf16; `None`
+    /// (the tensor not taken) otherwise.
+    fn take_stored_bf16(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<Option<Vec<half::bf16>>, Error> {
+        let Source::Safetensors { files, location } = &self.source else {
+            return Ok(None);
+        };
+        let Some(file) = location.get(name).map(|&i| &files[i]) else {
+            return Ok(None);
+        };
+        let info = file.metadata.info(name).expect("indexed from this header");
+        if info.dtype != Dtype::BF16 {
+            return Ok(None);
+        }
+        let values = file
+            .bytes(info)
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        file.release(info);
+        self.check_shape(name, shape)?;
+        self.mark_taken(name)?;
+        Ok(Some(values))
     }
 
     /// [`WeightFiles::take`] as f32 values in host memory (row-major).

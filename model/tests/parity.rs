@@ -302,3 +302,34 @@ fn batched_generation_equals_one_prompt_at_a_time() {
         }
     }
 }
+
+/// A bf16 checkpoint loaded into a bf16 base (its stored values taken as they are, without an
+/// f32 temporary) holds bf16 tensors equal to the f32 load cast to bf16.
+#[test]
+fn a_bf16_checkpoint_loads_into_a_bf16_base_as_stored() {
+    use burn::tensor::DType;
+    use feinschliff_model::linear::BaseStorage;
+
+    let dir = fixture("bf16_sharded");
+    let device = test_device();
+    let storage = BaseStorage {
+        dtype: DType::BF16,
+        ..BaseStorage::default()
+    };
+    let bf16 = HfModel::load_as(&dir, storage, &device).unwrap().model;
+    let f32 = HfModel::load(&dir, &device).unwrap().model;
+    let pairs = [
+        (bf16.model.embed_tokens.val(), f32.model.embed_tokens.val()),
+        (bf16.head(), f32.head()),
+        (
+            bf16.projections()[0].1.weight.as_ref().unwrap().val(),
+            f32.projections()[0].1.weight.as_ref().unwrap().val(),
+        ),
+    ];
+    for (ours, reference) in pairs {
+        assert_eq!(ours.dtype(), DType::BF16);
+        let ours: Vec<f32> = ours.cast(DType::F32).try_into_vec_as::<f32>().unwrap();
+        let want: Vec<f32> = reference.try_into_vec_as::<f32>().unwrap();
+        assert_eq!(ours, want);
+    }
+}
