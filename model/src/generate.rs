@@ -40,95 +40,137 @@ impl Sampling {
     }
 }
 
-/// Generates up to `max_new_tokens` after `prompt`, stopping after any id in `eos_ids`
-/// (which is included in the result). `on_token` sees each new id as it is chosen.
-pub fn generate(
-    model: &Llama,
-    prompt: &[u32],
-    eos_ids: &[u32],
-    max_new_tokens: usize,
-    sampling: Sampling,
-    device: &Device,
-    mut on_token: impl FnMut(u32) -> Result<(), Error>,
-) -> Result<Vec<u32>, Error> {
-    let prompts = [prompt.to_vec()];
-    let on_row_token = |_row: usize, id: u32| on_token(id);
-    let mut rows = generate_batch(
-        model,
-        &prompts,
-        eos_ids,
-        max_new_tokens,
-        sampling,
-        device,
-        on_row_token,
-    )?;
-    Ok(rows.remove(0))
+/// Runs a model for generation: every row's new tokens in, the logits of the token that
+/// follows each row out. Rows keep their own context; the first call gives the prompts.
+pub trait Decoder {
+    /// Appends `tokens[row]` to each row's context and returns, per row, the logits `[vocab]`
+    /// after its last token.
+    fn advance(&mut self, tokens: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, Error>;
+
+    /// Keeps only the rows `rows` (indices among the current rows, in that order).
+    fn keep_rows(&mut self, rows: &[usize]);
 }
 
-/// Generates for all `prompts` at once: they are left-padded into one batch (padding masked,
-/// positions per row), the prompts run in one pass, then every unfinished row decodes one
-/// token per step; a row that ends (an id of `eos_ids`, included, or `max_new_tokens`) leaves
-/// the batch. Each row gets its own RNG seeded with `sampling.seed`, so its tokens are those
-/// [`generate`] gives for that prompt alone. `on_token(row, id)` sees each new id.
-pub fn generate_batch(
-    model: &Llama,
-    prompts: &[Vec<u32>],
-    eos_ids: &[u32],
-    max_new_tokens: usize,
-    sampling: Sampling,
-    device: &Device,
-    mut on_token: impl FnMut(usize, u32) -> Result<(), Error>,
-) -> Result<Vec<Vec<u32>>, Error> {
-    sampling.validate()?;
-    if let Some(i) = prompts.iter().position(Vec::is_empty) {
-        return Err(Error::Usage(format!("prompt {} has no tokens", i + 1)));
+/// [`Decoder`] through Burn operations ([`Llama::forward_cached`]), on any device: the prompts
+/// are left-padded into one batch (padding masked, positions per row).
+pub struct BurnDecoder<'a> {
+    model: &'a Llama,
+    device: Device,
+    cache: KvCache,
+    pads: Vec<usize>,
+}
+
+impl<'a> BurnDecoder<'a> {
+    /// A decoder of `model` on `device`, with nothing seen yet.
+    pub fn new(model: &'a Llama, device: &Device) -> Self {
+        Self {
+            model,
+            device: device.clone(),
+            cache: KvCache::default(),
+            pads: Vec::new(),
+        }
     }
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let mut pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    // Padding repeats each row's first token (masked; any valid id would do).
-    let mut input: Vec<i64> = prompts
-        .iter()
-        .flat_map(|p| {
-            let pad = std::iter::repeat_n(p[0], longest - p.len());
-            pad.chain(p.iter().copied()).map(i64::from)
-        })
-        .collect();
-    let mut rngs: Vec<StdRng> = prompts
-        .iter()
-        .map(|_| StdRng::seed_from_u64(sampling.seed))
-        .collect();
-    let mut generated = vec![Vec::new(); prompts.len()];
-    let mut active: Vec<usize> = (0..prompts.len()).collect(); // prompt index of each row
-    let mut cache = KvCache::default();
-    let mut width = longest;
-    while max_new_tokens > 0 && !active.is_empty() {
-        let rows = active.len();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(input, [rows, width]), device);
-        let logits = model.forward_cached(ids, &pads, &mut cache);
+}
+
+impl Decoder for BurnDecoder<'_> {
+    fn advance(&mut self, tokens: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, Error> {
+        let width = tokens.iter().map(Vec::len).max().unwrap_or(0);
+        if self.cache.is_empty() {
+            self.pads = tokens.iter().map(|t| width - t.len()).collect();
+        } else if tokens.iter().any(|t| t.len() != width) {
+            return Err(Error::Usage(
+                "after the prompts, every row takes as many tokens".into(),
+            ));
+        }
+        // Padding repeats each row's first token (masked; any valid id would do).
+        let input: Vec<i64> = tokens
+            .iter()
+            .flat_map(|t| std::iter::repeat_n(t[0], width - t.len()).chain(t.iter().copied()))
+            .map(i64::from)
+            .collect();
+        let rows = tokens.len();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(input, [rows, width]), &self.device);
+        let logits = self.model.forward_cached(ids, &self.pads, &mut self.cache);
         let vocab = logits.dims()[2];
         let last: Vec<f32> = logits
             .narrow(1, width - 1, 1)
             .reshape([rows * vocab])
             .try_into_vec_as::<f32>()
             .map_err(|e| Error::Usage(format!("cannot read logits: {e:?}")))?;
-        let mut keep = Vec::with_capacity(rows);
-        input = Vec::with_capacity(rows);
-        for (row, logits) in last.chunks_exact(vocab).enumerate() {
+        Ok(last.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    fn keep_rows(&mut self, rows: &[usize]) {
+        self.cache.keep_rows(rows);
+        self.pads = rows.iter().map(|&row| self.pads[row]).collect();
+    }
+}
+
+/// Generates up to `max_new_tokens` after `prompt`, stopping after any id in `eos_ids`
+/// (which is included in the result). `on_token` sees each new id as it is chosen.
+pub fn generate(
+    decoder: &mut dyn Decoder,
+    prompt: &[u32],
+    eos_ids: &[u32],
+    max_new_tokens: usize,
+    sampling: Sampling,
+    mut on_token: impl FnMut(u32) -> Result<(), Error>,
+) -> Result<Vec<u32>, Error> {
+    let prompts = [prompt.to_vec()];
+    let on_row_token = |_row: usize, id: u32| on_token(id);
+    let mut rows = generate_batch(
+        decoder,
+        &prompts,
+        eos_ids,
+        max_new_tokens,
+        sampling,
+        on_row_token,
+    )?;
+    Ok(rows.remove(0))
+}
+
+/// Generates for all `prompts` at once: the prompts run in one pass, then every unfinished row
+/// decodes one token per step; a row that ends (an id of `eos_ids`, included, or
+/// `max_new_tokens`) leaves the batch. Each row gets its own RNG seeded with `sampling.seed`,
+/// so its tokens are those [`generate`] gives for that prompt alone. `on_token(row, id)` sees
+/// each new id. `decoder` must not have seen anything yet.
+pub fn generate_batch(
+    decoder: &mut dyn Decoder,
+    prompts: &[Vec<u32>],
+    eos_ids: &[u32],
+    max_new_tokens: usize,
+    sampling: Sampling,
+    mut on_token: impl FnMut(usize, u32) -> Result<(), Error>,
+) -> Result<Vec<Vec<u32>>, Error> {
+    sampling.validate()?;
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(Error::Usage(format!("prompt {} has no tokens", i + 1)));
+    }
+    let mut rngs: Vec<StdRng> = prompts
+        .iter()
+        .map(|_| StdRng::seed_from_u64(sampling.seed))
+        .collect();
+    let mut generated = vec![Vec::new(); prompts.len()];
+    let mut active: Vec<usize> = (0..prompts.len()).collect(); // prompt index of each row
+    let mut input = prompts.to_vec();
+    while max_new_tokens > 0 && !active.is_empty() {
+        let logits = decoder.advance(&input)?;
+        let mut keep = Vec::with_capacity(active.len());
+        input = Vec::with_capacity(active.len());
+        for (row, logits) in logits.iter().enumerate() {
             let prompt = active[row];
             let token = choose(logits, sampling, &mut rngs[prompt]);
             generated[prompt].push(token);
             on_token(prompt, token)?;
             if !eos_ids.contains(&token) && generated[prompt].len() < max_new_tokens {
                 keep.push(row);
-                input.push(i64::from(token));
+                input.push(vec![token]);
             }
         }
-        if keep.len() < rows {
-            cache.keep_rows(&keep);
-            pads = keep.iter().map(|&row| pads[row]).collect();
+        if keep.len() < active.len() {
+            decoder.keep_rows(&keep);
             active = keep.iter().map(|&row| active[row]).collect();
         }
-        width = 1;
     }
     Ok(generated)
 }

@@ -222,7 +222,7 @@ fn kv_cache_matches_full_forward_of_every_family() {
 /// pass over everything so far.
 #[test]
 fn greedy_generation_follows_full_forward_argmax() {
-    use feinschliff_model::generate::{Sampling, generate};
+    use feinschliff_model::generate::{BurnDecoder, Sampling, generate};
     let device = test_device();
     let model = HfModel::load(&fixture("tied_gqa"), &device).unwrap().model;
     let prompt = [5u32, 17, 42, 8];
@@ -231,7 +231,8 @@ fn greedy_generation_follows_full_forward_argmax() {
         top_p: 1.0,
         seed: 0,
     };
-    let generated = generate(&model, &prompt, &[], 10, greedy, &device, |_| Ok(())).unwrap();
+    let mut decoder = BurnDecoder::new(&model, &device);
+    let generated = generate(&mut decoder, &prompt, &[], 10, greedy, |_| Ok(())).unwrap();
     assert_eq!(generated.len(), 10);
     let mut sequence: Vec<i64> = prompt.iter().map(|&id| i64::from(id)).collect();
     for &token in &generated {
@@ -255,7 +256,7 @@ fn greedy_generation_follows_full_forward_argmax() {
 /// and sliding windows.
 #[test]
 fn batched_generation_equals_one_prompt_at_a_time() {
-    use feinschliff_model::generate::{Sampling, generate, generate_batch};
+    use feinschliff_model::generate::{BurnDecoder, Sampling, generate, generate_batch};
     let device = test_device();
     let prompts = vec![
         vec![5u32, 17, 42, 8, 66, 23, 13],
@@ -281,7 +282,8 @@ fn batched_generation_equals_one_prompt_at_a_time() {
         let model = HfModel::load(&fixture(name), &device).unwrap().model;
         for sampling in [greedy, sampled] {
             let alone = |prompt: &[u32], eos: &[u32]| {
-                generate(&model, prompt, eos, 12, sampling, &device, |_| Ok(())).unwrap()
+                let mut decoder = BurnDecoder::new(&model, &device);
+                generate(&mut decoder, prompt, eos, 12, sampling, |_| Ok(())).unwrap()
             };
             // An EOS id that ends the first prompt's row after its fourth token.
             let eos = [alone(&prompts[0], &[])[3]];
@@ -291,12 +293,12 @@ fn batched_generation_equals_one_prompt_at_a_time() {
                 "{name}: the EOS row did not end early"
             );
             let mut seen = vec![Vec::new(); prompts.len()];
-            let batched =
-                generate_batch(&model, &prompts, &eos, 12, sampling, &device, |row, id| {
-                    seen[row].push(id);
-                    Ok(())
-                })
-                .unwrap();
+            let mut decoder = BurnDecoder::new(&model, &device);
+            let batched = generate_batch(&mut decoder, &prompts, &eos, 12, sampling, |row, id| {
+                seen[row].push(id);
+                Ok(())
+            })
+            .unwrap();
             assert_eq!(batched, expected, "{name}, {sampling:?}");
             assert_eq!(seen, expected, "{name}: on_token saw other tokens");
         }

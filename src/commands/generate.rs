@@ -13,6 +13,7 @@ use feinschliff_model::generate::{Sampling, TextStream, generate, generate_batch
 use feinschliff_model::io::gguf::base::ModelFiles;
 use feinschliff_model::llama::Llama;
 use feinschliff_model::quant::BaseQuant;
+use feinschliff_train::pass::decode::decoder;
 use serde_json::json;
 
 use super::model_args::ModelArgs;
@@ -120,23 +121,16 @@ impl Generation<'_> {
         let mut stream = TextStream::new(self.tokenizer);
         let mut stdout = std::io::stdout();
         let (max_new, sampling) = (self.max_new_tokens, self.sampling);
-        let generated = generate(
-            self.model,
-            ids,
-            self.eos,
-            max_new,
-            sampling,
-            self.device,
-            |id| {
-                timing.token();
-                if let Some(piece) = stream.push(id)? {
-                    use std::io::Write;
-                    let _ = write!(stdout, "{piece}");
-                    let _ = stdout.flush();
-                }
-                Ok(())
-            },
-        )?;
+        let mut decoder = decoder(self.model, self.device);
+        let generated = generate(decoder.as_mut(), ids, self.eos, max_new, sampling, |id| {
+            timing.token();
+            if let Some(piece) = stream.push(id)? {
+                use std::io::Write;
+                let _ = write!(stdout, "{piece}");
+                let _ = stdout.flush();
+            }
+            Ok(())
+        })?;
         if let Some(rest) = stream.finish()? {
             print!("{rest}");
         }
@@ -152,13 +146,13 @@ impl Generation<'_> {
         let (mut prompt_tokens, mut new_tokens) = (0, 0);
         for (texts, batch) in prompts.chunks(batch_size).zip(ids.chunks(batch_size)) {
             let (max_new, sampling) = (self.max_new_tokens, self.sampling);
+            let mut decoder = decoder(self.model, self.device);
             let rows = generate_batch(
-                self.model,
+                decoder.as_mut(),
                 batch,
                 self.eos,
                 max_new,
                 sampling,
-                self.device,
                 |_, _| Ok(()),
             )?;
             for (text, new) in texts.iter().zip(&rows) {

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::Error;
 use crate::packed_eval::evaluate_packed;
+use crate::pass::decode::decoder;
 use crate::progress::Progress;
 use crate::run_config::RunConfig;
 use crate::run_dir::MetricsLog;
@@ -109,7 +110,8 @@ impl<'a> Evaluator<'a> {
             .map(|p| tokenizer.encode(p, true))
             .collect::<Result<Vec<_>, _>>()?;
         let eos = &self.session.eos_ids;
-        let answers = generate_batch(model, &ids, eos, max_new, greedy, device, |_, _| Ok(()))?;
+        let mut decoder = decoder(model, device);
+        let answers = generate_batch(decoder.as_mut(), &ids, eos, max_new, greedy, |_, _| Ok(()))?;
         for (prompt, new) in prompts.iter().zip(&answers) {
             let text = tokenizer.decode(new, true)?;
             log.write(json!({ "step": step, "prompt": prompt, "generation": text }))?;

@@ -79,7 +79,7 @@ fn sum(values: &[f32]) -> f32 {
 
 /// Sum of `a ⊙ b`, sixteen lanes at a time.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 16];
     let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = a_chunks
@@ -111,6 +111,33 @@ fn max(values: &[f32]) -> f32 {
         }
     }
     lanes.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// `out += a · x`.
+#[inline(always)]
+pub(crate) fn axpy(a: f32, x: &[f32], out: &mut [f32]) {
+    for (out, &x) in out.iter_mut().zip(x) {
+        *out += a * x;
+    }
+}
+
+/// In place: the softmax of `scale · row`.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+pub fn softmax_row(row: &mut [f32], scale: f32) {
+    for value in row.iter_mut() {
+        *value *= scale;
+    }
+    let largest = max(row);
+    for value in row.iter_mut() {
+        *value = exp(*value - largest);
+    }
+    let inverse = 1.0 / sum(row);
+    for value in row.iter_mut() {
+        *value *= inverse;
+    }
 }
 
 /// In place: the causal, segment-masked softmax of `scale · row` for query `query` over keys

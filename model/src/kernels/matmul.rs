@@ -147,26 +147,126 @@ pub(crate) fn gemm_into(
         return;
     }
     let work = m.saturating_mul(n).saturating_mul(k);
-    let parallelism = match parallel && work >= PARALLEL_WORK {
+    let parallel = parallel && work >= PARALLEL_WORK;
+    if parallel && m < FEW_ROWS {
+        // SAFETY: as for `gemm_at` below.
+        return unsafe { column_bands(out.as_mut_ptr(), out_row_stride, accumulate, a, b, scale) };
+    }
+    let parallelism = match parallel {
         true => gemm::Parallelism::Rayon(0),
         false => gemm::Parallelism::None,
     };
-    // SAFETY: `gemm` reads `a` at `a.values[i · row_stride + j · col_stride]` for i < m,
-    // j < k, `b` likewise for i < k, j < n, and reads (when `accumulate`) and writes `out` at
-    // `out[i · out_row_stride + j]` for i < m, j < n, nothing else. `in_bounds` proved with
-    // checked arithmetic that the largest offset of each operand lies inside its slice, and
-    // `output_fits` that the largest output offset does; all offsets are non-negative, and
-    // each stride fits in `isize`, so the casts below keep their values. Since
-    // `out_row_stride >= n`, distinct (i, j) are distinct output elements, so the tiles that
-    // `gemm` hands to different threads never write the same element. `out` is borrowed
-    // mutably and the operands shared, so they cannot alias one another, and nothing else
-    // touches them until the call returns. m, n, k > 0 here, so no pointer is dangling.
+    // SAFETY: `gemm_at`'s conditions: `in_bounds` and `output_fits` above, `out` borrowed
+    // mutably for the whole call, the operands shared.
+    unsafe {
+        gemm_at(
+            out.as_mut_ptr(),
+            out_row_stride,
+            accumulate,
+            a,
+            b,
+            scale,
+            parallelism,
+        )
+    }
+}
+
+/// Rows below which a large product is split into bands of output columns, one task each:
+/// `gemm` runs a product of one row as a matrix-vector product on a single core (decoding one
+/// token would use one core), and splits few rows poorly.
+const FEW_ROWS: usize = 16;
+
+/// Output columns of one band at least (a multiple of the widest vector).
+const MIN_BAND_COLUMNS: usize = 64;
+
+/// [`gemm_into`] for products of few rows: bands of output columns (and of `b`'s columns) on
+/// all cores, each band's product on one.
+///
+/// # Safety
+/// As [`gemm_at`], for the whole product.
+unsafe fn column_bands(
+    out: *mut f32,
+    out_row_stride: usize,
+    accumulate: bool,
+    a: Operand,
+    b: Operand,
+    scale: f32,
+) {
+    use rayon::prelude::*;
+    let n = b.dims[1];
+    let bands = rayon::current_num_threads() * 4;
+    let width = n.div_ceil(bands).next_multiple_of(MIN_BAND_COLUMNS);
+    let out = SharedOutput(out);
+    (0..n.div_ceil(width)).into_par_iter().for_each(|band| {
+        let start = band * width;
+        let columns = width.min(n - start);
+        let b = Operand {
+            values: &b.values[start * b.col_stride..],
+            dims: [b.dims[0], columns],
+            ..b
+        };
+        // SAFETY: band `band` writes output columns `start..start + columns` of rows < m only,
+        // which no other band writes (the bands' column ranges are disjoint), inside the
+        // output `gemm_into` checked; `b` is the same matrix cut at column `start`, so its
+        // offsets are the original's less `start · col_stride`, inside the slice.
+        unsafe {
+            let at = out.get().add(start);
+            gemm_at(
+                at,
+                out_row_stride,
+                accumulate,
+                a,
+                b,
+                scale,
+                gemm::Parallelism::None,
+            )
+        }
+    });
+}
+
+/// The output pointer, shared by the tasks of [`column_bands`], which write disjoint columns.
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32);
+
+// SAFETY: the tasks holding it write disjoint elements (see `column_bands`).
+unsafe impl Send for SharedOutput {}
+unsafe impl Sync for SharedOutput {}
+
+impl SharedOutput {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `gemm` of `a · b` (scaled, accumulated or not) into the `[m, n]` output at `out`, rows
+/// `out_row_stride` apart.
+///
+/// # Safety
+/// `gemm` reads `a` at `a.values[i · row_stride + j · col_stride]` for i < m, j < k, `b`
+/// likewise for i < k, j < n, and reads (when `accumulate`) and writes `out` at
+/// `out[i · out_row_stride + j]` for i < m, j < n, nothing else. The caller guarantees that
+/// each operand's largest offset lies inside its slice (`Operand::in_bounds`), that the
+/// output's does inside memory it may write and nothing else reads or writes meanwhile
+/// (`output_fits`, `out_row_stride >= n`, so distinct (i, j) are distinct elements and
+/// `gemm`'s threads never write the same one), and that m, n, k > 0, so no pointer dangles;
+/// all offsets are non-negative and each stride fits in `isize`.
+unsafe fn gemm_at(
+    out: *mut f32,
+    out_row_stride: usize,
+    accumulate: bool,
+    a: Operand,
+    b: Operand,
+    scale: f32,
+    parallelism: gemm::Parallelism,
+) {
+    let ([m, k], n) = (a.dims, b.dims[1]);
+    // SAFETY: the caller's conditions above.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            out,
             1,
             out_row_stride as isize,
             accumulate,
@@ -268,5 +368,39 @@ mod tests {
             matmul(&empty, Read::AsIs, &none, Read::AsIs, 1.0).values(),
             &[0.0; 4]
         );
+    }
+
+    #[test]
+    fn products_of_few_rows_split_into_column_bands_equal_the_definition() {
+        let (k, n) = (300, 1001);
+        let value = |i: usize| ((i * 7919 % 263) as f32 - 131.0) / 131.0;
+        for m in [1, 3, FEW_ROWS - 1] {
+            let a: Vec<f32> = (0..m * k).map(value).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| value(i + 17)).collect(); // [n, k]
+            let want: Vec<f32> = (0..m * n)
+                .map(|at| {
+                    let (i, j) = (at / n, at % n);
+                    let dot: f64 = (0..k).map(|c| (a[i * k + c] * w[j * k + c]) as f64).sum();
+                    0.5 * dot as f32
+                })
+                .collect();
+            let w_t: Vec<f32> = (0..k * n).map(|at| w[(at % n) * k + at / n]).collect(); // [k, n]
+            let (a, w, w_t) = (host(a, [m, k]), host(w, [n, k]), host(w_t, [k, n]));
+            let got = matmul(&a, Read::AsIs, &w, Read::Transposed, 0.5);
+            let close = |got: &[f32], want: &[f32]| {
+                got.iter()
+                    .zip(want)
+                    .all(|(g, w)| (g - w).abs() <= 1e-4 * w.abs().max(1.0))
+            };
+            assert!(close(got.values(), &want), "{m} rows, b transposed");
+            let got = matmul(&a, Read::AsIs, &w_t, Read::AsIs, 0.5);
+            assert!(close(got.values(), &want), "{m} rows, b as stored");
+            let mut acc = got;
+            matmul_add(&mut acc, &a, Read::AsIs, &w, Read::Transposed, -0.5);
+            assert!(
+                acc.values().iter().all(|v| v.abs() <= 1e-4),
+                "{m} rows, accumulated"
+            );
+        }
     }
 }

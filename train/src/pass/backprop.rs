@@ -316,7 +316,7 @@ fn layer_backward(
 
 /// `x` `[n, heads · head_dim]` with each head RMS-normed by `norm` (Qwen3's q/k norms), and
 /// `x` itself for the backward pass; `x` unchanged without a norm.
-fn head_norm(
+pub(crate) fn head_norm(
     norm: Option<&RmsNorm>,
     x: Tensor<2>,
     head_dim: usize,

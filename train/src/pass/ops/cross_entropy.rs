@@ -33,7 +33,7 @@ impl Head {
     }
 
     /// The logits `[rows, vocab]` of `hidden` `[rows, width]`.
-    fn logits(&self, hidden: &Tensor<2>) -> Tensor<2> {
+    pub fn logits(&self, hidden: &Tensor<2>) -> Tensor<2> {
         let bands = row_bands(&self.stored, self.dtype);
         let parts =
             bands.map(|(_, band)| matmul(hidden.clone(), Read::AsIs, band, Read::Transposed));
