@@ -9,6 +9,7 @@ mod common;
 use burn::tensor::Device;
 use common::{model_with_adapters, model_with_adapters_as, test_device, write_wide_model};
 use feinschliff_model::generate::{BurnDecoder, Decoder, Sampling, generate, generate_batch};
+use feinschliff_model::kernels::host_tensor::is_flex;
 use feinschliff_model::linear::BaseStorage;
 use feinschliff_model::llama::Llama;
 use feinschliff_model::quant::BaseQuant;
@@ -23,8 +24,8 @@ fn prompts() -> Vec<Vec<u32>> {
     ]
 }
 
-/// Asserts that two decoders' logits agree within 1e-5 (relative above magnitude 1).
-fn assert_same_logits(what: &str, host: &[Vec<f32>], burn: &[Vec<f32>]) {
+/// Asserts that two decoders' logits agree within `tolerance` (relative above magnitude 1).
+fn assert_same_logits(what: &str, host: &[Vec<f32>], burn: &[Vec<f32>], tolerance: f32) {
     assert_eq!(host.len(), burn.len(), "{what}: rows");
     for (row, (h, b)) in host.iter().zip(burn).enumerate() {
         assert_eq!(h.len(), b.len(), "{what}, row {row}: vocabulary");
@@ -34,8 +35,8 @@ fn assert_same_logits(what: &str, host: &[Vec<f32>], burn: &[Vec<f32>]) {
             .map(|(h, b)| (h - b).abs() / b.abs().max(1.0))
             .fold(0.0f32, f32::max);
         assert!(
-            worst <= 1e-5,
-            "{what}, row {row}: logits differ by {worst:e}"
+            worst <= tolerance,
+            "{what}, row {row}: logits differ by {worst:e} (tolerance {tolerance:e})"
         );
     }
 }
@@ -43,13 +44,17 @@ fn assert_same_logits(what: &str, host: &[Vec<f32>], burn: &[Vec<f32>]) {
 /// Runs both decoders over the prompts, then ten tokens per row (the host's greedy choices, fed
 /// to both), dropping the second row after the third; compares the logits of every call.
 fn check_against_burn(what: &str, model: &Llama, device: &Device) {
+    // On LibTorch's CPU both paths multiply through LibTorch, whose products sum in another
+    // order than gemm's, and the difference grows with the cache: up to 1.2e-5 after six
+    // calls on llama3_rope. On flex both paths share the products and 1e-5 holds.
+    let tolerance = if is_flex(device) { 1e-5 } else { 2e-5 };
     let mut host = HostDecoder::new(model, device);
     let mut burn = BurnDecoder::new(model, device);
     let mut input = prompts();
     for step in 0..10 {
         let h = host.advance(&input).unwrap();
         let b = burn.advance(&input).unwrap();
-        assert_same_logits(&format!("{what}, call {step}"), &h, &b);
+        assert_same_logits(&format!("{what}, call {step}"), &h, &b, tolerance);
         input = h.iter().map(|logits| vec![greedy(logits)]).collect();
         if step == 3 {
             host.keep_rows(&[2, 0]);

@@ -113,6 +113,24 @@ fn max(values: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, &v| m.max(v))
 }
 
+/// In place: `acc += x`, on all cores (burn-flex adds on one).
+pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "add_assign: lengths differ");
+    acc.par_chunks_mut(MIN_TASK_ELEMENTS)
+        .zip(x.par_chunks(MIN_TASK_ELEMENTS))
+        .for_each(|(acc, x)| add_assign_chunk(acc, x));
+}
+
+#[multiversion(targets(
+    "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn add_assign_chunk(acc: &mut [f32], x: &[f32]) {
+    for (acc, &x) in acc.iter_mut().zip(x) {
+        *acc += x;
+    }
+}
+
 /// `out += a · x`.
 #[inline(always)]
 pub(crate) fn axpy(a: f32, x: &[f32], out: &mut [f32]) {

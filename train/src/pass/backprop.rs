@@ -25,7 +25,7 @@ use feinschliff_model::llama::{DecoderLayer, Llama, RmsNorm};
 use crate::pass::dropout_mask::{Dropout, child_seed};
 use crate::pass::linear::{linear_backward, linear_forward};
 use crate::pass::ops::{
-    Head, KeyMask, RopeTables, Shape, attention_backward, attention_forward, embedding_rows,
+    Head, KeyMask, RopeTables, Shape, add, attention_backward, attention_forward, embedding_rows,
     from_heads, head_loss_backward, rms_norm, rms_norm_backward, rotate_to_heads, silu_mul,
     silu_mul_backward, to_heads, unrotate_from_heads,
 };
@@ -225,7 +225,7 @@ pub(crate) fn layer_forward(
         &pass.key_mask,
     ));
     let (o, lo) = linear(&attn.o_proj, &attended, 3);
-    let mid = x.clone() + o;
+    let mid = add(o, &x);
 
     let mlp = &layer.mlp;
     let normed = rms_norm(&layer.post_attention_layernorm, mid.clone());
@@ -233,7 +233,7 @@ pub(crate) fn layer_forward(
     let (up, lu) = linear(&mlp.up_proj, &normed, 5);
     let act = silu_mul(&gate, &up);
     let (down, ld) = linear(&mlp.down_proj, &act, 6);
-    let out = mid.clone() + down;
+    let out = add(down, &mid);
     let tape = LayerTape {
         input: x,
         q_raw,
@@ -287,9 +287,10 @@ fn layer_backward(
     let act = silu_mul(&gate, &up);
     let d_act = linear(&mlp.down_proj, act, 6, ld, d_out.clone());
     let (d_gate, d_up) = silu_mul_backward(gate, up, d_act);
-    let d_normed = linear(&mlp.gate_proj, normed.clone(), 4, lg, d_gate)
-        + linear(&mlp.up_proj, normed, 5, lu, d_up);
-    let d_mid = d_out + rms_norm_backward(&layer.post_attention_layernorm, mid, d_normed);
+    let d_normed = linear(&mlp.gate_proj, normed.clone(), 4, lg, d_gate);
+    let d_normed = add(d_normed, &linear(&mlp.up_proj, normed, 5, lu, d_up));
+    let d_mid = rms_norm_backward(&layer.post_attention_layernorm, mid, d_normed);
+    let d_mid = add(d_mid, &d_out);
 
     // Attention: mid = input + o(attention(rope(q(x)), rope(k(x)), v(x))).
     let d_attended = linear(&attn.o_proj, attended, 3, lo, d_mid.clone());
@@ -308,10 +309,13 @@ fn layer_backward(
     );
     let d_v = from_heads(d_values);
     let normed = rms_norm(&layer.input_layernorm, input.clone());
-    let d_normed = linear(&attn.q_proj, normed.clone(), 0, lq, d_q)
-        + linear(&attn.k_proj, normed.clone(), 1, lk, d_k)
-        + linear(&attn.v_proj, normed, 2, lv, d_v);
-    d_mid + rms_norm_backward(&layer.input_layernorm, input, d_normed)
+    let d_normed = linear(&attn.q_proj, normed.clone(), 0, lq, d_q);
+    let d_normed = add(d_normed, &linear(&attn.k_proj, normed.clone(), 1, lk, d_k));
+    let d_normed = add(d_normed, &linear(&attn.v_proj, normed, 2, lv, d_v));
+    add(
+        rms_norm_backward(&layer.input_layernorm, input, d_normed),
+        &d_mid,
+    )
 }
 
 /// `x` `[n, heads · head_dim]` with each head RMS-normed by `norm` (Qwen3's q/k norms), and

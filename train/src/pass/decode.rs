@@ -15,7 +15,7 @@ use feinschliff_model::llama::{Attention, DecoderLayer, Llama, RmsNorm};
 use crate::pass::backprop::head_norm;
 use crate::pass::linear::linear_forward;
 use crate::pass::ops::{
-    Head, RopeTables, Shape, embedding_rows, from_heads, rms_norm, rotate_to_heads, silu_mul,
+    Head, RopeTables, Shape, add, embedding_rows, from_heads, rms_norm, rotate_to_heads, silu_mul,
 };
 
 /// The decoder for `model` on `device`: [`HostDecoder`] on host tensors (flex, LibTorch's
@@ -142,13 +142,13 @@ fn layer_step(
     caches: &mut [SequenceCache],
 ) -> Tensor<2> {
     let attended = attention_step(&layer.self_attn, &layer.input_layernorm, &x, step, caches);
-    let mid = x + attended;
+    let mid = add(attended, &x);
     let mlp = &layer.mlp;
     let normed = rms_norm(&layer.post_attention_layernorm, mid.clone());
     let gate = linear_forward(&mlp.gate_proj, &normed, None).0;
     let up = linear_forward(&mlp.up_proj, &normed, None).0;
     let down = linear_forward(&mlp.down_proj, &silu_mul(&gate, &up), None).0;
-    mid + down
+    add(down, &mid)
 }
 
 /// `o(attention(norm(x)))` of the step's tokens against everything their rows have seen.

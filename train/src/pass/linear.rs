@@ -8,7 +8,7 @@ use feinschliff_model::quant::product::{quantized_input_grad, quantized_linear};
 
 use crate::pass::backprop::AdapterGrads;
 use crate::pass::dropout_mask::Dropout;
-use crate::pass::ops::{Read, add_matmul, matmul, scaled_matmul};
+use crate::pass::ops::{Read, add, add_matmul, matmul, scaled_matmul};
 
 /// `x Wᵀ + b` plus the adapter's `s · B A (x ⊙ mask)`; also returns `A (x ⊙ mask)` `[n, r]`.
 pub fn linear_forward(
@@ -75,9 +75,10 @@ pub fn linear_backward(
     grads.add(adapter.lora_a.id, d_a);
     grads.add(adapter.lora_b.id, d_b);
     match dropout {
-        Some(dropout) => {
-            d_x + dropout.apply(matmul(d_low, AsIs, adapter.lora_a.val().inner(), AsIs))
-        }
+        Some(dropout) => add(
+            d_x,
+            &dropout.apply(matmul(d_low, AsIs, adapter.lora_a.val().inner(), AsIs)),
+        ),
         None => add_matmul(d_x, d_low, AsIs, adapter.lora_a.val().inner(), AsIs, 1.0),
     }
 }

@@ -5,6 +5,7 @@
 //! Burn operations do the same maths. The Burn version sits beside each kernel call as its
 //! reference, and each file's tests run both paths on flex and compare them.
 
+pub mod add;
 pub mod attention;
 pub mod cross_entropy;
 pub mod matmul;
@@ -12,6 +13,7 @@ pub mod norm;
 pub mod rope;
 pub mod silu_mul;
 
+pub use add::add;
 pub use attention::{KeyMask, attention_backward, attention_forward};
 pub use cross_entropy::{Head, head_loss, head_loss_backward};
 pub use matmul::{Read, add_matmul, embedding_rows, matmul, scaled_matmul};
