@@ -3,7 +3,7 @@
 //! decoding with the KV cache must match the full forward.
 
 mod common;
-use common::test_device;
+use common::{assert_batched_generation_equals_alone, test_device};
 
 use std::path::{Path, PathBuf};
 
@@ -256,23 +256,8 @@ fn greedy_generation_follows_full_forward_argmax() {
 /// and sliding windows.
 #[test]
 fn batched_generation_equals_one_prompt_at_a_time() {
-    use feinschliff_model::generate::{BurnDecoder, Sampling, generate, generate_batch};
+    use feinschliff_model::generate::BurnDecoder;
     let device = test_device();
-    let prompts = vec![
-        vec![5u32, 17, 42, 8, 66, 23, 13],
-        vec![51, 22],
-        vec![25, 83, 49, 7],
-    ];
-    let greedy = Sampling {
-        temperature: 0.0,
-        top_p: 1.0,
-        seed: 0,
-    };
-    let sampled = Sampling {
-        temperature: 0.9,
-        top_p: 0.9,
-        seed: 7,
-    };
     for name in [
         "tied_gqa",
         "llama3_rope",
@@ -280,28 +265,9 @@ fn batched_generation_equals_one_prompt_at_a_time() {
         "mistral_window",
     ] {
         let model = HfModel::load(&fixture(name), &device).unwrap().model;
-        for sampling in [greedy, sampled] {
-            let alone = |prompt: &[u32], eos: &[u32]| {
-                let mut decoder = BurnDecoder::new(&model, &device);
-                generate(&mut decoder, prompt, eos, 12, sampling, |_| Ok(())).unwrap()
-            };
-            // An EOS id that ends the first prompt's row after its fourth token.
-            let eos = [alone(&prompts[0], &[])[3]];
-            let expected: Vec<Vec<u32>> = prompts.iter().map(|p| alone(p, &eos)).collect();
-            assert!(
-                expected[0].len() <= 4,
-                "{name}: the EOS row did not end early"
-            );
-            let mut seen = vec![Vec::new(); prompts.len()];
-            let mut decoder = BurnDecoder::new(&model, &device);
-            let batched = generate_batch(&mut decoder, &prompts, &eos, 12, sampling, |row, id| {
-                seen[row].push(id);
-                Ok(())
-            })
-            .unwrap();
-            assert_eq!(batched, expected, "{name}, {sampling:?}");
-            assert_eq!(seen, expected, "{name}: on_token saw other tokens");
-        }
+        assert_batched_generation_equals_alone(name, || {
+            Box::new(BurnDecoder::new(&model, &device))
+        });
     }
 }
 

@@ -7,8 +7,9 @@
 mod common;
 
 use burn::tensor::Device;
+use common::model_common::assert_batched_generation_equals_alone;
 use common::{model_with_adapters, model_with_adapters_as, test_device, write_wide_model};
-use feinschliff_model::generate::{BurnDecoder, Decoder, Sampling, generate, generate_batch};
+use feinschliff_model::generate::{BurnDecoder, Decoder};
 use feinschliff_model::kernels::host_tensor::is_flex;
 use feinschliff_model::linear::BaseStorage;
 use feinschliff_model::llama::Llama;
@@ -104,34 +105,10 @@ fn host_decoding_gives_the_logits_of_burn_decoding_on_a_quantized_base() {
 #[test]
 fn batched_host_generation_equals_one_prompt_at_a_time() {
     let device = test_device();
-    let greedy = Sampling {
-        temperature: 0.0,
-        top_p: 1.0,
-        seed: 0,
-    };
-    let sampled = Sampling {
-        temperature: 0.9,
-        top_p: 0.9,
-        seed: 7,
-    };
-    let prompts = prompts();
     for name in ["tied_gqa", "qwen3_tied_bias_window", "mistral_window"] {
         let model = model_with_adapters(name, 0.0, &device);
-        for sampling in [greedy, sampled] {
-            let alone = |prompt: &[u32], eos: &[u32]| {
-                let mut decoder = HostDecoder::new(&model, &device);
-                generate(&mut decoder, prompt, eos, 12, sampling, |_| Ok(())).unwrap()
-            };
-            // An EOS id that ends the first prompt's row after its fourth token.
-            let eos = [alone(&prompts[0], &[])[3]];
-            let expected: Vec<Vec<u32>> = prompts.iter().map(|p| alone(p, &eos)).collect();
-            assert!(
-                expected[0].len() <= 4,
-                "{name}: the EOS row did not end early"
-            );
-            let mut decoder = HostDecoder::new(&model, &device);
-            let batched = generate_batch(&mut decoder, &prompts, &eos, 12, sampling, |_, _| Ok(()));
-            assert_eq!(batched.unwrap(), expected, "{name}, {sampling:?}");
-        }
+        assert_batched_generation_equals_alone(name, || {
+            Box::new(HostDecoder::new(&model, &device))
+        });
     }
 }

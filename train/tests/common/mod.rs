@@ -1,7 +1,7 @@
 //! What the training integration tests share.
 
 #[path = "../../../model/tests/common/mod.rs"]
-mod model_common;
+pub mod model_common;
 pub use model_common::test_device;
 
 use std::collections::BTreeMap;
