@@ -221,13 +221,13 @@ impl WeightFiles {
         if info.dtype != Dtype::BF16 {
             return Ok(None);
         }
+        self.check_shape(name, shape)?;
         let values = file
             .bytes(info)
             .chunks_exact(2)
             .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
             .collect();
         file.release(info);
-        self.check_shape(name, shape)?;
         self.mark_taken(name)?;
         Ok(Some(values))
     }

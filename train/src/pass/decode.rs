@@ -57,9 +57,10 @@ impl Decoder for HostDecoder<'_> {
                 *layer = vec![SequenceCache::default(); tokens.len()];
             }
         }
-        if tokens.len() != self.seen.len() || tokens.iter().any(Vec::is_empty) {
+        if tokens.is_empty() || tokens.len() != self.seen.len() || tokens.iter().any(Vec::is_empty)
+        {
             return Err(Error::Usage(format!(
-                "the decoder holds {} rows and got {} (every row needs a token)",
+                "the decoder needs tokens for each of its {} rows (at least one row), got {} rows",
                 self.seen.len(),
                 tokens.len()
             )));
