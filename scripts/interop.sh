@@ -11,8 +11,8 @@
 #      there is the CUDA build, ~7 GB);
 #   2. for each base of BASES (the tiny Llama fixture, a Qwen2 one with q/k/v biases and a
 #      sliding window, a Mistral one with a sliding window), in a temporary directory: a 20-step
-#      LoRA run (configs/tiny.toml with that base, no intermediate saves or evals),
-#      `export adapter` and `export merged --dtype f32`;
+#      LoRA run and a 20-step DoRA run (configs/tiny.toml with that base, no intermediate saves
+#      or evals), each with `export adapter` and `export merged --dtype f32`;
 #   3. scripts/interop_check.py with those paths: one JSON line per check, then
 #      "interop: N passed, N failed" per base. The exit status is non-zero on any mismatch.
 #
@@ -80,9 +80,17 @@ check_base() {
         || summary_fail "export adapter of $base"
     "$BIN" export merged --run "$work/run" --checkpoint last --out "$work/merged" --dtype f32 >&2 \
         || summary_fail "export merged of $base"
+    "$BIN" train --config configs/tiny.toml --set model.path="$base" --set output.run_dir="$work/dora" \
+        --set train.max_steps=20 --set train.save_every=0 --set train.eval_every=0 --set lora.use_dora=true \
+        >"$work/dora.json" 2>"$work/dora.log" || { cat "$work/dora.log" >&2; summary_fail "DoRA train on $base"; }
+    "$BIN" export adapter --run "$work/dora" --checkpoint last --out "$work/dora-adapter" >&2 \
+        || summary_fail "export adapter of the DoRA run on $base"
+    "$BIN" export merged --run "$work/dora" --checkpoint last --out "$work/dora-merged" --dtype f32 >&2 \
+        || summary_fail "export merged of the DoRA run on $base"
     local rc=0
     "$VENV/bin/python" scripts/interop_check.py --bin "$BIN" --base "$base" --data "$DATA" \
         --ours-adapter "$work/adapter" --ours-merged "$work/merged" --work "$work/peft" \
+        --ours-dora-adapter "$work/dora-adapter" --ours-dora-merged "$work/dora-merged" \
         --max-len 16 || rc=$?
     if [[ $rc -gt 1 ]]; then  # crashed before its own summary line
         echo "interop: interop_check.py exited with $rc" >&2

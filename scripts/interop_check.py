@@ -13,6 +13,8 @@ Checks (each prints one JSON line; the last line is "interop: N passed, N failed
                       `feinschliff eval --model base --adapter ours` gives.
   hf_loads_merged     AutoModelForCausalLM on OUR merged export gives the loss of
                       peft_loads_ours, and the loss of `feinschliff eval --model merged`.
+  *_dora              the same two for a DoRA run of ours (--ours-dora-adapter/-merged;
+                      PEFT must read use_dora=True from our config).
   ours_loads_peft*    adapters written by PEFT itself (save_pretrained, safetensors) give,
                       under `feinschliff eval --model base --adapter DIR`, PEFT's own loss:
                         _trained    r=4, alpha=8, all seven projections, 5 AdamW steps
@@ -20,6 +22,9 @@ Checks (each prints one JSON line; the last line is "interop: N passed, N failed
                                     init_lora_weights=False; and, as a
                                     control, the same files with use_rslora=false must
                                     give feinschliff a different loss
+                        _dora       use_dora=True (lora_magnitude_vector), r=4,
+                                    5 AdamW steps; control: the same files with
+                                    use_dora=false must be refused or differ
                         _qv_layer1  target q_proj/v_proj, layers_to_transform=[1],
                                     init_lora_weights=False; control: the same files
                                     with layers_to_transform=[0] must be refused (or
@@ -103,25 +108,25 @@ class Checker:
 
     # -- checks ---------------------------------------------------------------------------
 
-    def peft_loads_ours(self):
-        model = PeftModel.from_pretrained(self.base_model(), self.args.ours_adapter)
+    def peft_loads_ours(self, adapter, suffix=""):
+        model = PeftModel.from_pretrained(self.base_model(), adapter)
+        use_dora = model.peft_config["default"].use_dora
         peft_loss = self.torch_loss(model)
-        ours, err = self.ours(self.args.base, self.args.ours_adapter)
+        ours, err = self.ours(self.args.base, adapter)
         d = rel(peft_loss, ours)
-        ok = d <= self.args.rtol and self.moved(peft_loss)
-        self.report("peft_loads_ours", ok, peft=peft_loss, feinschliff=ours, rel_diff=d,
-                    base=self.base_loss, error=err)
+        ok = d <= self.args.rtol and self.moved(peft_loss) and use_dora == (suffix == "_dora")
+        self.report("peft_loads_ours" + suffix, ok, peft=peft_loss, feinschliff=ours,
+                    rel_diff=d, base=self.base_loss, use_dora=use_dora, error=err)
         return peft_loss
 
-    def hf_loads_merged(self, peft_loss):
-        merged = self.args.ours_merged
+    def hf_loads_merged(self, merged, peft_loss, suffix=""):
         hf_loss = self.torch_loss(load_model(merged, torch.float32, "eager"),
                                   AutoTokenizer.from_pretrained(merged))
         ours, err = self.ours(merged)
         d_peft = rel(hf_loss, peft_loss)
         d_ours = rel(hf_loss, ours)
         ok = d_peft <= self.args.rtol and d_ours <= self.args.rtol and self.moved(hf_loss)
-        self.report("hf_loads_merged", ok, transformers=hf_loss, peft_adapter=peft_loss,
+        self.report("hf_loads_merged" + suffix, ok, transformers=hf_loss, peft_adapter=peft_loss,
                     feinschliff=ours, rel_diff_vs_peft=d_peft, rel_diff_vs_feinschliff=d_ours,
                     base=self.base_loss, error=err)
 
@@ -186,6 +191,8 @@ def main():
     ap.add_argument("--data", required=True, help="eval JSONL file")
     ap.add_argument("--ours-adapter", required=True, help="`feinschliff export adapter` dir")
     ap.add_argument("--ours-merged", required=True, help="`feinschliff export merged` dir")
+    ap.add_argument("--ours-dora-adapter", help="`export adapter` dir of a DoRA run")
+    ap.add_argument("--ours-dora-merged", help="`export merged` dir of that DoRA run")
     ap.add_argument("--work", required=True, help="where PEFT's own adapters are written")
     ap.add_argument("--max-len", type=int, default=16)
     ap.add_argument("--rtol", type=float, default=1e-4)
@@ -199,10 +206,15 @@ def main():
     os.makedirs(args.work, exist_ok=True)
 
     c = Checker(args)
-    peft_loss = c.peft_loads_ours()
-    c.hf_loads_merged(peft_loss)
+    peft_loss = c.peft_loads_ours(args.ours_adapter)
+    c.hf_loads_merged(args.ours_merged, peft_loss)
+    if args.ours_dora_adapter:
+        peft_loss = c.peft_loads_ours(args.ours_dora_adapter, "_dora")
+        c.hf_loads_merged(args.ours_dora_merged, peft_loss, "_dora")
     common = dict(r=4, lora_alpha=8, lora_dropout=0.1, task_type="CAUSAL_LM")
     c.ours_loads_peft("trained", LoraConfig(target_modules=ALL_PROJ, **common), train_steps=5)
+    c.ours_loads_peft("dora", LoraConfig(target_modules=ALL_PROJ, use_dora=True, **common),
+                      train_steps=5, control=("use_dora", False))
     # r=16: rsLoRA's scale (alpha/sqrt(r)) is 4x plain LoRA's, so the control's loss moves
     # clearly on every fixture (at r=4 the factor is 2, and on mistral_window both scales
     # happened to give losses 2e-4 apart)

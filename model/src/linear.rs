@@ -8,7 +8,7 @@ use burn::tensor::{DType, Device, Tensor};
 
 use crate::Error;
 use crate::lora::LoraAdapter;
-use crate::product::{in_dtype, linear_hf, linear_rows};
+use crate::product::{in_dtype, last_dim, linear_hf, linear_rows};
 use crate::quant::product::{dequantized, quantized_linear};
 use crate::quant::{BaseQuant, QuantizedMatrix};
 use crate::weights::WeightFiles;
@@ -129,18 +129,24 @@ impl Linear {
 
     /// Applies the layer (and its adapter) to the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let bias = self.bias.as_ref().map(Param::val);
-        let base = match self.frozen_weight() {
-            FrozenWeight::Dense(weight) => linear_hf(x.clone(), weight, bias),
-            FrozenWeight::Quantized(matrix) => {
-                linear_rows(x.clone(), matrix.dims()[0], bias, |rows| {
-                    quantized_linear(rows, matrix, self.matmul_dtype)
-                })
-            }
+        let frozen = self.frozen_weight();
+        let product = |x: Tensor<D>| match &frozen {
+            FrozenWeight::Dense(weight) => linear_hf(x, weight.clone(), None),
+            FrozenWeight::Quantized(matrix) => linear_rows(x, matrix.dims()[0], None, |rows| {
+                quantized_linear(rows, matrix, self.matmul_dtype)
+            }),
+        };
+        let base = product(x.clone());
+        let biased = match &self.bias {
+            Some(bias) => base.clone() + last_dim(bias.val()),
+            None => base.clone(),
         };
         match &self.lora {
-            Some(adapter) => base + adapter.forward(x),
-            None => base,
+            Some(adapter) => {
+                let weight = || self.dense_weight(&x.device());
+                biased + adapter.forward(x.clone(), &base, product, weight)
+            }
+            None => biased,
         }
     }
 }

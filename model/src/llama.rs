@@ -604,8 +604,8 @@ impl Llama {
         let mut attached = 0;
         for (path, proj) in self.projections_mut() {
             if wants_adapter(&path, spec) {
-                let shape = proj.dims();
-                proj.lora = Some(LoraAdapter::new(&path, shape, spec, device));
+                let (dims, weight) = (proj.dims(), || proj.dense_weight(device));
+                proj.lora = Some(LoraAdapter::new(&path, dims, weight, spec, device));
                 attached += 1;
             }
         }

@@ -57,6 +57,14 @@ pub fn linear_hf<const D: usize>(
     })
 }
 
+/// `t`, whose last dimension has `n` values and all others one, shaped `[1, …, 1, n]` to
+/// broadcast over the last dimension of a `D`-tensor.
+pub fn last_dim<const S: usize, const D: usize>(t: Tensor<S>) -> Tensor<D> {
+    let mut dims = [1; D];
+    dims[D - 1] = t.dims()[S - 1];
+    t.reshape(dims)
+}
+
 /// `product(rows of x) + b`, for a `product` that maps `[rows, in]` to `[rows, out_features]`:
 /// the last dimension of `x` replaced by `out_features`.
 pub fn linear_rows<const D: usize>(

@@ -199,6 +199,7 @@ fn adapters_are_written_as_llama_cpp_reads_them() {
         target_modules: vec!["q_proj".into(), "v_proj".into()],
         layers_to_transform: None,
         use_rslora: true,
+        use_dora: false,
     };
     let mut pairs = BTreeMap::new();
     for (path, proj) in hf.model.projections_mut() {
@@ -207,7 +208,7 @@ fn adapters_are_written_as_llama_cpp_reads_them() {
             let a = Tensor::random([4, inp], Distribution::Normal(0.0, 1.0), &device);
             let b = Tensor::random([out, 4], Distribution::Normal(0.0, 1.0), &device);
             pairs.insert(path.clone(), (a.clone(), b.clone()));
-            proj.lora = Some(LoraAdapter::from_tensors(&path, a, b, &spec, &device));
+            proj.lora = Some(LoraAdapter::from_tensors(&path, a, b, None, &spec, &device));
         }
     }
     let out = temp.path().join("adapter.gguf");

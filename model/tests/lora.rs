@@ -35,6 +35,7 @@ fn fresh_adapters_change_nothing_and_only_they_get_gradients() {
         target_modules: TARGET_MODULES.iter().map(|m| m.to_string()).collect(),
         layers_to_transform: None,
         use_rslora: false,
+        use_dora: false,
     };
     assert_eq!(model.attach_lora(&spec, &device), 14);
     let logits = model.forward(ids.clone(), positions, None);

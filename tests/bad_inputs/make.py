@@ -206,10 +206,20 @@ def main():
     write("gguf/empty.gguf", b"")
     write_gguf_cases(gguf)
 
-    adapter = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
-               "use_dora": True, "task_type": "CAUSAL_LM"}
-    write("adapter_dora/adapter_config.json", json.dumps(adapter, indent=1))
-    write("adapter_dora/adapter_model.safetensors", safetensors({"__metadata__": {"format": "pt"}}, b""))
+    # a DoRA adapter without its magnitude vectors
+    dora = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
+            "use_dora": True, "task_type": "CAUSAL_LM"}
+    write("adapter_dora/adapter_config.json", json.dumps(dora, indent=1))
+    a = struct.pack("<" + "f" * 4 * 32, *([0.01] * 128))
+    b = struct.pack("<" + "f" * 32 * 4, *([0.0] * 128))
+    tensors, data = {"__metadata__": {"format": "pt"}}, b""
+    for layer in range(2):
+        for kind, shape, values in [("A", [4, 32], a), ("B", [32, 4], b)]:
+            name = f"base_model.model.model.layers.{layer}.self_attn.q_proj.lora_{kind}.weight"
+            tensors[name] = {"dtype": "F32", "shape": shape,
+                             "data_offsets": [len(data), len(data) + len(values)]}
+            data += values
+    write("adapter_dora/adapter_model.safetensors", safetensors(tensors, data))
     write("adapter_other_model/adapter_config.json", json.dumps(
         {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}, indent=1))
     a = struct.pack("<" + "f" * 4 * 64, *([0.01] * 256))

@@ -117,6 +117,8 @@ pub struct LoraSection {
     pub layers_to_transform: Vec<usize>,
     /// rsLoRA scaling alpha/√r instead of alpha/r (default false).
     pub use_rslora: bool,
+    /// DoRA: a trained magnitude per output row besides A and B (default false).
+    pub use_dora: bool,
 }
 
 /// `[train]`.
@@ -210,6 +212,7 @@ impl Default for LoraSection {
             target_modules: TARGET_MODULES.iter().map(|m| m.to_string()).collect(),
             layers_to_transform: Vec::new(),
             use_rslora: false,
+            use_dora: false,
         }
     }
 }
@@ -360,6 +363,7 @@ impl RunConfig {
                 false => Some(self.lora.layers_to_transform.clone()),
             },
             use_rslora: self.lora.use_rslora,
+            use_dora: self.lora.use_dora,
         }
     }
 
@@ -385,7 +389,8 @@ impl RunConfig {
         let text = shaping
             .to_toml()
             .replace("base_quant = \"none\"\n", "")
-            .replace("recompute_mlp = false\n", "");
+            .replace("recompute_mlp = false\n", "")
+            .replace("use_dora = false\n", "");
         format!("{:x}", Sha256::digest(text.as_bytes()))
     }
 

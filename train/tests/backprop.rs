@@ -4,7 +4,12 @@
 //! of the forward and backward passes are the same ones).
 
 mod common;
-use common::{model_with_adapters, model_with_adapters_as, test_device, write_wide_model};
+use common::{
+    model_with_adapters, model_with_adapters_as, model_with_dora_adapters, test_device,
+    write_wide_model,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Int, Tensor, TensorData};
@@ -198,6 +203,87 @@ fn matches_autodiff_with_a_sliding_window_across_query_blocks() {
 }
 
 #[test]
+fn dora_matches_autodiff() {
+    let device = test_device().autodiff();
+    for name in ["tied_gqa", "untied_mha", "qwen3_tied_bias_window"] {
+        let model = model_with_dora_adapters(name, 0.0, &device);
+        check_model_against_autodiff(&format!("{name} DoRA"), model, batch());
+    }
+}
+
+/// With dropout, DoRA multiplies the dropped input by `W` as well; the magnitudes' gradients
+/// (their slope does not pass through the detached norm) against finite differences check that
+/// branch and, through the earlier layers, its input gradient.
+#[test]
+fn dora_dropout_gradients_agree_with_finite_differences() {
+    let device = test_device();
+    let plain = device.clone().inner();
+    let batch = batch();
+    let loss_of = |model: &Llama, grads: &mut AdapterGrads| {
+        forward_backward(model, &batch, 1.0, 11, MlpActivations::Keep, &plain, grads).loss
+    };
+    let model = model_with_dora_adapters("tied_gqa", 0.3, &device);
+    let mut grads = AdapterGrads::default();
+    loss_of(&model, &mut grads);
+    let grads = grads.into_inner();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut slope_expected = 0.0;
+    let mut directions = Vec::new();
+    for (_, adapter) in model.adapters() {
+        let magnitude = adapter.magnitude.as_ref().unwrap();
+        let grad = grads.iter().find(|(id, _)| *id == magnitude.id).unwrap();
+        let v: Vec<f32> = (0..magnitude.val().dims()[1])
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        slope_expected += values(grad.1.clone())
+            .iter()
+            .zip(&v)
+            .map(|(g, v)| (g * v) as f64)
+            .sum::<f64>();
+        directions.push(v);
+    }
+    let h = 1e-2f32;
+    let shifted = |delta: f32| {
+        let mut model = model_with_dora_adapters("tied_gqa", 0.3, &device);
+        for ((path, proj), v) in model.projections_mut().into_iter().zip(&directions) {
+            let old = proj.lora.take().unwrap();
+            let magnitude = old.magnitude.unwrap().val();
+            let dims = magnitude.dims();
+            let moved: Vec<f32> = values(magnitude)
+                .iter()
+                .zip(v)
+                .map(|(m, v)| m + delta * v)
+                .collect();
+            let spec = LoraSpec {
+                rank: 4,
+                alpha: 8.0,
+                dropout: 0.3,
+                target_modules: vec![],
+                layers_to_transform: None,
+                use_rslora: false,
+                use_dora: true,
+            };
+            let moved = Tensor::from_data(TensorData::new(moved, dims), &device);
+            let (a, b) = (old.lora_a.val(), old.lora_b.val());
+            proj.lora = Some(LoraAdapter::from_tensors(
+                &path,
+                a,
+                b,
+                Some(moved),
+                &spec,
+                &device,
+            ));
+        }
+        loss_of(&model, &mut AdapterGrads::default())
+    };
+    let slope = (shifted(h) - shifted(-h)) / (2.0 * h as f64);
+    assert!(
+        (slope - slope_expected).abs() <= 0.02 * slope_expected.abs() + 1e-3,
+        "finite difference {slope} vs gradient {slope_expected}"
+    );
+}
+
+#[test]
 fn dropout_gradients_agree_with_finite_differences() {
     let device = test_device();
     let model = model_with_adapters("tied_gqa", 0.3, &device);
@@ -259,12 +345,14 @@ fn dropout_gradients_agree_with_finite_differences() {
                 target_modules: vec![],
                 layers_to_transform: None,
                 use_rslora: false,
+                use_dora: false,
             };
             let new_a = Tensor::from_data(TensorData::new(moved, dims), &device);
             proj.lora = Some(LoraAdapter::from_tensors(
                 &path,
                 new_a,
                 old.lora_b.val(),
+                None,
                 &spec,
                 &device,
             ));

@@ -56,7 +56,7 @@ pub fn merged_tensors(model: &Llama) -> BTreeMap<String, Tensor<2>> {
     }
     for (name, linear) in model.projections() {
         let weight = match &linear.lora {
-            Some(adapter) => linear.dense_weight(&device) + adapter.delta_weight(),
+            Some(adapter) => adapter.merged_weight(linear.dense_weight(&device)),
             None => linear.dense_weight(&device),
         };
         out.insert(format!("{name}.weight"), weight);

@@ -1,11 +1,12 @@
 //! PEFT adapter directories: `adapter_config.json` and `adapter_model.safetensors` with PEFT's
 //! tensor names (`base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`, no
-//! `.default.`), as `PeftModel.from_pretrained` reads them — ours, and adapters PEFT trained.
+//! `.default.`; DoRA's magnitude `…q_proj.lora_magnitude_vector`, `[out]`), as
+//! `PeftModel.from_pretrained` reads them — ours, and adapters PEFT trained.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use serde_json::json;
 
 use super::safetensors_out::{StoreDtype, write_safetensors};
@@ -20,6 +21,8 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 
 const PREFIX: &str = "base_model.model.";
+/// DoRA's magnitude under a projection's path.
+const MAGNITUDE: &str = "lora_magnitude_vector";
 
 /// Writes the model's adapters (f32) and their config into `dir` (which must exist).
 pub fn save_adapter(
@@ -33,12 +36,17 @@ pub fn save_adapter(
     let mut values = BTreeMap::new();
     for (path, adapter) in &adapters {
         for (kind, tensor) in [
-            ("lora_A", adapter.lora_a.val()),
-            ("lora_B", adapter.lora_b.val()),
+            ("lora_A.weight", adapter.lora_a.val()),
+            ("lora_B.weight", adapter.lora_b.val()),
         ] {
-            let name = format!("{PREFIX}{path}.{kind}.weight");
+            let name = format!("{PREFIX}{path}.{kind}");
             shapes.insert(name.clone(), tensor.dims().to_vec());
             values.insert(name, tensor);
+        }
+        if let Some(magnitude) = &adapter.magnitude {
+            let name = format!("{PREFIX}{path}.{MAGNITUDE}");
+            shapes.insert(name.clone(), vec![magnitude.val().dims()[1]]);
+            values.insert(name, magnitude.val());
         }
     }
     write_safetensors(
@@ -62,7 +70,7 @@ pub fn save_adapter(
         "target_modules": spec.target_modules,
         "layers_to_transform": spec.layers_to_transform,
         "use_rslora": spec.use_rslora,
-        "use_dora": false,
+        "use_dora": spec.use_dora,
         "bias": "none",
         "fan_in_fan_out": false,
         "inference_mode": true,
@@ -92,10 +100,8 @@ pub fn read_adapter_spec(dir: &Path) -> Result<LoraSpec, Error> {
             config["peft_type"]
         )));
     }
-    for key in ["use_dora", "fan_in_fan_out"] {
-        if config[key] == true {
-            return Err(bad(format!("key `{key}`: true is not supported")));
-        }
+    if config["fan_in_fan_out"] == true {
+        return Err(bad("key `fan_in_fan_out`: true is not supported".into()));
     }
     for key in ["rank_pattern", "alpha_pattern"] {
         if config[key].as_object().is_some_and(|o| !o.is_empty()) {
@@ -185,8 +191,18 @@ pub fn read_adapter_spec(dir: &Path) -> Result<LoraSpec, Error> {
         dropout: dropout(&config["lora_dropout"]).map_err(bad)?,
         target_modules,
         layers_to_transform,
-        use_rslora: config["use_rslora"].as_bool().unwrap_or(false),
+        use_rslora: flag(&config, "use_rslora").map_err(bad)?,
+        use_dora: flag(&config, "use_dora").map_err(bad)?,
     })
+}
+
+/// A boolean key of the config (false where absent or null).
+fn flag(config: &serde_json::Value, key: &str) -> Result<bool, String> {
+    match &config[key] {
+        serde_json::Value::Null => Ok(false),
+        serde_json::Value::Bool(b) => Ok(*b),
+        other => Err(format!("key `{key}`: {other} is not true or false")),
+    }
 }
 
 /// `lora_dropout` (PEFT's default 0 where absent): a probability in [0, 1). PyTorch's
@@ -224,7 +240,17 @@ pub fn load_adapter(model: &mut Llama, dir: &Path, device: &Device) -> Result<Lo
             [out_features, spec.rank],
             device,
         )?;
-        proj.lora = Some(LoraAdapter::from_tensors(&path, a, b, &spec, device));
+        let magnitude = match spec.use_dora {
+            true => {
+                let name = format!("{PREFIX}{path}.{MAGNITUDE}");
+                let m: Tensor<1> = weights.take(&name, [out_features], device)?;
+                Some(m.reshape([1, out_features]))
+            }
+            false => None,
+        };
+        proj.lora = Some(LoraAdapter::from_tensors(
+            &path, a, b, magnitude, &spec, device,
+        ));
     }
     weights.finish()?;
     Ok(spec)

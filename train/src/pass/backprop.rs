@@ -23,7 +23,7 @@ use feinschliff_model::linear::Linear;
 use feinschliff_model::llama::{DecoderLayer, Llama, RmsNorm};
 
 use crate::pass::dropout_mask::{Dropout, child_seed};
-use crate::pass::linear::{linear_backward, linear_forward};
+use crate::pass::linear::{AdapterTape, linear_backward, linear_forward};
 use crate::pass::ops::{
     Head, KeyMask, RopeTables, Shape, add, attention_backward, attention_forward, embedding_rows,
     from_heads, head_loss_backward, rms_norm, rms_norm_backward, rotate_to_heads, silu_mul,
@@ -190,8 +190,8 @@ pub(crate) struct LayerTape {
     mid: Tensor<2>,
     /// The MLP's gate and up projections, unless they are recomputed.
     gate_up: Option<(Tensor<2>, Tensor<2>)>,
-    /// `A · dropout(x)` of the seven adapters (q, k, v, o, gate, up, down).
-    low_rank: [Option<Tensor<2>>; 7],
+    /// What the seven adapters (q, k, v, o, gate, up, down) keep for their backward passes.
+    adapters: [Option<AdapterTape>; 7],
 }
 
 /// One decoder layer: `mid = x + attention(norm(x))`, `out = mid + mlp(norm(mid))`; also
@@ -244,7 +244,7 @@ pub(crate) fn layer_forward(
         attended,
         mid,
         gate_up: (activations == MlpActivations::Keep).then_some((gate, up)),
-        low_rank: [lq, lk, lv, lo, lg, lu, ld],
+        adapters: [lq, lk, lv, lo, lg, lu, ld],
     };
     (out, tape)
 }
@@ -269,11 +269,11 @@ fn layer_backward(
         attended,
         mid,
         gate_up,
-        low_rank: [lq, lk, lv, lo, lg, lu, ld],
+        adapters: [lq, lk, lv, lo, lg, lu, ld],
     } = tape;
-    let mut linear = |linear: &Linear, x, which: u64, low_rank, d_y| {
+    let mut linear = |linear: &Linear, x, which: u64, tape, d_y| {
         let dropout = masks.get(linear, which);
-        linear_backward(linear, x, dropout, low_rank, d_y, grads)
+        linear_backward(linear, x, dropout, tape, d_y, grads)
     };
     let attn = &layer.self_attn;
     let mlp = &layer.mlp;

@@ -34,6 +34,29 @@ pub fn model_with_adapters_as(
     storage: BaseStorage,
     device: &Device,
 ) -> Llama {
+    adapted_model(dir, dropout, storage, false, device)
+}
+
+/// [`model_with_adapters`] with DoRA adapters whose magnitudes are the fresh ones (the norms of
+/// `W`'s rows) scaled by random factors in [0.8, 1.2), so that they differ from `‖W + s·BA‖`.
+#[allow(
+    dead_code,
+    reason = "used by some of the test files that share this module"
+)]
+pub fn model_with_dora_adapters(name: &str, dropout: f64, device: &Device) -> Llama {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/llama")
+        .join(name);
+    adapted_model(&dir, dropout, BaseStorage::default(), true, device)
+}
+
+fn adapted_model(
+    dir: &Path,
+    dropout: f64,
+    storage: BaseStorage,
+    use_dora: bool,
+    device: &Device,
+) -> Llama {
     let mut model = HfModel::load_as(dir, storage, device).unwrap().model;
     let spec = LoraSpec {
         rank: 4,
@@ -42,6 +65,7 @@ pub fn model_with_adapters_as(
         target_modules: TARGET_MODULES.iter().map(|m| m.to_string()).collect(),
         layers_to_transform: None,
         use_rslora: false,
+        use_dora,
     };
     model.attach_lora(&spec, device);
     // Adapters from a fixed generator of our own: the device RNG is shared with tests running
@@ -50,15 +74,21 @@ pub fn model_with_adapters_as(
     let plain = device.clone().inner();
     for (path, proj) in model.projections_mut() {
         let adapter = proj.lora.take().unwrap();
-        let mut random = |dims: [usize; 2]| {
+        let mut random = |dims: [usize; 2], low: f32, high: f32| {
             let values: Vec<f32> = (0..dims[0] * dims[1])
-                .map(|_| rng.random_range(-0.2..0.2))
+                .map(|_| rng.random_range(low..high))
                 .collect();
             Tensor::<2>::from_data(TensorData::new(values, dims), &plain)
         };
-        let a = random(adapter.lora_a.val().dims());
-        let b = random(adapter.lora_b.val().dims());
-        proj.lora = Some(LoraAdapter::from_tensors(&path, a, b, &spec, device));
+        let a = random(adapter.lora_a.val().dims(), -0.2, 0.2);
+        let b = random(adapter.lora_b.val().dims(), -0.2, 0.2);
+        let magnitude = adapter.magnitude.map(|m| {
+            let m = m.val().inner();
+            random(m.dims(), 0.8, 1.2) * m
+        });
+        proj.lora = Some(LoraAdapter::from_tensors(
+            &path, a, b, magnitude, &spec, device,
+        ));
     }
     model
 }

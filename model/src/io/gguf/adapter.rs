@@ -25,6 +25,13 @@ use crate::lora::LoraSpec;
 /// The `adapter.lora.alpha` that makes llama.cpp's `alpha / r` equal `spec`'s scaling, or why
 /// there is none.
 pub fn llama_cpp_alpha(spec: &LoraSpec) -> Result<f32, String> {
+    if spec.use_dora {
+        return Err(
+            "key `use_dora`: llama.cpp's LoRA adapters have no DoRA magnitude; \
+            export the merged model as GGUF instead (`export gguf`)"
+                .into(),
+        );
+    }
     if spec.alpha == 0.0 {
         return Err(
             "key `lora_alpha`: 0 cannot be written (llama.cpp reads alpha 0 as a scale of 1)"
@@ -125,6 +132,7 @@ mod tests {
             target_modules: vec!["q_proj".into()],
             layers_to_transform: None,
             use_rslora,
+            use_dora: false,
         }
     }
 
@@ -143,5 +151,10 @@ mod tests {
                 .unwrap_err()
                 .starts_with("key `lora_alpha`: 0")
         );
+        let dora = LoraSpec {
+            use_dora: true,
+            ..spec(16.0, 8, false)
+        };
+        assert!(llama_cpp_alpha(&dora).unwrap_err().contains("export gguf"));
     }
 }
