@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's reference Python venv: PyTorch, transformers and PEFT at the pinned versions the
-# reference scripts (scripts/peft_reference.py, scripts/interop.sh, scripts/reference_eval.py,
-# the fixture generators) and the LibTorch build (scripts/setup-libtorch.sh) use.
+# The project's reference Python venv: PyTorch, transformers, PEFT and TRL at the pinned versions
+# the reference scripts (scripts/peft_reference.py, scripts/interop.sh, scripts/reference_eval.py,
+# the fixture generators; TRL and datasets for scripts/make_dpo_fixture.py) and the LibTorch build
+# (scripts/setup-libtorch.sh) use.
 #
 # Usage: scripts/setup-venv.sh [VENV_DIR]     (default: ~/.cache/peft-bench/venv)
 #
@@ -12,12 +13,13 @@
 # Environment: PYTHON (the interpreter that creates the venv; default python3).
 set -euo pipefail
 if [ $# -gt 1 ] || [[ ${1:-} == -h || ${1:-} == --help ]]; then
-  sed -n 2,12p "$0" >&2
+  sed -n 2,13p "$0" >&2
   exit 2
 fi
 VENV=${1:-$HOME/.cache/peft-bench/venv}
 PY="$VENV/bin/python"
-PINS=(torch==2.9.0 transformers==5.23.0 peft==0.21.2 bitsandbytes==0.50.2 safetensors gguf accelerate sentencepiece)
+PINS=(torch==2.9.0 transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets==5.2.0 bitsandbytes==0.50.2
+  safetensors gguf accelerate sentencepiece)
 
 # Exit status 0 when every package of PINS is installed (at its pinned version, local build
 # tags like +cu128 ignored).

@@ -114,6 +114,9 @@ pub enum Format {
     Alpaca,
     /// A list of role/content messages.
     Chat,
+    /// A prompt (text or messages) with a preferred (`chosen`) and a dispreferred (`rejected`)
+    /// answer, for preference tuning; each record gives two examples, chosen then rejected.
+    Preference,
 }
 
 /// What happens to examples longer than `max_len`.
@@ -162,6 +165,14 @@ pub struct Columns {
     pub input: String,
     /// `alpaca` format: the answer (default `output`).
     pub output: String,
+    /// `preference` format: the prompt, a text or a list of messages (default `prompt`; when
+    /// the record has none, the `messages` column is the prompt).
+    pub prompt: String,
+    /// `preference` format: the preferred answer, a text or a list of messages (default
+    /// `chosen`).
+    pub chosen: String,
+    /// `preference` format: the dispreferred answer, like `chosen` (default `rejected`).
+    pub rejected: String,
 }
 
 impl Default for Columns {
@@ -174,6 +185,9 @@ impl Default for Columns {
             instruction: "instruction".into(),
             input: "input".into(),
             output: "output".into(),
+            prompt: "prompt".into(),
+            chosen: "chosen".into(),
+            rejected: "rejected".into(),
         }
     }
 }
@@ -213,6 +227,7 @@ impl DataConfig {
         match (self.overlong, self.format) {
             (Overlong::Auto, Format::Text) => Overlong::Window,
             (Overlong::Auto, Format::Alpaca | Format::Chat) => Overlong::Drop,
+            (Overlong::Auto, Format::Preference) => Overlong::Truncate,
             (chosen, _) => chosen,
         }
     }
@@ -251,6 +266,12 @@ impl DataConfig {
             return fail(
                 "overlong",
                 "`window` works for the text format only; use `truncate` or `drop`".into(),
+            );
+        }
+        if self.format == Format::Preference && self.packing {
+            return fail(
+                "packing",
+                "a preference pair is scored row by row; packing does not apply to format `preference`".into(),
             );
         }
         for (from, to) in &self.roles {

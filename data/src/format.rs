@@ -12,6 +12,9 @@
 //!   second); the assistant answers, end-of-turn token included, are trained. When an answer
 //!   holds no EOS token, EOS is inserted after it and trained, so the model learns to stop.
 //!
+//! - `preference`: a prompt with a chosen and a rejected answer, as TRL's `DPOTrainer`
+//!   tokenizes them ([`preference`]): two examples, each scoring its answer only.
+//!
 //! Examples longer than `max_len` are windowed (text), truncated or dropped as `overlong`
 //! says; an example left with nothing to train is dropped.
 
@@ -20,6 +23,8 @@ use crate::config::{DataConfig, Format, KNOWN_ROLES, Overlong, TrainOn};
 use crate::source::{Record, json_kind};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenize::TextTokenizer;
+
+mod preference;
 
 /// A tokenized example: its token ids and, for each, whether it is a training target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +79,7 @@ impl<'a> ExampleBuilder<'a> {
             )
         })?;
         let template = match config.format {
-            Format::Chat => {
+            Format::Chat | Format::Preference => {
                 let mut template = ChatTemplate::new(tokenizer.config())?;
                 for (name, value) in &config.chat_template_kwargs {
                     template.set_variable(name.clone(), value);
@@ -97,6 +102,7 @@ impl<'a> ExampleBuilder<'a> {
             Format::Text => self.text(record)?,
             Format::Alpaca => self.alpaca(record)?,
             Format::Chat => self.chat(record)?,
+            Format::Preference => return self.preference(record),
         };
         let max_len = self.config.max_len;
         let mut built = Built::default();
@@ -205,10 +211,20 @@ impl<'a> ExampleBuilder<'a> {
         Ok(Example::new(ids, trained))
     }
 
-    /// The record's messages, roles mapped; a role outside system/user/assistant is an error.
+    /// The record's conversation, roles mapped; it must hold an assistant message to train on
+    /// (unless every token is trained).
     fn messages(&self, record: &Record) -> Result<Vec<Message>, Error> {
+        let messages = self.message_list(record, &self.config.columns.messages)?;
+        if self.config.train_on != TrainOn::All && !messages.iter().any(|m| m.role == "assistant") {
+            return Err(record.error("the conversation has no assistant message to train on"));
+        }
+        Ok(messages)
+    }
+
+    /// The messages of column `key`, roles mapped; a role outside system/user/assistant is an
+    /// error.
+    fn message_list(&self, record: &Record, key: &str) -> Result<Vec<Message>, Error> {
         let columns = &self.config.columns;
-        let key = &columns.messages;
         let list = match record.fields.get(key) {
             Some(serde_json::Value::Array(list)) => list,
             Some(other) => {
@@ -239,9 +255,6 @@ impl<'a> ExampleBuilder<'a> {
                 )));
             }
             messages.push(Message::new(role, text(&columns.content)?));
-        }
-        if self.config.train_on != TrainOn::All && !messages.iter().any(|m| m.role == "assistant") {
-            return Err(record.error("the conversation has no assistant message to train on"));
         }
         Ok(messages)
     }
