@@ -157,6 +157,14 @@ impl LoraAdapter {
         dropped_base * (scale.clone() - 1.0) + lora * scale
     }
 
+    /// The trainable values: `A`, `B` and DoRA's magnitude.
+    pub fn num_params(&self) -> usize {
+        let magnitude = self.magnitude.as_ref().map_or(0, |m| m.val().dims()[1]);
+        self.lora_a.val().shape().num_elements()
+            + self.lora_b.val().shape().num_elements()
+            + magnitude
+    }
+
     /// `‖W + s·BA‖` per output row, `[1, out]`, of the frozen weight `weight` `[out, in]`.
     pub fn weight_norm(&self, weight: Tensor<2>) -> Tensor<2> {
         dora_norm(weight, self.lora_a.val(), self.lora_b.val(), self.scaling)

@@ -2,39 +2,53 @@
 //! (greedy) with the model as it is at a step, both written to `metrics.jsonl` and the log.
 
 use burn::module::Module;
+use feinschliff_data::batch::make_batch;
 use feinschliff_data::format::Example;
 use feinschliff_model::generate::{Sampling, generate_batch};
 use feinschliff_model::llama::Llama;
 use serde_json::json;
 
 use crate::Error;
+use crate::dpo::loss::PreferenceMetrics;
+use crate::dpo::pass::pair_terms;
+use crate::dpo::reference::{References, log_probs};
 use crate::packed_eval::evaluate_packed;
 use crate::pass::decode::decoder;
 use crate::progress::Progress;
 use crate::run_config::RunConfig;
 use crate::run_dir::MetricsLog;
 use crate::session::Session;
+use crate::trainer::add_preference_metrics;
 
 /// What a run evaluates, and with what.
 pub struct Evaluator<'a> {
     session: &'a Session,
     config: &'a RunConfig,
-    /// The validation examples scored (the first `train.eval_records`, 0 = all).
+    /// The validation examples scored (the first `train.eval_records`, 0 = all; pairs for
+    /// preference data).
     valid: &'a [Example],
+    /// The reference's log-probabilities of the validation examples, for DPO.
+    references: Option<&'a [f64]>,
 }
 
 impl<'a> Evaluator<'a> {
     /// The evaluation `config` asks for, on the session's validation split.
-    pub fn new(session: &'a Session, config: &'a RunConfig) -> Self {
+    pub fn new(
+        session: &'a Session,
+        config: &'a RunConfig,
+        references: Option<&'a References>,
+    ) -> Self {
         let valid = &session.data.data.valid;
+        let per_record = if references.is_some() { 2 } else { 1 };
         let keep = match config.train.eval_records {
             0 => valid.len(),
-            n => n.min(valid.len()),
+            n => (n * per_record).min(valid.len()),
         };
         Self {
             session,
             config,
             valid: &valid[..keep],
+            references: references.map(|r| &r.valid[..keep]),
         }
     }
 
@@ -52,9 +66,12 @@ impl<'a> Evaluator<'a> {
         progress: &mut dyn Progress,
     ) -> Result<Option<f64>, Error> {
         let inference = model.valid();
-        let loss = match self.valid.is_empty() {
-            true => None,
-            false => Some(self.score(&inference, step, log, progress)?),
+        let loss = match (self.valid.is_empty(), self.references) {
+            (true, _) => None,
+            (false, None) => Some(self.score(&inference, step, log, progress)?),
+            (false, Some(references)) => {
+                Some(self.score_pairs(&inference, references, step, log, progress)?)
+            }
         };
         self.answer_prompts(&inference, step, log, progress)?;
         Ok(loss)
@@ -87,6 +104,37 @@ impl<'a> Evaluator<'a> {
             report.loss, report.perplexity
         ));
         Ok(report.loss)
+    }
+
+    /// Scores the validation pairs with the DPO objective; returns the mean pair loss.
+    fn score_pairs(
+        &self,
+        model: &Llama,
+        references: &[f64],
+        step: usize,
+        log: &mut MetricsLog,
+        progress: &mut dyn Progress,
+    ) -> Result<f64, Error> {
+        let dpo = self.config.train.dpo().expect("references exist for DPO");
+        let rows = 2 * self.config.train.micro_batch;
+        let pad_id = self.session.tokenizer.pad_id();
+        let device = &self.session.plain_device;
+        let policy = log_probs(model, self.valid, rows, pad_id, device);
+        let mut metrics = PreferenceMetrics::default();
+        for (pair, answers) in self.valid.chunks(2).enumerate() {
+            let batch = make_batch(&[vec![&answers[0]], vec![&answers[1]]], None, pad_id);
+            let rows = 2 * pair..2 * pair + 2;
+            let terms = pair_terms(&batch, &policy[rows.clone()], &references[rows], dpo);
+            metrics.add(&terms[0]);
+        }
+        let mut line = json!({ "step": step, "eval_loss": metrics.loss });
+        add_preference_metrics(&mut line, &metrics, "eval_");
+        log.write(line)?;
+        progress.note(&format!(
+            "eval at step {step}: DPO loss {:.4}  reward accuracy {:.3}  margin {:.4}",
+            metrics.loss, metrics.reward_accuracy, metrics.reward_margin
+        ));
+        Ok(metrics.loss)
     }
 
     /// Answers every configured prompt greedily, all in one batch.

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod dpo;
 pub mod evaluator;
 pub mod export;
 pub mod export_gguf;

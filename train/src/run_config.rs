@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
-use feinschliff_data::config::{DataConfig, Files};
+use feinschliff_data::config::{DataConfig, Files, Format};
 
 use feinschliff_model::backend::DeviceChoice;
 use feinschliff_model::lora::{LoraSpec, TARGET_MODULES};
 use feinschliff_model::quant::BaseQuant;
 
 use crate::Error;
+use crate::dpo::loss::{DpoLoss, DpoSettings};
 use crate::pass::backprop::MlpActivations;
 
 /// A whole run configuration.
@@ -167,9 +168,35 @@ pub struct TrainSection {
     /// keeping them from the forward pass (default false): less memory, a slower step, the
     /// same result.
     pub recompute_mlp: bool,
+    /// `sft` (next-token loss on the trained tokens) or `dpo` (preference pairs; needs
+    /// `data.format = "preference"`) (default `sft`).
+    pub objective: Objective,
+    /// DPO's β (default 0.1, as TRL).
+    pub dpo_beta: f64,
+    /// DPO's loss: `sigmoid` (the DPO paper) or `ipo` (default `sigmoid`).
+    pub dpo_loss: DpoLoss,
+}
+
+/// What training minimises.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Supervised fine-tuning: the mean next-token loss of the trained tokens.
+    #[default]
+    Sft,
+    /// Direct preference optimisation on chosen/rejected pairs.
+    Dpo,
 }
 
 impl TrainSection {
+    /// DPO's settings, when the objective is DPO.
+    pub fn dpo(&self) -> Option<DpoSettings> {
+        (self.objective == Objective::Dpo).then_some(DpoSettings {
+            beta: self.dpo_beta,
+            loss: self.dpo_loss,
+        })
+    }
+
     /// What the training pass keeps of each layer's MLP.
     pub fn mlp_activations(&self) -> MlpActivations {
         match self.recompute_mlp {
@@ -240,6 +267,9 @@ impl Default for TrainSection {
             generate_prompts: Vec::new(),
             generate_max_new_tokens: 32,
             recompute_mlp: false,
+            objective: Objective::Sft,
+            dpo_beta: 0.1,
+            dpo_loss: DpoLoss::Sigmoid,
         }
     }
 }
@@ -311,6 +341,28 @@ impl RunConfig {
                     ),
                 );
             }
+        }
+        let preference = data.format == Format::Preference;
+        match (train.objective, preference) {
+            (Objective::Dpo, false) => {
+                return fail(
+                    "train.objective",
+                    "`dpo` trains on preference pairs; set data.format = \"preference\"".into(),
+                );
+            }
+            (Objective::Sft, true) => {
+                return fail(
+                    "data.format",
+                    "`preference` data needs train.objective = \"dpo\"".into(),
+                );
+            }
+            _ => {}
+        }
+        if !(train.dpo_beta > 0.0 && train.dpo_beta.is_finite()) {
+            return fail(
+                "train.dpo_beta",
+                format!("must be positive, got {}", train.dpo_beta),
+            );
         }
         if !(train.lr > 0.0 && train.lr.is_finite()) {
             return fail("train.lr", format!("must be positive, got {}", train.lr));
@@ -390,7 +442,11 @@ impl RunConfig {
             .to_toml()
             .replace("base_quant = \"none\"\n", "")
             .replace("recompute_mlp = false\n", "")
-            .replace("use_dora = false\n", "");
+            .replace("use_dora = false\n", "")
+            .replace(
+                "objective = \"sft\"\ndpo_beta = 0.1\ndpo_loss = \"sigmoid\"\n",
+                "",
+            );
         format!("{:x}", Sha256::digest(text.as_bytes()))
     }
 

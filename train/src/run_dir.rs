@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use feinschliff_data::atomic_file::{write_file_atomic, write_file_atomic_for_append};
 
 use crate::Error;
-use crate::plot::write_loss_plot;
+use crate::plot::{write_curve_plot, write_loss_plot};
 
 /// The lock file inside a run directory.
 const LOCK_FILE: &str = ".lock";
@@ -89,24 +89,34 @@ impl RunDir {
         write_file_atomic(&self.join("summary.json"), json.as_bytes())
     }
 
-    /// Draws `loss.png` from the step and eval lines of `metrics.jsonl`.
+    /// Draws `loss.png` from the step and eval lines of `metrics.jsonl`; for DPO runs also
+    /// `reward_margin.png` and `reward_accuracy.png`.
     pub fn plot_losses(&self) -> Result<(), Error> {
         let metrics = self.join(METRICS_FILE);
         let text = std::fs::read_to_string(&metrics).map_err(|e| Error::io(&metrics, e))?;
-        let (mut train, mut eval) = (Vec::new(), Vec::new());
-        let lines = text.lines();
-        for value in lines.filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
-            let Some(step) = value["step"].as_f64() else {
-                continue;
-            };
-            if let Some(loss) = value["loss"].as_f64() {
-                train.push((step, loss));
-            }
-            if let Some(loss) = value["eval_loss"].as_f64() {
-                eval.push((step, loss));
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let points = |key: &str| -> Vec<(f64, f64)> {
+            lines
+                .iter()
+                .filter_map(|v| Some((v["step"].as_f64()?, v[key].as_f64()?)))
+                .collect()
+        };
+        write_loss_plot(
+            &self.join("loss.png"),
+            &points("loss"),
+            &points("eval_loss"),
+        )?;
+        for key in ["reward_margin", "reward_accuracy"] {
+            let (train, eval) = (points(key), points(&format!("eval_{key}")));
+            if !train.is_empty() || !eval.is_empty() {
+                let path = self.join(&format!("{key}.png"));
+                write_curve_plot(&path, &key.replace('_', " "), &train, &eval)?;
             }
         }
-        write_loss_plot(&self.join("loss.png"), &train, &eval)
+        Ok(())
     }
 }
 

@@ -1,9 +1,11 @@
 //! The rows a run trains on, as an endless stream: tokenized examples packed into rows of
-//! `data.max_len` (`data.packing`) or one example per row, reshuffled every epoch from the seed.
+//! `data.max_len` (`data.packing`), one example per row, or preference pairs of two rows,
+//! reshuffled every epoch from the seed.
 //! Step `s` takes the next `micro_batch · grad_accum` rows of the stream, so the data cursor is
 //! a function of the step and a resumed run sees the same batches.
 
 use feinschliff_data::batch::{Batch, make_batch};
+use feinschliff_data::config::Format;
 use feinschliff_data::format::Example;
 use feinschliff_data::pack::{pack, packing_efficiency};
 use rand::SeedableRng;
@@ -20,6 +22,12 @@ pub fn training_rows(
     progress: &mut dyn Progress,
 ) -> Vec<Vec<usize>> {
     let max_len = config.data.max_len;
+    if config.data.format == Format::Preference {
+        // A pair (chosen, rejected) is one unit of the stream; each is a row of its batch.
+        return (0..examples.len() / 2)
+            .map(|i| vec![2 * i, 2 * i + 1])
+            .collect();
+    }
     match config.data.packing {
         true => {
             let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
@@ -44,12 +52,8 @@ pub fn step_batches(
     step: usize,
     pad_id: u32,
 ) -> Vec<Batch> {
-    let train_cfg = &config.train;
-    let per_step = train_cfg.micro_batch * train_cfg.grad_accum;
-    (step * per_step..(step + 1) * per_step)
-        .map(|k| stream_row(rows, train_cfg.seed, k))
-        .collect::<Vec<_>>()
-        .chunks(train_cfg.micro_batch)
+    step_rows(rows, config, step)
+        .iter()
         .map(|micro| {
             let rows: Vec<Vec<&Example>> = micro
                 .iter()
@@ -60,6 +64,26 @@ pub fn step_batches(
                 config.data.packing.then_some(config.data.max_len),
                 pad_id,
             )
+        })
+        .collect()
+}
+
+/// The example indices of each batch row of each micro-batch of step `step`: a unit of the
+/// stream is a row, or, for preference data, a pair that fills two rows (chosen, rejected).
+pub fn step_rows(rows: &[Vec<usize>], config: &RunConfig, step: usize) -> Vec<Vec<Vec<usize>>> {
+    let train_cfg = &config.train;
+    let per_step = train_cfg.micro_batch * train_cfg.grad_accum;
+    let pairs = config.data.format == Format::Preference;
+    (step * per_step..(step + 1) * per_step)
+        .map(|k| stream_row(rows, train_cfg.seed, k))
+        .collect::<Vec<_>>()
+        .chunks(train_cfg.micro_batch)
+        .map(|micro| match pairs {
+            true => micro
+                .iter()
+                .flat_map(|pair| pair.iter().map(|&i| vec![i]))
+                .collect(),
+            false => micro.iter().map(|row| row.to_vec()).collect(),
         })
         .collect()
 }

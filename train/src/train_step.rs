@@ -72,6 +72,25 @@ pub fn train_step(
         forward_seconds += result.forward_seconds;
         backward_seconds += result.backward_seconds;
     }
+    let (model, grad_norm, optimizer_seconds) = apply_gradients(model, optim, grads, settings);
+    let report = StepReport {
+        loss,
+        grad_norm,
+        forward_seconds,
+        backward_seconds,
+        optimizer_seconds,
+    };
+    (model, report)
+}
+
+/// Clips the summed gradients `grads` and lets the optimizer update `model` with them; returns
+/// the updated model, the gradient norm before clipping and the seconds it took.
+pub fn apply_gradients(
+    model: Llama,
+    optim: &mut ModuleOptimizer,
+    grads: AdapterGrads,
+    settings: StepSettings,
+) -> (Llama, f64, f64) {
     let started = Instant::now();
     let mut params = GradientsParams::new();
     let mut ids = Vec::new();
@@ -81,14 +100,7 @@ pub fn train_step(
     }
     let grad_norm = clip_global_norm(&mut params, &ids, settings.max_grad_norm);
     let model = optim.step(settings.lr, model, params);
-    let report = StepReport {
-        loss,
-        grad_norm,
-        forward_seconds,
-        backward_seconds,
-        optimizer_seconds: started.elapsed().as_secs_f64(),
-    };
-    (model, report)
+    (model, grad_norm, started.elapsed().as_secs_f64())
 }
 
 /// The seed of step `step`'s dropout masks (0-based) in a run seeded with `seed`.

@@ -20,6 +20,9 @@ use serde_json::json;
 
 use crate::Error;
 use crate::checkpoint::{CheckpointState, OPTIMIZER_FILE, prune_checkpoints, write_checkpoint};
+use crate::dpo::loss::PreferenceMetrics;
+use crate::dpo::reference::{References, references};
+use crate::dpo::step::{PairBatch, dpo_step};
 use crate::evaluator::Evaluator;
 use crate::optim::adamw;
 use crate::progress::Progress;
@@ -28,6 +31,7 @@ use crate::run_config::RunConfig;
 use crate::run_dir::{MetricsLog, RunDir};
 use crate::schedule::learning_rate;
 use crate::session::Session;
+use crate::stream::step_rows;
 use crate::train_step::{StepSettings, dropout_seed, train_step};
 
 /// What a finished run reports.
@@ -86,6 +90,10 @@ fn train_locked(
 ) -> Result<TrainSummary, Error> {
     let resume_from = resume_point(run_dir, resume, config, progress)?;
     let (session, base) = Session::prepare(config, progress)?;
+    let references = match config.train.dpo() {
+        Some(_) => Some(references(&base, &session, config, run_dir, progress)?),
+        None => None,
+    };
     let total_steps = session.total_steps(config);
     let trainee = Trainee::start(base, config, &session, resume_from.as_ref(), progress)?;
     progress.note(&format!(
@@ -102,7 +110,7 @@ fn train_locked(
     }
     run_dir.write_config(&config.to_toml())?;
     let mut log = MetricsLog::open(run_dir, trainee.start_step)?;
-    let evaluator = Evaluator::new(&session, config);
+    let evaluator = Evaluator::new(&session, config, references.as_ref());
     let initial_eval_loss = match trainee.start_step == 0 && evaluator.wanted() {
         true => evaluator.run(&trainee.model, 0, &mut log, progress)?,
         false => None,
@@ -114,6 +122,7 @@ fn train_locked(
         run_dir,
         spec: config.lora_spec(),
         total_steps,
+        references: references.as_ref(),
     };
     let outcome = steps.run(trainee, &mut log, stop, progress)?;
     drop(log);
@@ -186,12 +195,7 @@ impl Trainee {
             }
         };
         let adapters = model.adapters();
-        let parameters = adapters
-            .iter()
-            .map(|(_, a)| {
-                a.lora_a.val().shape().num_elements() + a.lora_b.val().shape().num_elements()
-            })
-            .sum();
+        let parameters = adapters.iter().map(|(_, a)| a.num_params()).sum();
         let adapters = adapters.len();
         Ok(Self {
             adapters,
@@ -211,6 +215,8 @@ struct StepLoop<'a> {
     run_dir: &'a RunDir,
     spec: LoraSpec,
     total_steps: usize,
+    /// The reference's log-probabilities, for DPO.
+    references: Option<&'a References>,
 }
 
 /// What the step loop ended with.
@@ -319,7 +325,26 @@ impl StepLoop<'_> {
             mlp: train_cfg.mlp_activations(),
         };
         let device = &self.session.plain_device;
-        let (model, report) = train_step(model, optim, &batches, settings, device);
+        let (model, report, preference) = match (train_cfg.dpo(), self.references) {
+            (Some(dpo), Some(references)) => {
+                let rows = step_rows(&self.session.rows, self.config, step);
+                let batches: Vec<PairBatch> = batches
+                    .into_iter()
+                    .zip(rows)
+                    .map(|(batch, rows)| PairBatch {
+                        reference: rows.iter().map(|r| references.train[r[0]]).collect(),
+                        batch,
+                    })
+                    .collect();
+                let (model, report, metrics) =
+                    dpo_step(model, optim, &batches, dpo, settings, device);
+                (model, report, Some(metrics))
+            }
+            _ => {
+                let (model, report) = train_step(model, optim, &batches, settings, device);
+                (model, report, None)
+            }
+        };
         let (loss, grad_norm, done) = (report.loss, report.grad_norm, step + 1);
         if !loss.is_finite() {
             return Err(Error::Usage(format!(
@@ -327,10 +352,14 @@ impl StepLoop<'_> {
             )));
         }
         let tokens_per_second = real_tokens as f64 / step_started.elapsed().as_secs_f64();
-        log.write(json!({
+        let mut line = json!({
             "step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": window_tokens,
             "tokens_per_second": tokens_per_second, "elapsed_s": started.elapsed().as_secs_f64(),
-        }))?;
+        });
+        if let Some(metrics) = &preference {
+            add_preference_metrics(&mut line, metrics, "");
+        }
+        log.write(line)?;
         progress.step(
             done,
             self.total_steps,
@@ -366,6 +395,22 @@ impl StepLoop<'_> {
         let dir = write_checkpoint(run_dir, model, &self.spec, &base_model, optim, &state)?;
         prune_checkpoints(run_dir, self.config.train.keep_last)?;
         Ok(dir)
+    }
+}
+
+/// Adds the pairs' means to a `metrics.jsonl` line, each key prefixed with `prefix`.
+pub fn add_preference_metrics(
+    line: &mut serde_json::Value,
+    metrics: &PreferenceMetrics,
+    prefix: &str,
+) {
+    for (key, value) in [
+        ("rewards_chosen", metrics.rewards_chosen),
+        ("rewards_rejected", metrics.rewards_rejected),
+        ("reward_margin", metrics.reward_margin),
+        ("reward_accuracy", metrics.reward_accuracy),
+    ] {
+        line[format!("{prefix}{key}")] = json!(value);
     }
 }
 

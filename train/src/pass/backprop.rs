@@ -95,6 +95,24 @@ pub fn forward_backward(
     device: &Device,
     grads: &mut AdapterGrads,
 ) -> MicroBatchResult {
+    let loss = |normed, head: &Head, targets: &[i64]| {
+        head_loss_backward(normed, head, targets, loss_scale, device)
+    };
+    forward_backward_with(model, batch, dropout_seed, mlp, device, grads, loss)
+}
+
+/// [`forward_backward`] with another loss: `loss(normed, head, targets)` gets the final
+/// normed hidden states `[rows · len, hidden]`, the output head and the shifted targets, and
+/// returns the loss and its gradient with respect to `normed`.
+pub fn forward_backward_with(
+    model: &Llama,
+    batch: &Batch,
+    dropout_seed: u64,
+    mlp: MlpActivations,
+    device: &Device,
+    grads: &mut AdapterGrads,
+    loss: impl FnOnce(Tensor<2>, &Head, &[i64]) -> (f64, Tensor<2>),
+) -> MicroBatchResult {
     let started = std::time::Instant::now();
     let (pass, mut x) = Pass::start(model, batch, device);
     let mut tapes = Vec::with_capacity(model.model.layers.len());
@@ -106,8 +124,7 @@ pub fn forward_backward(
     }
     let normed = rms_norm(&model.model.norm, x.clone());
     let targets = shifted_targets(batch);
-    let head = Head::of(model);
-    let (loss, d_normed) = head_loss_backward(normed, &head, &targets, loss_scale, device);
+    let (loss, d_normed) = loss(normed, &Head::of(model), &targets);
     let forward_seconds = started.elapsed().as_secs_f64();
 
     let started = std::time::Instant::now();

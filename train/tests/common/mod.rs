@@ -19,6 +19,10 @@ use rand::{Rng, SeedableRng};
 /// The fixture model `name` (`tests/fixtures/llama/`) with adapters of rank 4 on every
 /// projection, `A` and `B` random (a fresh `B = 0` would leave every `A` gradient zero and hide
 /// mistakes); the same adapters on every call.
+#[allow(
+    dead_code,
+    reason = "used by some of the test files that share this module"
+)]
 pub fn model_with_adapters(name: &str, dropout: f64, device: &Device) -> Llama {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/llama")
@@ -28,6 +32,10 @@ pub fn model_with_adapters(name: &str, dropout: f64, device: &Device) -> Llama {
 
 /// [`model_with_adapters`] of the model in `dir`, its base kept as `storage` says (dtype,
 /// quantization).
+#[allow(
+    dead_code,
+    reason = "used by some of the test files that share this module"
+)]
 pub fn model_with_adapters_as(
     dir: &Path,
     dropout: f64,

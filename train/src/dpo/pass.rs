@@ -1,0 +1,123 @@
+//! DPO through the training pass: a micro-batch holds pairs as consecutive rows (chosen, then
+//! rejected); the policy's log-probability of each row's answer is the negated sum of its
+//! scored tokens' losses, the pairs' terms follow ([`DpoSettings::pair`]), and each row's
+//! tokens get the gradient `∂ loss / ∂ log p(row)` through the output head. The head's loss is
+//! computed twice for this (once for the sums, once with their weights): the weights depend
+//! on whole rows, and the head works in chunks of rows.
+
+use burn::tensor::{Device, Tensor};
+use feinschliff_data::batch::{Batch, IGNORE_INDEX};
+use feinschliff_model::llama::Llama;
+
+use crate::dpo::loss::{DpoSettings, PairLogProbs, PairTerms, PreferenceMetrics};
+use crate::pass::backprop::{
+    AdapterGrads, MicroBatchResult, MlpActivations, forward_backward_with,
+};
+use crate::pass::ops::{Head, head_loss, head_loss_backward};
+use crate::pass::score::final_hidden;
+
+/// What one micro-batch of pairs gives.
+pub struct PairsResult {
+    /// Timings of the pass (its `loss` is the sum of the pairs' losses times the scale).
+    pub pass: MicroBatchResult,
+    /// The pairs' terms.
+    pub metrics: PreferenceMetrics,
+}
+
+/// Runs the pairs of `batch` (rows `2j`, `2j + 1`) through `model` and adds the gradient of
+/// `pair_scale · Σ_pairs loss` to `grads`; `reference[row]` is the reference's log-probability
+/// of each row's answer.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the training pass's settings, one by one"
+)]
+pub fn dpo_forward_backward(
+    model: &Llama,
+    batch: &Batch,
+    reference: &[f64],
+    settings: DpoSettings,
+    pair_scale: f64,
+    dropout_seed: u64,
+    mlp: MlpActivations,
+    device: &Device,
+    grads: &mut AdapterGrads,
+) -> PairsResult {
+    let mut metrics = PreferenceMetrics::default();
+    let loss = |normed: Tensor<2>, head: &Head, targets: &[i64]| {
+        let policy = row_sums(&normed, batch.len, |rows, range| {
+            -head_loss(rows, head, &targets[range], device)
+        });
+        let terms = pair_terms(batch, &policy, reference, settings);
+        let mut loss = 0.0;
+        let mut d_rows = Vec::with_capacity(batch.rows);
+        for (pair, terms) in terms.iter().enumerate() {
+            metrics.add(terms);
+            loss += pair_scale * terms.loss;
+            for (row, d_log_p) in [(2 * pair, terms.d_chosen), (2 * pair + 1, terms.d_rejected)] {
+                let range = row * batch.len..(row + 1) * batch.len;
+                let rows = normed.clone().narrow(0, range.start, batch.len);
+                // The head's loss is Σ −log p: its scale is −∂ loss / ∂ log p.
+                let scale = -pair_scale * d_log_p;
+                d_rows.push(head_loss_backward(rows, head, &targets[range], scale, device).1);
+            }
+        }
+        (loss, Tensor::cat(d_rows, 0))
+    };
+    let pass = forward_backward_with(model, batch, dropout_seed, mlp, device, grads, loss);
+    PairsResult { pass, metrics }
+}
+
+/// The pairs' terms of `batch` with the policy's row sums `policy`.
+pub fn pair_terms(
+    batch: &Batch,
+    policy: &[f64],
+    reference: &[f64],
+    settings: DpoSettings,
+) -> Vec<PairTerms> {
+    assert_eq!(batch.rows % 2, 0, "pairs fill two rows each");
+    assert_eq!(reference.len(), batch.rows, "a reference value per row");
+    let scored = |row: usize| {
+        let labels = &batch.labels[row * batch.len..(row + 1) * batch.len];
+        labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
+    };
+    (0..batch.rows / 2)
+        .map(|pair| {
+            let (c, r) = (2 * pair, 2 * pair + 1);
+            settings.pair(&PairLogProbs {
+                chosen: policy[c],
+                rejected: policy[r],
+                reference_chosen: reference[c],
+                reference_rejected: reference[r],
+                chosen_tokens: scored(c),
+                rejected_tokens: scored(r),
+            })
+        })
+        .collect()
+}
+
+/// The log-probability of each row's scored tokens under `model` (its adapters as they are;
+/// no dropout, no gradient).
+pub fn row_log_probs(model: &Llama, batch: &Batch, device: &Device) -> Vec<f64> {
+    let (normed, targets) = final_hidden(model, batch, device);
+    let head = Head::of(model);
+    row_sums(&normed, batch.len, |rows, range| {
+        -head_loss(rows, &head, &targets[range], device)
+    })
+}
+
+/// `f(rows of one batch row, its token range)` for every batch row of `normed`.
+fn row_sums(
+    normed: &Tensor<2>,
+    len: usize,
+    f: impl Fn(Tensor<2>, std::ops::Range<usize>) -> f64,
+) -> Vec<f64> {
+    let rows = normed.dims()[0] / len;
+    (0..rows)
+        .map(|row| {
+            f(
+                normed.clone().narrow(0, row * len, len),
+                row * len..(row + 1) * len,
+            )
+        })
+        .collect()
+}
