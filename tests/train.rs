@@ -127,6 +127,7 @@ const DPO: [&str; 7] = [
 #[test]
 fn dpo_runs_resume_exactly_and_learn_the_preference() {
     check_exact_resume(&DPO);
+    check_exact_resume_with(&DPO, &["reference_logps.json"]);
     let dir = tempfile::tempdir().unwrap();
     let summary = train(&dir.path().join("run"), &DPO, false);
     let evals: Vec<Value> = std::fs::read_to_string(dir.path().join("run/metrics.jsonl"))
@@ -205,12 +206,21 @@ fn runs_on_a_gguf_base_resume_exactly_and_match_its_import() {
 /// A run of `configs/tiny.toml` with `sets`, resumed from its step-2 checkpoint, ends with the
 /// adapters and losses of the uninterrupted run.
 fn check_exact_resume(sets: &[&str]) {
+    check_exact_resume_with(sets, &[]);
+}
+
+/// [`check_exact_resume`] where the interrupted run also kept the files `kept` of its run
+/// directory.
+fn check_exact_resume_with(sets: &[&str], kept: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
     train(&straight, sets, false);
     // The interrupted run: only the step-2 checkpoint of the same configuration survives.
     let resumed = dir.path().join("resumed");
     copy_checkpoints(&straight, &resumed, &[2]);
+    for file in kept {
+        std::fs::copy(straight.join(file), resumed.join(file)).unwrap();
+    }
     let summary = train(&resumed, sets, true);
     assert_eq!(summary["resumed_from"], 2);
     assert_eq!(

@@ -78,7 +78,10 @@ impl<'a> ExampleBuilder<'a> {
                 "the tokenizer names no EOS token (`eos_token`) in its vocabulary; examples must end with one",
             )
         })?;
+        // Plain-text preference pairs need no template; conversational ones say so if missing.
+        let no_template = tokenizer.config().chat_template.is_none();
         let template = match config.format {
+            Format::Preference if no_template => None,
             Format::Chat | Format::Preference => {
                 let mut template = ChatTemplate::new(tokenizer.config())?;
                 for (name, value) in &config.chat_template_kwargs {

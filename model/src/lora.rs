@@ -74,9 +74,9 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
-    /// A fresh adapter for a layer `[out, in]` whose frozen weight `weight` gives (in f32; called
-    /// only with DoRA, for the magnitude's start); `name` is the PEFT module path
-    /// (`model.layers.0.self_attn.q_proj`), which fixes the parameter ids.
+    /// A fresh adapter for a layer `[out, in]`; `weight` returns the layer's frozen weight in
+    /// f32 and is called only with DoRA, for the magnitude's start; `name` is the PEFT module
+    /// path (`model.layers.0.self_attn.q_proj`), which fixes the parameter ids.
     pub fn new(
         name: &str,
         [out_features, in_features]: [usize; 2],

@@ -78,6 +78,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let report = match (&args.config, &args.data) {
         (Some(config), _) => {
             let config = RunConfig::load(config, &args.overrides)?;
+            if config.train.dpo().is_some() {
+                anyhow::bail!(
+                    "{}: a DPO run is evaluated by its DPO loss and reward accuracy, which `train` writes to metrics.jsonl at every evaluation; `eval` scores token losses",
+                    args.config.as_ref().expect("config").display()
+                );
+            }
             let files = ModelFiles::of(&args.model.model)?;
             let loaded_data = load_dataset(&config.data, files.dir())?;
             let data = &loaded_data.data;

@@ -68,6 +68,12 @@ pub fn bench(
     if steps == 0 {
         return Err(Error::Usage("--steps must be at least 1".into()));
     }
+    if config.train.dpo().is_some() {
+        return Err(Error::Usage(
+            "bench measures the SFT step; time a DPO run with `train` (metrics.jsonl has its tokens/s)"
+                .into(),
+        ));
+    }
     let (session, mut model) = Session::prepare(config, progress)?;
     session.device.seed(config.train.seed);
     model.attach_lora(&config.lora_spec(), &session.device);

@@ -2,7 +2,6 @@
 //! (greedy) with the model as it is at a step, both written to `metrics.jsonl` and the log.
 
 use burn::module::Module;
-use feinschliff_data::batch::make_batch;
 use feinschliff_data::format::Example;
 use feinschliff_model::generate::{Sampling, generate_batch};
 use feinschliff_model::llama::Llama;
@@ -18,7 +17,6 @@ use crate::progress::Progress;
 use crate::run_config::RunConfig;
 use crate::run_dir::MetricsLog;
 use crate::session::Session;
-use crate::trainer::add_preference_metrics;
 
 /// What a run evaluates, and with what.
 pub struct Evaluator<'a> {
@@ -120,15 +118,13 @@ impl<'a> Evaluator<'a> {
         let pad_id = self.session.tokenizer.pad_id();
         let device = &self.session.plain_device;
         let policy = log_probs(model, self.valid, rows, pad_id, device);
+        let scored: Vec<usize> = self.valid.iter().map(Example::trained_tokens).collect();
         let mut metrics = PreferenceMetrics::default();
-        for (pair, answers) in self.valid.chunks(2).enumerate() {
-            let batch = make_batch(&[vec![&answers[0]], vec![&answers[1]]], None, pad_id);
-            let rows = 2 * pair..2 * pair + 2;
-            let terms = pair_terms(&batch, &policy[rows.clone()], &references[rows], dpo);
-            metrics.add(&terms[0]);
+        for terms in pair_terms(&policy, references, &scored, dpo) {
+            metrics.add(&terms);
         }
         let mut line = json!({ "step": step, "eval_loss": metrics.loss });
-        add_preference_metrics(&mut line, &metrics, "eval_");
+        metrics.write_into(&mut line, "eval_");
         log.write(line)?;
         progress.note(&format!(
             "eval at step {step}: DPO loss {:.4}  reward accuracy {:.3}  margin {:.4}",

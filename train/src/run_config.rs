@@ -444,6 +444,10 @@ impl RunConfig {
             .replace("recompute_mlp = false\n", "")
             .replace("use_dora = false\n", "")
             .replace(
+                "prompt = \"prompt\"\nchosen = \"chosen\"\nrejected = \"rejected\"\n",
+                "",
+            )
+            .replace(
                 "objective = \"sft\"\ndpo_beta = 0.1\ndpo_loss = \"sigmoid\"\n",
                 "",
             );
@@ -543,6 +547,19 @@ mod tests {
         let mut quantized = dense.clone();
         quantized.model.base_quant = BaseQuant::Q8_0;
         assert_ne!(dense.training_hash(), quantized.training_hash());
+    }
+
+    /// Keys added later (DoRA, DPO, preference columns) at their defaults leave the hash of a
+    /// run as it was, so runs of earlier versions resume: the hash of configs/tiny.toml that
+    /// the binary of commit 56b03e1 wrote into its checkpoints.
+    #[test]
+    fn new_keys_at_their_defaults_keep_earlier_hashes() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/tiny.toml");
+        let config = RunConfig::load(&path, &[]).unwrap();
+        let earlier = "c482721d2ad37b7f3823ca9866a2ba08fa8380bcd7201c4a7031745f4017c6de";
+        assert_eq!(config.training_hash(), earlier);
+        let dora = RunConfig::load(&path, &["lora.use_dora=true".into()]).unwrap();
+        assert_ne!(dora.training_hash(), earlier);
     }
 
     #[test]

@@ -20,7 +20,6 @@ use serde_json::json;
 
 use crate::Error;
 use crate::checkpoint::{CheckpointState, OPTIMIZER_FILE, prune_checkpoints, write_checkpoint};
-use crate::dpo::loss::PreferenceMetrics;
 use crate::dpo::reference::{References, references};
 use crate::dpo::step::{PairBatch, dpo_step};
 use crate::evaluator::Evaluator;
@@ -357,7 +356,7 @@ impl StepLoop<'_> {
             "tokens_per_second": tokens_per_second, "elapsed_s": started.elapsed().as_secs_f64(),
         });
         if let Some(metrics) = &preference {
-            add_preference_metrics(&mut line, metrics, "");
+            metrics.write_into(&mut line, "");
         }
         log.write(line)?;
         progress.step(
@@ -395,22 +394,6 @@ impl StepLoop<'_> {
         let dir = write_checkpoint(run_dir, model, &self.spec, &base_model, optim, &state)?;
         prune_checkpoints(run_dir, self.config.train.keep_last)?;
         Ok(dir)
-    }
-}
-
-/// Adds the pairs' means to a `metrics.jsonl` line, each key prefixed with `prefix`.
-pub fn add_preference_metrics(
-    line: &mut serde_json::Value,
-    metrics: &PreferenceMetrics,
-    prefix: &str,
-) {
-    for (key, value) in [
-        ("rewards_chosen", metrics.rewards_chosen),
-        ("rewards_rejected", metrics.rewards_rejected),
-        ("reward_margin", metrics.reward_margin),
-        ("reward_accuracy", metrics.reward_accuracy),
-    ] {
-        line[format!("{prefix}{key}")] = json!(value);
     }
 }
 

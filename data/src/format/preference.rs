@@ -78,6 +78,7 @@ impl ExampleBuilder<'_> {
             })
     }
 
+    /// A pair whose prompt is a list of messages, rendered with the chat template.
     fn conversational_pair(&self, record: &Record) -> Result<PairIds, Error> {
         let columns = &self.config.columns;
         let key = match record.fields.contains_key(&columns.prompt) {
@@ -85,7 +86,9 @@ impl ExampleBuilder<'_> {
             false => &columns.messages,
         };
         let prompt = self.message_list(record, key)?;
-        let template = self.template.as_ref().expect("preference has a template");
+        let template = self.template.as_ref().ok_or_else(|| {
+            record.error("a prompt of messages needs the model's chat template, and it has none")
+        })?;
         let render = |messages: &[Message], generation_prompt: bool| {
             let text = template
                 .render(messages, generation_prompt)
@@ -105,6 +108,7 @@ impl ExampleBuilder<'_> {
         ))
     }
 
+    /// A pair of texts, concatenated as TRL does.
     fn plain_pair(&self, record: &Record) -> Result<PairIds, Error> {
         let columns = &self.config.columns;
         let prompt = match self.prompt_value(record)? {

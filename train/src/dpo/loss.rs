@@ -125,6 +125,18 @@ impl PreferenceMetrics {
         self.pairs += 1;
     }
 
+    /// Adds the means to a `metrics.jsonl` line, each key prefixed with `prefix`.
+    pub fn write_into(&self, line: &mut serde_json::Value, prefix: &str) {
+        for (key, value) in [
+            ("rewards_chosen", self.rewards_chosen),
+            ("rewards_rejected", self.rewards_rejected),
+            ("reward_margin", self.reward_margin),
+            ("reward_accuracy", self.reward_accuracy),
+        ] {
+            line[format!("{prefix}{key}")] = serde_json::json!(value);
+        }
+    }
+
     /// Both sets of pairs together.
     pub fn merge(mut self, other: &Self) -> Self {
         let total = (self.pairs + other.pairs).max(1) as f64;
@@ -140,6 +152,7 @@ impl PreferenceMetrics {
     }
 }
 
+/// `1 / (1 + e⁻ˣ)` without overflow.
 fn sigmoid(x: f64) -> f64 {
     match x >= 0.0 {
         true => 1.0 / (1.0 + (-x).exp()),

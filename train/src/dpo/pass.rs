@@ -47,7 +47,7 @@ pub fn dpo_forward_backward(
         let policy = row_sums(&normed, batch.len, |rows, range| {
             -head_loss(rows, head, &targets[range], device)
         });
-        let terms = pair_terms(batch, &policy, reference, settings);
+        let terms = pair_terms(&policy, reference, &scored_per_row(batch), settings);
         let mut loss = 0.0;
         let mut d_rows = Vec::with_capacity(batch.rows);
         for (pair, terms) in terms.iter().enumerate() {
@@ -67,20 +67,17 @@ pub fn dpo_forward_backward(
     PairsResult { pass, metrics }
 }
 
-/// The pairs' terms of `batch` with the policy's row sums `policy`.
+/// The terms of the pairs of rows `2j`, `2j + 1`, from the policy's and the reference's
+/// log-probability of each row's answer and its number of scored tokens.
 pub fn pair_terms(
-    batch: &Batch,
     policy: &[f64],
     reference: &[f64],
+    scored: &[usize],
     settings: DpoSettings,
 ) -> Vec<PairTerms> {
-    assert_eq!(batch.rows % 2, 0, "pairs fill two rows each");
-    assert_eq!(reference.len(), batch.rows, "a reference value per row");
-    let scored = |row: usize| {
-        let labels = &batch.labels[row * batch.len..(row + 1) * batch.len];
-        labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
-    };
-    (0..batch.rows / 2)
+    assert_eq!(policy.len() % 2, 0, "pairs fill two rows each");
+    assert_eq!(reference.len(), policy.len(), "a reference value per row");
+    (0..policy.len() / 2)
         .map(|pair| {
             let (c, r) = (2 * pair, 2 * pair + 1);
             settings.pair(&PairLogProbs {
@@ -88,10 +85,17 @@ pub fn pair_terms(
                 rejected: policy[r],
                 reference_chosen: reference[c],
                 reference_rejected: reference[r],
-                chosen_tokens: scored(c),
-                rejected_tokens: scored(r),
+                chosen_tokens: scored[c],
+                rejected_tokens: scored[r],
             })
         })
+        .collect()
+}
+
+/// The number of scored tokens of each row of `batch`.
+fn scored_per_row(batch: &Batch) -> Vec<usize> {
+    let rows = batch.labels.chunks(batch.len);
+    rows.map(|labels| labels.iter().filter(|&&l| l != IGNORE_INDEX).count())
         .collect()
 }
 

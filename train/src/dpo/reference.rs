@@ -26,7 +26,7 @@ use crate::session::Session;
 pub const REFERENCE_FILE: &str = "reference_logps.json";
 
 /// The reference's log-probability of each example's answer, per split, in example order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct References {
     /// What the values belong to: the training hash and the examples' tokens.
     key: String,
@@ -34,6 +34,15 @@ pub struct References {
     pub train: Vec<f64>,
     /// Validation examples.
     pub valid: Vec<f64>,
+}
+
+/// [`References`] as the file keeps them: each value as its IEEE bits, so reading gives back
+/// exactly the values written (a decimal round trip may be off by one unit in the last place).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    key: String,
+    train: Vec<u64>,
+    valid: Vec<u64>,
 }
 
 /// The references of the session's examples under `base` (a model without adapters): read
@@ -66,7 +75,13 @@ pub fn references(
         train: score(train),
         valid: score(valid),
     };
-    let json = serde_json::to_string(&references).expect("JSON");
+    let bits = |values: &[f64]| values.iter().map(|v| v.to_bits()).collect();
+    let stored = Stored {
+        key: references.key.clone(),
+        train: bits(&references.train),
+        valid: bits(&references.valid),
+    };
+    let json = serde_json::to_string(&stored).expect("JSON");
     write_file_atomic(&path, json.as_bytes())?;
     progress.note(&format!(
         "reference log-probabilities of {} examples (adapters off) in {:.1} s",
@@ -93,10 +108,18 @@ pub fn log_probs(
         .collect()
 }
 
+/// The references kept at `path`, if it holds readable ones.
 fn read(path: &Path) -> Option<References> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    let stored: Stored = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let values = |bits: Vec<u64>| bits.into_iter().map(f64::from_bits).collect();
+    Some(References {
+        key: stored.key,
+        train: values(stored.train),
+        valid: values(stored.valid),
+    })
 }
 
+/// The key of the references of `train` and `valid` under `config`.
 fn key_of(config: &RunConfig, train: &[Example], valid: &[Example]) -> String {
     let mut hash = Sha256::new();
     hash.update(config.training_hash().as_bytes());

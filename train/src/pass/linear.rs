@@ -3,7 +3,7 @@
 //! takes the tiled dequantizing products (`quant::product`); no gradient of `W` exists.
 //!
 //! With DoRA (PEFT's formula, `LoraAdapter::forward`), writing `x̃ = dropout(x)`, `z = x̃ Wᵀ`
-//! and `g = m / ‖W + s·BA‖` per output column (the norm a constant):
+//! and `g = m / ‖W + s·BA‖` per output feature (the norm a constant):
 //! `y = x Wᵀ + b + (g − 1) ⊙ z + g ⊙ s · B A x̃`; without dropout `z = x Wᵀ` and
 //! `y = g ⊙ (x Wᵀ + s · B A x) + b`.
 
