@@ -30,6 +30,20 @@ def safetensors_parts():
     return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
+def q_proj_adapter_tensors():
+    """A rank-4 adapter's safetensors for the tiny model's q_proj in both layers (B = 0)."""
+    a = struct.pack("<" + "f" * 4 * 32, *([0.01] * 128))
+    b = struct.pack("<" + "f" * 32 * 4, *([0.0] * 128))
+    tensors, data = {"__metadata__": {"format": "pt"}}, b""
+    for layer in range(2):
+        for kind, shape, values in [("A", [4, 32], a), ("B", [32, 4], b)]:
+            name = f"base_model.model.model.layers.{layer}.self_attn.q_proj.lora_{kind}.weight"
+            tensors[name] = {"dtype": "F32", "shape": shape,
+                             "data_offsets": [len(data), len(data) + len(values)]}
+            data += values
+    return safetensors(tensors, data)
+
+
 def safetensors(header, data):
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
@@ -210,16 +224,7 @@ def main():
     dora = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
             "use_dora": True, "task_type": "CAUSAL_LM"}
     write("adapter_dora/adapter_config.json", json.dumps(dora, indent=1))
-    a = struct.pack("<" + "f" * 4 * 32, *([0.01] * 128))
-    b = struct.pack("<" + "f" * 32 * 4, *([0.0] * 128))
-    tensors, data = {"__metadata__": {"format": "pt"}}, b""
-    for layer in range(2):
-        for kind, shape, values in [("A", [4, 32], a), ("B", [32, 4], b)]:
-            name = f"base_model.model.model.layers.{layer}.self_attn.q_proj.lora_{kind}.weight"
-            tensors[name] = {"dtype": "F32", "shape": shape,
-                             "data_offsets": [len(data), len(data) + len(values)]}
-            data += values
-    write("adapter_dora/adapter_model.safetensors", safetensors(tensors, data))
+    write("adapter_dora/adapter_model.safetensors", q_proj_adapter_tensors())
     write("adapter_other_model/adapter_config.json", json.dumps(
         {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}, indent=1))
     a = struct.pack("<" + "f" * 4 * 64, *([0.01] * 256))
@@ -235,16 +240,7 @@ def main():
     dropout = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 1.5,
                "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}
     write("adapter_bad_dropout/adapter_config.json", json.dumps(dropout, indent=1))
-    a = struct.pack("<" + "f" * 4 * 32, *([0.01] * 128))
-    b = struct.pack("<" + "f" * 32 * 4, *([0.0] * 128))
-    tensors, data = {"__metadata__": {"format": "pt"}}, b""
-    for layer in range(2):
-        for kind, shape, values in [("A", [4, 32], a), ("B", [32, 4], b)]:
-            name = f"base_model.model.model.layers.{layer}.self_attn.q_proj.lora_{kind}.weight"
-            tensors[name] = {"dtype": "F32", "shape": shape,
-                             "data_offsets": [len(data), len(data) + len(values)]}
-            data += values
-    write("adapter_bad_dropout/adapter_model.safetensors", safetensors(tensors, data))
+    write("adapter_bad_dropout/adapter_model.safetensors", q_proj_adapter_tensors())
 
     write("configs/unknown_key.toml", '[model]\npath = "tests/fixtures/llama/tied_gqa"\n[data]\ntrain = "tests/fixtures/eval_sample.jsonl"\n[train]\nlearning_rate = 1e-4\n')
     write("configs/r_zero.toml", '[model]\npath = "tests/fixtures/llama/tied_gqa"\n[lora]\nr = 0\n[data]\ntrain = "tests/fixtures/eval_sample.jsonl"\n')
