@@ -5,8 +5,8 @@
 
 mod common;
 use common::{
-    model_with_adapters, model_with_adapters_as, model_with_dora_adapters, test_device,
-    write_wide_model,
+    model_with_adapters, model_with_adapters_as, model_with_dora_adapters,
+    model_with_dora_adapters_as, test_device, write_wide_model,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -208,6 +208,23 @@ fn dora_matches_autodiff() {
     for name in ["tied_gqa", "untied_mha", "qwen3_tied_bias_window"] {
         let model = model_with_dora_adapters(name, 0.0, &device);
         check_model_against_autodiff(&format!("{name} DoRA"), model, batch());
+    }
+}
+
+/// DoRA on a quantized base: the norm and the magnitude's start take the dequantized weights,
+/// the products the tiled kernels.
+#[test]
+fn dora_matches_autodiff_on_a_quantized_base() {
+    let dir = tempfile::tempdir().unwrap();
+    write_wide_model(dir.path());
+    let device = test_device().autodiff();
+    for quant in [BaseQuant::Q8_0, BaseQuant::Nf4] {
+        let storage = BaseStorage {
+            dtype: DType::F32,
+            quant,
+        };
+        let model = model_with_dora_adapters_as(dir.path(), 0.0, storage, &device);
+        check_model_against_autodiff(&format!("{quant:?} DoRA"), model, batch());
     }
 }
 

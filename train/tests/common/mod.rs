@@ -55,7 +55,21 @@ pub fn model_with_dora_adapters(name: &str, dropout: f64, device: &Device) -> Ll
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/llama")
         .join(name);
-    adapted_model(&dir, dropout, BaseStorage::default(), true, device)
+    model_with_dora_adapters_as(&dir, dropout, BaseStorage::default(), device)
+}
+
+/// [`model_with_dora_adapters`] of the model in `dir`, its base kept as `storage` says.
+#[allow(
+    dead_code,
+    reason = "used by some of the test files that share this module"
+)]
+pub fn model_with_dora_adapters_as(
+    dir: &Path,
+    dropout: f64,
+    storage: BaseStorage,
+    device: &Device,
+) -> Llama {
+    adapted_model(dir, dropout, storage, true, device)
 }
 
 fn adapted_model(
