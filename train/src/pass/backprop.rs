@@ -65,8 +65,8 @@ pub enum MlpActivations {
     /// The gate and up projections' outputs (`2 · intermediate_size` values per token).
     #[default]
     Keep,
-    /// Nothing: the backward pass recomputes the gate and up projections from the layer's
-    /// kept `mid` (the same values: same kernels, same dropout masks). Two thirds less
+    /// Nothing: the backward pass recomputes the gate and up projections, with their adapters'
+    /// tapes, from the layer's kept `mid` (the same values: same kernels, same dropout masks). Two thirds less
     /// activation memory per layer of a Llama, for two projections' forward products again.
     Recompute,
 }
@@ -205,11 +205,15 @@ pub(crate) struct LayerTape {
     values: Tensor<4>,
     attended: Tensor<2>,
     mid: Tensor<2>,
-    /// The MLP's gate and up projections, unless they are recomputed.
-    gate_up: Option<(Tensor<2>, Tensor<2>)>,
-    /// What the seven adapters (q, k, v, o, gate, up, down) keep for their backward passes.
-    adapters: [Option<AdapterTape>; 7],
+    /// The MLP's gate and up projections with their adapters' tapes, unless they are
+    /// recomputed.
+    gate_up: Option<MlpTape>,
+    /// What the adapters of q, k, v, o and down keep for their backward passes.
+    adapters: [Option<AdapterTape>; 5],
 }
+
+/// The MLP's gate and up projections and what their adapters keep.
+type MlpTape = [(Tensor<2>, Option<AdapterTape>); 2];
 
 /// One decoder layer: `mid = x + attention(norm(x))`, `out = mid + mlp(norm(mid))`; also
 /// returns what its backward pass needs.
@@ -260,8 +264,8 @@ pub(crate) fn layer_forward(
         values,
         attended,
         mid,
-        gate_up: (activations == MlpActivations::Keep).then_some((gate, up)),
-        adapters: [lq, lk, lv, lo, lg, lu, ld],
+        gate_up: (activations == MlpActivations::Keep).then_some([(gate, lg), (up, lu)]),
+        adapters: [lq, lk, lv, lo, ld],
     };
     (out, tape)
 }
@@ -286,7 +290,7 @@ fn layer_backward(
         attended,
         mid,
         gate_up,
-        adapters: [lq, lk, lv, lo, lg, lu, ld],
+        adapters: [lq, lk, lv, lo, ld],
     } = tape;
     let mut linear = |linear: &Linear, x, which: u64, tape, d_y| {
         let dropout = masks.get(linear, which);
@@ -297,9 +301,9 @@ fn layer_backward(
 
     // MLP: out = mid + down(silu(gate) · up).
     let normed = rms_norm(&layer.post_attention_layernorm, mid.clone());
-    let (gate, up) = gate_up.unwrap_or_else(|| {
+    let [(gate, lg), (up, lu)] = gate_up.unwrap_or_else(|| {
         let forward = |proj: &Linear, which| linear_forward(proj, &normed, masks.get(proj, which));
-        (forward(&mlp.gate_proj, 4).0, forward(&mlp.up_proj, 5).0)
+        [forward(&mlp.gate_proj, 4), forward(&mlp.up_proj, 5)]
     });
     let act = silu_mul(&gate, &up);
     let d_act = linear(&mlp.down_proj, act, 6, ld, d_out.clone());
