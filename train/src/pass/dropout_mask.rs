@@ -5,6 +5,7 @@
 //! distribution sampler, which took about 6 % of a training step.
 
 use std::cell::OnceCell;
+use std::mem::MaybeUninit;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use multiversion::multiversion;
@@ -18,8 +19,7 @@ const CHUNK: usize = 1 << 14;
 /// A mask of shape `[rows, cols]` whose elements are `0` with probability `prob` and
 /// `1 / (1 - prob)` otherwise (inverted dropout, as PyTorch scales it).
 pub fn dropout_mask(seed: u64, [rows, cols]: [usize; 2], prob: f64, device: &Device) -> Tensor<2> {
-    let mut values = vec![1.0f32; rows * cols];
-    apply_mask(&mut values, seed, prob);
+    let values = masked(&vec![1.0f32; rows * cols], seed, prob);
     Tensor::from_data(TensorData::new(values, [rows, cols]), device)
 }
 
@@ -45,9 +45,11 @@ impl Dropout {
     pub fn apply(&self, x: Tensor<2>) -> Tensor<2> {
         let device = x.device();
         if is_host(&device) {
-            let mut x = HostTensor::of(x);
-            apply_mask(x.values_mut(), self.seed, self.prob);
-            return x.into_tensor();
+            // Into a new buffer on all cores: `x` is usually still held by the pass, so masking
+            // it in place would first copy it on one core.
+            let x = HostTensor::of(x);
+            let values = masked(x.values(), self.seed, self.prob);
+            return HostTensor::new_like(&x, values, x.dims()).into_tensor();
         }
         let mask = self
             .mask
@@ -56,30 +58,44 @@ impl Dropout {
     }
 }
 
-/// In place: `values ⊙ mask` for the mask with `seed` and `prob` over `values.len()` elements.
-fn apply_mask(values: &mut [f32], seed: u64, prob: f64) {
+/// `values ⊙ mask` for the mask with `seed` and `prob` over `values.len()` elements, into a
+/// new vector, in parallel.
+fn masked(values: &[f32], seed: u64, prob: f64) -> Vec<f32> {
     let keep = (1.0 / (1.0 - prob)) as f32;
     // An element is dropped when the top 24 bits of its hash, as a fraction, fall below `prob`.
     let threshold = (prob * (1u64 << 24) as f64).round() as u32;
     // The per-element hash is 32-bit (vectorises twice as wide as a 64-bit one): the seed is
     // folded to 32 bits and element indices wrap past 2³².
     let seed = (seed ^ (seed >> 32)) as u32;
-    values
+    let mut out = Vec::with_capacity(values.len());
+    out.spare_capacity_mut()[..values.len()]
         .par_chunks_mut(CHUNK)
+        .zip(values.par_chunks(CHUNK))
         .enumerate()
-        .for_each(|(chunk, values)| {
-            apply_mask_chunk(values, seed, (chunk * CHUNK) as u32, threshold, keep)
+        .for_each(|(chunk, (out, values))| {
+            masked_chunk(values, out, seed, (chunk * CHUNK) as u32, threshold, keep)
         });
+    // SAFETY: every element of the first `values.len()` was written above (the chunks of
+    // `out` and `values` pair up one to one and cover both).
+    unsafe { out.set_len(values.len()) };
+    out
 }
 
 #[multiversion(targets(
     "x86_64+avx512f+avx512dq+avx512vl+avx512bw+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn apply_mask_chunk(values: &mut [f32], seed: u32, first: u32, threshold: u32, keep: f32) {
-    for (i, v) in values.iter_mut().enumerate() {
+fn masked_chunk(
+    values: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    seed: u32,
+    first: u32,
+    threshold: u32,
+    keep: f32,
+) {
+    for (i, (v, o)) in values.iter().zip(out.iter_mut()).enumerate() {
         let bits = lowbias32(seed ^ first.wrapping_add(i as u32).wrapping_mul(0x9E37_79B9));
-        *v *= if bits >> 8 >= threshold { keep } else { 0.0 };
+        o.write(*v * if bits >> 8 >= threshold { keep } else { 0.0 });
     }
 }
 
