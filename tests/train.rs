@@ -104,6 +104,23 @@ fn every_family_trains_and_resumes_exactly() {
     }
 }
 
+/// Resuming a finished run is refused before anything is computed (a DPO run would otherwise
+/// score its reference first).
+#[test]
+fn resuming_a_finished_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train(&run, &DPO, false);
+    let run_set = format!("output.run_dir={:?}", run.display().to_string());
+    let mut args = vec!["train", "--config", "configs/tiny.toml", "--set", &run_set];
+    for set in &DPO {
+        args.extend(["--set", set]);
+    }
+    let run_text = run.display().to_string();
+    args.extend(["--resume", &run_text]);
+    fails(&args, "already at step 6 of 6");
+}
+
 /// DoRA adapters (with their magnitudes in the checkpoint) resume exactly.
 #[test]
 fn dora_runs_resume_exactly() {

@@ -89,24 +89,28 @@ fn train_locked(
 ) -> Result<TrainSummary, Error> {
     let resume_from = resume_point(run_dir, resume, config, progress)?;
     let (session, base) = Session::prepare(config, progress)?;
+    let total_steps = session.total_steps(config);
+    let start_step = resume_from.as_ref().map_or(0, |point| point.state.step);
+    if start_step >= total_steps {
+        return Err(Error::Usage(format!(
+            "the run is already at step {start_step} of {total_steps}; raise train.max_steps to continue"
+        )));
+    }
     let references = match config.train.dpo() {
         Some(_) => Some(references(&base, &session, config, run_dir, progress)?),
         None => None,
     };
-    let total_steps = session.total_steps(config);
     let trainee = Trainee::start(base, config, &session, resume_from.as_ref(), progress)?;
     progress.note(&format!(
-        "{} rows, {total_steps} steps, {} adapters ({} trainable parameters)",
+        "{} {}, {total_steps} steps, {} adapters ({} trainable parameters)",
         session.rows.len(),
+        match references {
+            Some(_) => "pairs",
+            None => "rows",
+        },
         trainee.adapters,
         trainee.parameters
     ));
-    if trainee.start_step >= total_steps {
-        return Err(Error::Usage(format!(
-            "the run is already at step {} of {total_steps}; raise train.max_steps to continue",
-            trainee.start_step
-        )));
-    }
     run_dir.write_config(&config.to_toml())?;
     let mut log = MetricsLog::open(run_dir, trainee.start_step)?;
     let evaluator = Evaluator::new(&session, config, references.as_ref());
