@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::optim::ModuleOptimizer;
+use feinschliff_data::batch::Batch;
 use feinschliff_model::io::peft::load_adapter;
 use feinschliff_model::llama::Llama;
 use feinschliff_model::lora::LoraSpec;
@@ -20,6 +21,7 @@ use serde_json::json;
 
 use crate::Error;
 use crate::checkpoint::{CheckpointState, OPTIMIZER_FILE, prune_checkpoints, write_checkpoint};
+use crate::dpo::loss::PreferenceMetrics;
 use crate::dpo::reference::{References, references};
 use crate::dpo::step::{PairBatch, dpo_step};
 use crate::evaluator::Evaluator;
@@ -31,7 +33,7 @@ use crate::run_dir::{MetricsLog, RunDir};
 use crate::schedule::learning_rate;
 use crate::session::Session;
 use crate::stream::step_rows;
-use crate::train_step::{StepSettings, dropout_seed, train_step};
+use crate::train_step::{StepReport, StepSettings, dropout_seed, train_step};
 
 /// What a finished run reports.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -327,27 +329,7 @@ impl StepLoop<'_> {
             dropout_seed: dropout_seed(train_cfg.seed, step),
             mlp: train_cfg.mlp_activations(),
         };
-        let device = &self.session.plain_device;
-        let (model, report, preference) = match (train_cfg.dpo(), self.references) {
-            (Some(dpo), Some(references)) => {
-                let rows = step_rows(&self.session.rows, self.config, step);
-                let batches: Vec<PairBatch> = batches
-                    .into_iter()
-                    .zip(rows)
-                    .map(|(batch, rows)| PairBatch {
-                        reference: rows.iter().map(|r| references.train[r[0]]).collect(),
-                        batch,
-                    })
-                    .collect();
-                let (model, report, metrics) =
-                    dpo_step(model, optim, &batches, dpo, settings, device);
-                (model, report, Some(metrics))
-            }
-            _ => {
-                let (model, report) = train_step(model, optim, &batches, settings, device);
-                (model, report, None)
-            }
-        };
+        let (model, report, preference) = self.train_window(model, optim, step, batches, settings);
         let (loss, grad_norm, done) = (report.loss, report.grad_norm, step + 1);
         if !loss.is_finite() {
             return Err(Error::Usage(format!(
@@ -376,6 +358,34 @@ impl StepLoop<'_> {
             tokens_per_second,
         };
         Ok((model, done))
+    }
+
+    /// Trains on the micro-batches `batches` of step `step` with the run's objective; DPO also
+    /// returns the pairs' metrics.
+    fn train_window(
+        &self,
+        model: Llama,
+        optim: &mut ModuleOptimizer,
+        step: usize,
+        batches: Vec<Batch>,
+        settings: StepSettings,
+    ) -> (Llama, StepReport, Option<PreferenceMetrics>) {
+        let device = &self.session.plain_device;
+        let (Some(dpo), Some(references)) = (self.config.train.dpo(), self.references) else {
+            let (model, report) = train_step(model, optim, &batches, settings, device);
+            return (model, report, None);
+        };
+        let rows = step_rows(&self.session.rows, self.config, step);
+        let batches: Vec<PairBatch> = batches
+            .into_iter()
+            .zip(rows)
+            .map(|(batch, rows)| PairBatch {
+                reference: rows.iter().map(|r| references.train[r[0]]).collect(),
+                batch,
+            })
+            .collect();
+        let (model, report, metrics) = dpo_step(model, optim, &batches, dpo, settings, device);
+        (model, report, Some(metrics))
     }
 
     /// Writes the checkpoint of `step` and prunes old ones; returns its directory.
