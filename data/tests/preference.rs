@@ -24,35 +24,64 @@ fn ids(value: &Value) -> Vec<u32> {
 /// Each golden pair built with `max_len` and `overlong`.
 fn build_pairs(max_len: usize, overlong: Overlong) -> Vec<Built> {
     let pairs = root().join("train/tests/fixtures/dpo/pairs.jsonl");
-    let mut config = DataConfig::new(pairs.display().to_string());
+    build(
+        &pairs,
+        &root().join("tests/fixtures/llama/tied_gqa"),
+        max_len,
+        overlong,
+    )
+}
+
+/// The pairs of `file` with the tokenizer of `model_dir`.
+fn build(file: &Path, model_dir: &Path, max_len: usize, overlong: Overlong) -> Vec<Built> {
+    let mut config = DataConfig::new(file.display().to_string());
     config.format = Format::Preference;
     config.max_len = max_len;
     config.overlong = overlong;
     config.validate().unwrap();
-    let tokenizer =
-        TextTokenizer::from_model_dir(&root().join("tests/fixtures/llama/tied_gqa")).unwrap();
+    let tokenizer = TextTokenizer::from_model_dir(model_dir).unwrap();
     let builder = ExampleBuilder::new(&config, &tokenizer).unwrap();
-    let records = read_records(&[pairs]).unwrap();
+    let records = read_records(&[file.to_path_buf()]).unwrap();
     records.iter().map(|r| builder.build(r).unwrap()).collect()
 }
 
-fn golden() -> Vec<Value> {
-    let path = root().join("train/tests/fixtures/dpo/expected.json");
+/// The `records` of a golden file.
+fn golden_records(path: &Path) -> Vec<Value> {
     let expected: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     expected["records"].as_array().unwrap().clone()
+}
+
+fn golden() -> Vec<Value> {
+    golden_records(&root().join("train/tests/fixtures/dpo/expected.json"))
 }
 
 #[test]
 fn pairs_tokenize_and_score_as_trl_does() {
     let golden = golden();
-    let built = build_pairs(1024, Overlong::Auto);
-    assert_eq!(built.len(), golden.len());
     let kinds: Vec<bool> = golden.iter().map(|g| g["conversational"] == true).collect();
     assert!(
         kinds.contains(&true) && kinds.contains(&false),
         "both kinds"
     );
-    for (k, (built, expected)) in built.iter().zip(&golden).enumerate() {
+    assert_same_as_trl(&build_pairs(1024, Overlong::Auto), &golden);
+}
+
+/// The whole bundled sample with SmolLM2's own tokenizer and chat template against TRL's
+/// (`scripts/make_preference_golden.py`); needs `scripts/fetch-smollm2.sh`.
+#[test]
+#[ignore = "needs SmolLM2-135M-Instruct (scripts/fetch-smollm2.sh)"]
+fn the_bundled_sample_tokenizes_as_trl_does_with_smollm2() {
+    let model = root().join("checkpoints/base/smollm2-135m-instruct");
+    let sample = root().join("data/samples/buergernah-preference.jsonl");
+    let golden = golden_records(&root().join("data/tests/fixtures/golden_preference_smollm2.json"));
+    assert_eq!(golden.len(), 170);
+    assert_same_as_trl(&build(&sample, &model, 100_000, Overlong::Auto), &golden);
+}
+
+/// Each built pair is TRL's: prompt + answer ids, only the answer scored.
+fn assert_same_as_trl(built: &[Built], golden: &[Value]) {
+    assert_eq!(built.len(), golden.len());
+    for (k, (built, expected)) in built.iter().zip(golden).enumerate() {
         let prompt = ids(&expected["prompt_ids"]);
         assert_eq!(built.examples.len(), 2, "record {k}: chosen and rejected");
         for (example, key) in built.examples.iter().zip(["chosen_ids", "rejected_ids"]) {
