@@ -35,9 +35,15 @@ struct PairIds {
 impl ExampleBuilder<'_> {
     /// The two examples of a preference record (chosen, then rejected), or none.
     pub(super) fn preference(&self, record: &Record) -> Result<Built, Error> {
-        let ids = match self.prompt_value(record)? {
-            Value::Array(_) => self.conversational_pair(record)?,
-            _ => self.plain_pair(record)?,
+        let ids = match self.prompt_column(record)? {
+            (key, Value::Array(_)) => self.conversational_pair(record, key)?,
+            (_, Value::String(prompt)) => self.plain_pair(record, prompt)?,
+            (key, other) => {
+                return Err(record.error(format!(
+                    "field `{key}` must be a text or a list of messages, found {}",
+                    json_kind(other)
+                )));
+            }
         };
         let max_len = self.config.max_len;
         let longest = ids.prompt.len() + ids.chosen.len().max(ids.rejected.len());
@@ -63,13 +69,13 @@ impl ExampleBuilder<'_> {
         Ok(built)
     }
 
-    /// The prompt column, or `messages` where the record has no prompt.
-    fn prompt_value<'r>(&self, record: &'r Record) -> Result<&'r Value, Error> {
+    /// The prompt's column name and value: the prompt column, or `messages` where the record
+    /// has no prompt.
+    fn prompt_column<'r>(&'r self, record: &'r Record) -> Result<(&'r str, &'r Value), Error> {
         let columns = &self.config.columns;
-        record
-            .fields
-            .get(&columns.prompt)
-            .or_else(|| record.fields.get(&columns.messages))
+        [&columns.prompt, &columns.messages]
+            .into_iter()
+            .find_map(|key| Some((key.as_str(), record.fields.get(key)?)))
             .ok_or_else(|| {
                 record.error(format!(
                     "missing field `{}` (or `{}`)",
@@ -78,13 +84,10 @@ impl ExampleBuilder<'_> {
             })
     }
 
-    /// A pair whose prompt is a list of messages, rendered with the chat template.
-    fn conversational_pair(&self, record: &Record) -> Result<PairIds, Error> {
+    /// A pair whose prompt, column `key`, is a list of messages, rendered with the chat
+    /// template.
+    fn conversational_pair(&self, record: &Record, key: &str) -> Result<PairIds, Error> {
         let columns = &self.config.columns;
-        let key = match record.fields.contains_key(&columns.prompt) {
-            true => &columns.prompt,
-            false => &columns.messages,
-        };
         let prompt = self.message_list(record, key)?;
         let template = self.template.as_ref().ok_or_else(|| {
             record.error("a prompt of messages needs the model's chat template, and it has none")
@@ -108,19 +111,9 @@ impl ExampleBuilder<'_> {
         ))
     }
 
-    /// A pair of texts, concatenated as TRL does.
-    fn plain_pair(&self, record: &Record) -> Result<PairIds, Error> {
+    /// A pair of texts with the prompt `prompt`, concatenated as TRL does.
+    fn plain_pair(&self, record: &Record, prompt: &str) -> Result<PairIds, Error> {
         let columns = &self.config.columns;
-        let prompt = match self.prompt_value(record)? {
-            Value::String(s) => s.as_str(),
-            other => {
-                return Err(record.error(format!(
-                    "field `{}` must be a text or a list of messages, found {}",
-                    columns.prompt,
-                    json_kind(other)
-                )));
-            }
-        };
         let eos = self
             .tokenizer
             .config()

@@ -111,18 +111,18 @@ pub struct PreferenceMetrics {
 }
 
 impl PreferenceMetrics {
-    /// Adds one pair's terms (kept as means).
+    /// Adds one pair's terms.
     pub fn add(&mut self, terms: &PairTerms) {
-        let n = self.pairs as f64;
-        let mean = |old: f64, new: f64| (old * n + new) / (n + 1.0);
-        self.loss = mean(self.loss, terms.loss);
-        self.rewards_chosen = mean(self.rewards_chosen, terms.reward_chosen);
-        self.rewards_rejected = mean(self.rewards_rejected, terms.reward_rejected);
         let margin = terms.reward_chosen - terms.reward_rejected;
-        self.reward_margin = mean(self.reward_margin, margin);
-        let won = f64::from(u8::from(terms.reward_chosen > terms.reward_rejected));
-        self.reward_accuracy = mean(self.reward_accuracy, won);
-        self.pairs += 1;
+        let one = Self {
+            pairs: 1,
+            loss: terms.loss,
+            rewards_chosen: terms.reward_chosen,
+            rewards_rejected: terms.reward_rejected,
+            reward_margin: margin,
+            reward_accuracy: f64::from(u8::from(terms.reward_chosen > terms.reward_rejected)),
+        };
+        *self = self.merge(&one);
     }
 
     /// Adds the means to a `metrics.jsonl` line, each key prefixed with `prefix`.

@@ -44,9 +44,7 @@ pub fn dpo_forward_backward(
 ) -> PairsResult {
     let mut metrics = PreferenceMetrics::default();
     let loss = |normed: Tensor<2>, head: &Head, targets: &[i64]| {
-        let policy = row_sums(&normed, batch.len, |rows, range| {
-            -head_loss(rows, head, &targets[range], device)
-        });
+        let policy = answer_log_probs(&normed, batch.len, head, targets, device);
         let terms = pair_terms(&policy, reference, &scored_per_row(batch), settings);
         let mut loss = 0.0;
         let mut d_rows = Vec::with_capacity(batch.rows);
@@ -103,25 +101,22 @@ fn scored_per_row(batch: &Batch) -> Vec<usize> {
 /// no dropout, no gradient).
 pub fn row_log_probs(model: &Llama, batch: &Batch, device: &Device) -> Vec<f64> {
     let (normed, targets) = final_hidden(model, batch, device);
-    let head = Head::of(model);
-    row_sums(&normed, batch.len, |rows, range| {
-        -head_loss(rows, &head, &targets[range], device)
-    })
+    answer_log_probs(&normed, batch.len, &Head::of(model), &targets, device)
 }
 
-/// `f(rows of one batch row, its token range)` for every batch row of `normed`.
-fn row_sums(
+/// `Σ log p(target)` over each row of `len` tokens of the final hidden states `normed`.
+fn answer_log_probs(
     normed: &Tensor<2>,
     len: usize,
-    f: impl Fn(Tensor<2>, std::ops::Range<usize>) -> f64,
+    head: &Head,
+    targets: &[i64],
+    device: &Device,
 ) -> Vec<f64> {
     let rows = normed.dims()[0] / len;
     (0..rows)
         .map(|row| {
-            f(
-                normed.clone().narrow(0, row * len, len),
-                row * len..(row + 1) * len,
-            )
+            let hidden = normed.clone().narrow(0, row * len, len);
+            -head_loss(hidden, head, &targets[row * len..(row + 1) * len], device)
         })
         .collect()
 }

@@ -5,7 +5,7 @@ pub mod model_common;
 pub use model_common::test_device;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use feinschliff_model::io::hf::HfModel;
@@ -24,10 +24,14 @@ use rand::{Rng, SeedableRng};
     reason = "used by some of the test files that share this module"
 )]
 pub fn model_with_adapters(name: &str, dropout: f64, device: &Device) -> Llama {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+    model_with_adapters_as(&fixture_dir(name), dropout, BaseStorage::default(), device)
+}
+
+/// The fixture model `name` (`tests/fixtures/llama/`).
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/llama")
-        .join(name);
-    model_with_adapters_as(&dir, dropout, BaseStorage::default(), device)
+        .join(name)
 }
 
 /// [`model_with_adapters`] of the model in `dir`, its base kept as `storage` says (dtype,
@@ -52,10 +56,7 @@ pub fn model_with_adapters_as(
     reason = "used by some of the test files that share this module"
 )]
 pub fn model_with_dora_adapters(name: &str, dropout: f64, device: &Device) -> Llama {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/llama")
-        .join(name);
-    model_with_dora_adapters_as(&dir, dropout, BaseStorage::default(), device)
+    model_with_dora_adapters_as(&fixture_dir(name), dropout, BaseStorage::default(), device)
 }
 
 /// [`model_with_dora_adapters`] of the model in `dir`, its base kept as `storage` says.
@@ -123,7 +124,7 @@ fn adapted_model(
     reason = "used by some of the test files that share this module"
 )]
 pub fn write_wide_model(dir: &Path) {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama/tied_gqa");
+    let fixture = fixture_dir("tied_gqa");
     let config = std::fs::read_to_string(fixture.join("config.json")).unwrap();
     let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
     config["hidden_size"] = 256.into();
