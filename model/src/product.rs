@@ -3,6 +3,9 @@
 
 use burn::tensor::{DType, Tensor};
 
+use crate::kernels::bf16_matmul;
+use crate::kernels::matmul::Read;
+
 /// `tensor` in `dtype`: itself, or a cast copy.
 pub fn in_dtype<const D: usize>(tensor: Tensor<D>, dtype: DType) -> Tensor<D> {
     match tensor.dtype() == dtype {
@@ -39,7 +42,8 @@ pub fn concat<const D: usize>(mut parts: Vec<Tensor<D>>, dim: usize) -> Tensor<D
 }
 
 /// `x Wᵀ + b` for a weight in HF layout `[out, in]`, computed in the weight's dtype (a bf16
-/// base computes in bf16) and returned in `x`'s. The rows of `x` are flattened into one
+/// base computes in bf16: Burn's product, or on flex the bf16 kernel where the CPU has
+/// AVX512-BF16) and returned in `x`'s. The rows of `x` are flattened into one
 /// 2-D product so the transposed weight goes to the matmul as a strided view: Burn's `linear`
 /// would first give it a batch dimension, which makes the backend copy the whole weight on
 /// every call.
@@ -51,6 +55,10 @@ pub fn linear_hf<const D: usize>(
     let dtype = x.dtype();
     let out_features = weight.dims()[0];
     linear_rows(x, out_features, bias, |rows| {
+        if bf16_matmul::applies(&rows, &weight) {
+            return bf16_matmul::tensor_product(rows, weight, Read::Transposed, 1.0, None)
+                .cast(dtype);
+        }
         rows.cast(weight.dtype())
             .matmul(weight.transpose())
             .cast(dtype)

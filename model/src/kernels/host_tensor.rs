@@ -203,6 +203,51 @@ impl<const D: usize> HostTensor<D> {
     }
 }
 
+/// A flex matrix's bf16 values, contiguous and row-major, for the bf16 kernel
+/// (`bf16_matmul`); LibTorch multiplies bf16 itself. Without flex, none exists.
+pub struct HostBf16 {
+    #[cfg(feature = "flex")]
+    inner: FlexTensor,
+    dims: [usize; 2],
+}
+
+impl HostBf16 {
+    /// The values of `tensor` when it is a bf16 flex tensor (copied to contiguous first where
+    /// it is a strided view); `None` otherwise.
+    pub fn of(tensor: Tensor<2>) -> Option<Self> {
+        if tensor.dtype() != DType::BF16 || !is_flex(&tensor.device()) {
+            return None;
+        }
+        #[cfg(feature = "flex")]
+        {
+            let dims = tensor.dims();
+            let inner = tensor.try_into_primitive::<Flex>().ok()?;
+            let inner = match inner.is_contiguous() && inner.layout().start_offset() == 0 {
+                true => inner,
+                false => inner.to_contiguous(),
+            };
+            Some(Self { inner, dims })
+        }
+        #[cfg(not(feature = "flex"))]
+        unreachable!("is_flex is false without flex")
+    }
+
+    /// `[rows, cols]`.
+    pub fn dims(&self) -> [usize; 2] {
+        self.dims
+    }
+
+    /// The values, row-major.
+    pub fn values(&self) -> &[half::bf16] {
+        #[cfg(feature = "flex")]
+        {
+            &self.inner.storage::<half::bf16>()[..self.dims[0] * self.dims[1]]
+        }
+        #[cfg(not(feature = "flex"))]
+        unreachable!("no HostBf16 exists without flex")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::{Device, Tensor, TensorData};

@@ -224,16 +224,18 @@ unsafe fn column_bands(
     });
 }
 
-/// The output pointer, shared by the tasks of [`column_bands`], which write disjoint columns.
+/// The output pointer, shared by the tasks of [`column_bands`] (and of `bf16_matmul`), which
+/// write disjoint columns.
 #[derive(Clone, Copy)]
-struct SharedOutput(*mut f32);
+pub(crate) struct SharedOutput(pub(crate) *mut f32);
 
 // SAFETY: the tasks holding it write disjoint elements (see `column_bands`).
 unsafe impl Send for SharedOutput {}
 unsafe impl Sync for SharedOutput {}
 
 impl SharedOutput {
-    fn get(self) -> *mut f32 {
+    /// The pointer.
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -5,6 +5,8 @@
 //! generation ([`cached_attention`]). On other devices callers use Burn operations.
 
 pub mod attention;
+pub mod bf16_matmul;
+pub mod bf16_probe;
 pub mod cached_attention;
 pub mod cpu;
 pub mod host_tensor;

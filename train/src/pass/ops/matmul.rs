@@ -1,8 +1,10 @@
-//! Matrix products with the frozen base: `gemm` on host tensors of flex (`kernels::matmul`,
+//! Matrix products with the frozen base: on host tensors of flex `gemm` (`kernels::matmul`,
 //! either operand read transposed through its strides, scale and addition inside the kernel),
+//! or for a bf16 base on a CPU with AVX512-BF16 the bf16 kernel (`kernels::bf16_matmul`);
 //! Burn's product in the base's dtype elsewhere (LibTorch multiplies bf16 in bf16).
 
 use burn::tensor::{DType, Int, Tensor};
+use feinschliff_model::kernels::bf16_matmul;
 use feinschliff_model::kernels::host_tensor::{HostTensor, is_flex};
 use feinschliff_model::kernels::matmul as host_matmul;
 
@@ -13,8 +15,9 @@ pub fn matmul(a: Tensor<2>, read_a: Read, b: Tensor<2>, read_b: Read) -> Tensor<
     scaled_matmul(a, read_a, b, read_b, 1.0)
 }
 
-/// `scale · op(a) · op(b)` with `a` in f32, computed in `b`'s dtype (bf16 for a frozen base
-/// on LibTorch; always f32 on host tensors) and returned in f32.
+/// `scale · op(a) · op(b)` with `a` in f32, computed in `b`'s dtype (a bf16 frozen base
+/// multiplies in bf16 on LibTorch, and on flex where the CPU has AVX512-BF16) and returned in
+/// f32.
 pub fn scaled_matmul(
     a: Tensor<2>,
     read_a: Read,
@@ -36,6 +39,9 @@ fn host_scaled_matmul(
     read_b: Read,
     scale: f64,
 ) -> Tensor<2> {
+    if read_a == Read::AsIs && bf16_matmul::applies(&a, &b) {
+        return bf16_matmul::tensor_product(a, b, read_b, scale as f32, None);
+    }
     let (a, b) = (HostTensor::of(a), HostTensor::of(b));
     host_matmul::matmul(&a, read_a, &b, read_b, scale as f32).into_tensor()
 }
@@ -82,6 +88,9 @@ fn host_add_matmul(
     read_b: Read,
     scale: f64,
 ) -> Tensor<2> {
+    if read_a == Read::AsIs && bf16_matmul::applies(&a, &b) {
+        return bf16_matmul::tensor_product(a, b, read_b, scale as f32, Some(acc));
+    }
     let mut acc = HostTensor::of(acc);
     let (a, b) = (HostTensor::of(a), HostTensor::of(b));
     host_matmul::matmul_add(&mut acc, &a, read_a, &b, read_b, scale as f32);

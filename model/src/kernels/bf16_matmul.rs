@@ -1,0 +1,430 @@
+//! Products with a bf16 matrix computed in bf16 with f32 accumulation, on x86-64 CPUs with
+//! AVX512-BF16: `vdpbf16ps` adds, in each of 16 f32 lanes, the products of two bf16 pairs.
+//! The f32 operand is rounded to bf16 (to nearest even) once per product, as autocast does;
+//! the bf16 matrix is packed by the task that uses it, a panel of [`NR`] result columns at a
+//! time with each pair of its reduction index side by side, so one layout serves `x Wᵀ` and
+//! `d_y W` of a row-major `W`. Each task owns whole column panels of the result. Callers check
+//! [`available`] first; the frozen base takes this path on flex when the start-up probe
+//! (`bf16_probe`) finds it faster than f32 products.
+
+use burn::tensor::{DType, Tensor};
+use half::bf16;
+use rayon::prelude::*;
+
+use super::cpu::zeros;
+use super::host_tensor::{HostBf16, HostTensor, is_flex};
+use super::matmul::{Read, SharedOutput};
+
+/// Rows of the result one micro-kernel call computes.
+const MR: usize = 12;
+/// Columns of the result one micro-kernel call computes (two registers of 16 lanes).
+const NR: usize = 32;
+/// Column panels one task packs and computes, at most.
+const MAX_TASK_PANELS: usize = 8;
+
+/// Whether this CPU has AVX512-BF16 (`vdpbf16ps`), which the kernel needs.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `out = scale · a · op(b)`, or `out += …` when `accumulate`: `a` f32 `[n, depth]` row-major,
+/// `b` bf16 `[rows, cols]` row-major read as `read_b` (its rows are the depth as stored, its
+/// columns when transposed), `out` `[n, width]` row-major. Panics when the shapes disagree
+/// or the CPU lacks AVX512-BF16 ([`available`]).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one product's operands, shapes and mode"
+)]
+pub fn matmul(
+    a: &[f32],
+    n: usize,
+    b: &[bf16],
+    [rows, cols]: [usize; 2],
+    read_b: Read,
+    scale: f32,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(available(), "bf16 matmul: this CPU lacks AVX512-BF16");
+    let (depth, width) = match read_b {
+        Read::AsIs => (rows, cols),
+        Read::Transposed => (cols, rows),
+    };
+    assert_eq!(a.len(), n * depth, "bf16 matmul: a is not [{n}, {depth}]");
+    assert_eq!(
+        b.len(),
+        rows * cols,
+        "bf16 matmul: b is not [{rows}, {cols}]"
+    );
+    assert_eq!(
+        out.len(),
+        n * width,
+        "bf16 matmul: out is not [{n}, {width}]"
+    );
+    if n == 0 || width == 0 {
+        return;
+    }
+    let pairs = depth.div_ceil(2);
+    let a_pairs = pack_rows(a, n, depth);
+    let panels = width.div_ceil(NR);
+    let per_task = panels
+        .div_ceil(4 * rayon::current_num_threads())
+        .clamp(1, MAX_TASK_PANELS);
+    let shared = SharedOutput(out.as_mut_ptr());
+    (0..panels.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let first = task * per_task;
+            let count = per_task.min(panels - first);
+            let mut packed = vec![0u32; count * pairs * NR];
+            for (panel, buffer) in packed.chunks_exact_mut(pairs * NR).enumerate() {
+                pack_panel(b, [rows, cols], read_b, (first + panel) * NR, pairs, buffer);
+            }
+            for row in (0..n).step_by(MR) {
+                for (panel, buffer) in packed.chunks_exact(pairs * NR).enumerate() {
+                    let column = (first + panel) * NR;
+                    let tile = Tile {
+                        rows: MR.min(n - row),
+                        cols: NR.min(width - column),
+                        pairs,
+                        scale,
+                        accumulate,
+                    };
+                    // SAFETY: the tile writes rows `row..row + tile.rows` < n and columns
+                    // `column..column + tile.cols` <= width of the `[n, width]` output, whose
+                    // length was checked above; no other task writes these columns (tasks own
+                    // disjoint panels), and `out` is borrowed mutably for the whole call.
+                    // `a_pairs` holds `n` rows of `pairs` pairs and `buffer` `pairs · NR`
+                    // values, so every read is inside them.
+                    unsafe {
+                        tile.run(
+                            &a_pairs[row * pairs..],
+                            buffer,
+                            shared.get().add(row * width + column),
+                            width,
+                        )
+                    };
+                }
+            }
+        });
+}
+
+/// Whether [`tensor_product`] computes `a · op(b)`: `b` is a bf16 flex tensor, `a` is
+/// not tracked by autodiff, and the CPU has AVX512-BF16.
+pub fn applies(a: &Tensor<2>, b: &Tensor<2>) -> bool {
+    b.dtype() == DType::BF16 && is_flex(&b.device()) && !a.is_autodiff() && available()
+}
+
+/// `scale · a · op(b)`, plus `acc` when given (`[rows of a, columns of op(b)]`), for `a` and
+/// `b` where [`applies`] holds; returned in f32.
+pub fn tensor_product(
+    a: Tensor<2>,
+    b: Tensor<2>,
+    read_b: Read,
+    scale: f32,
+    acc: Option<Tensor<2>>,
+) -> Tensor<2> {
+    let a = HostTensor::of(a);
+    let b = HostBf16::of(b).expect("tensor_product: b is a bf16 flex tensor");
+    let n = a.dims()[0];
+    let width = match read_b {
+        Read::AsIs => b.dims()[1],
+        Read::Transposed => b.dims()[0],
+    };
+    let (mut out, accumulate) = match acc {
+        Some(acc) => (HostTensor::of(acc), true),
+        None => (HostTensor::new_like(&a, zeros(n * width), [n, width]), false),
+    };
+    assert_eq!(out.dims(), [n, width], "tensor_product: accumulator shape");
+    let (values, dims) = (b.values(), b.dims());
+    matmul(a.values(), n, values, dims, read_b, scale, out.values_mut(), accumulate);
+    out.into_tensor()
+}
+
+/// The f32 bits of `value` rounded to the nearest bf16 (ties to even), in the low 16 bits;
+/// NaN stays NaN.
+fn bf16_bits(value: f32) -> u32 {
+    let bits = value.to_bits();
+    match value.is_nan() {
+        true => (bits >> 16) | 0x40,
+        false => (bits + 0x7fff + ((bits >> 16) & 1)) >> 16,
+    }
+}
+
+/// Rows of `a` (`[n, depth]`) rounded to bf16 as pairs, one `u32` per pair (the even index in
+/// the low half), an odd depth padded with zero.
+fn pack_rows(a: &[f32], n: usize, depth: usize) -> Vec<u32> {
+    let pairs = depth.div_ceil(2);
+    let mut packed = vec![0u32; n * pairs];
+    if depth == 0 {
+        return packed;
+    }
+    packed
+        .par_chunks_mut(pairs)
+        .zip(a.par_chunks(depth))
+        .for_each(|(out, row)| {
+            for (pair, values) in out.iter_mut().zip(row.chunks(2)) {
+                let high = values.get(1).map_or(0, |&v| bf16_bits(v));
+                *pair = bf16_bits(values[0]) | (high << 16);
+            }
+        });
+    packed
+}
+
+/// Columns `column..column + NR` of `op(b)` into `out` (`[pairs, NR]` pairs): entry
+/// `(p, c)` holds `op(b)[2p, column + c]` in its low half and `op(b)[2p + 1, column + c]` in
+/// its high half; columns past the matrix and an odd depth's last pair are zero.
+fn pack_panel(
+    b: &[bf16],
+    [rows, cols]: [usize; 2],
+    read_b: Read,
+    column: usize,
+    pairs: usize,
+    out: &mut [u32],
+) {
+    let bits = |i: usize| u32::from(b[i].to_bits());
+    match read_b {
+        // op(b)[d, c] = b[c, d]: a pair is two neighbours in row `c` of `b`.
+        Read::Transposed => {
+            for c in 0..NR.min(rows.saturating_sub(column)) {
+                let row = &b[(column + c) * cols..(column + c + 1) * cols];
+                for (p, values) in row.chunks(2).enumerate() {
+                    let high = values.get(1).map_or(0, |v| u32::from(v.to_bits()));
+                    out[p * NR + c] = u32::from(values[0].to_bits()) | (high << 16);
+                }
+            }
+        }
+        // op(b)[d, c] = b[d, c]: a pair is the same column of two neighbouring rows.
+        Read::AsIs => {
+            let width = NR.min(cols.saturating_sub(column));
+            for p in 0..pairs {
+                let (even, odd) = (2 * p * cols + column, (2 * p + 1) * cols + column);
+                for c in 0..width {
+                    let high = match 2 * p + 1 < rows {
+                        true => bits(odd + c),
+                        false => 0,
+                    };
+                    out[p * NR + c] = bits(even + c) | (high << 16);
+                }
+            }
+        }
+    }
+}
+
+/// One micro-kernel call: a `[rows, cols]` block of the result (rows ≤ [`MR`], cols ≤ [`NR`])
+/// over `pairs` pairs of the depth.
+struct Tile {
+    rows: usize,
+    cols: usize,
+    pairs: usize,
+    scale: f32,
+    accumulate: bool,
+}
+
+impl Tile {
+    /// Computes the block from `a` (rows of `pairs` pairs, the first `rows` of them used) and
+    /// the packed panel `b` into `out` (rows `out_stride` apart).
+    ///
+    /// # Safety
+    /// `out` must be valid for reads and writes of `rows` rows of `cols` values, rows
+    /// `out_stride` apart, that nothing else accesses meanwhile; `a` must hold at least
+    /// `rows · pairs` values and `b` `pairs · NR`; the CPU must have AVX512-BF16.
+    unsafe fn run(&self, a: &[u32], b: &[u32], out: *mut f32, out_stride: usize) {
+        assert!(a.len() >= self.rows * self.pairs && b.len() >= self.pairs * NR);
+        macro_rules! rows {
+            ($($r:literal)*) => {
+                match self.rows {
+                    // SAFETY: the caller's conditions, the lengths asserted above.
+                    $($r => unsafe { x86::tile::<$r>(self, a, b, out, out_stride) },)*
+                    other => unreachable!("a tile of {other} rows"),
+                }
+            };
+        }
+        rows!(1 2 3 4 5 6 7 8 9 10 11 12)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{NR, Tile};
+
+    /// [`Tile::run`] for `R` rows: `2R` accumulators of 16 lanes, each step of the depth one
+    /// pair of `a` broadcast per row and two registers of the panel.
+    ///
+    /// # Safety
+    /// As [`Tile::run`], with `R == tile.rows`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn tile<const R: usize>(
+        tile: &Tile,
+        a: &[u32],
+        b: &[u32],
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let pairs = tile.pairs;
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for p in 0..pairs {
+            // SAFETY: `b` holds `pairs · NR` values (caller), so both loads are inside it.
+            let (low, high) = unsafe {
+                let at = b.as_ptr().add(p * NR);
+                (
+                    bh(_mm512_loadu_si512(at.cast())),
+                    bh(_mm512_loadu_si512(at.add(16).cast())),
+                )
+            };
+            for (r, sums) in acc.iter_mut().enumerate() {
+                // SAFETY: r < R rows of `pairs` values, p < pairs: inside `a` (caller).
+                let pair = unsafe { *a.get_unchecked(r * pairs + p) };
+                let x = bh(_mm512_set1_epi32(pair as i32));
+                sums[0] = _mm512_dpbf16_ps(sums[0], x, low);
+                sums[1] = _mm512_dpbf16_ps(sums[1], x, high);
+            }
+        }
+        let scale = _mm512_set1_ps(tile.scale);
+        let masks = [
+            lanes(tile.cols.min(16)),
+            lanes(tile.cols.saturating_sub(16)),
+        ];
+        for (r, sums) in acc.iter().enumerate() {
+            for (half, (&sum, &mask)) in sums.iter().zip(&masks).enumerate() {
+                // SAFETY: row r < rows, lanes masked to the block's `cols` columns: inside
+                // the block the caller lets us read and write.
+                unsafe {
+                    let at = out.add(r * out_stride + 16 * half);
+                    let mut value = _mm512_mul_ps(sum, scale);
+                    if tile.accumulate {
+                        value = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), value);
+                    }
+                    _mm512_mask_storeu_ps(at, mask, value);
+                }
+            }
+        }
+    }
+
+    /// The mask of the first `count` (≤ 16) lanes.
+    fn lanes(count: usize) -> __mmask16 {
+        ((1u32 << count) - 1) as __mmask16
+    }
+
+    /// Sixteen pairs of bf16 as the type `vdpbf16ps` takes.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn bh(v: __m512i) -> __m512bh {
+        // SAFETY: both are 512-bit vectors of plain bits.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    use super::Tile;
+
+    /// Never called: [`super::available`] is false on other architectures.
+    pub(super) unsafe fn tile<const R: usize>(
+        _: &Tile,
+        _: &[u32],
+        _: &[u32],
+        _: *mut f32,
+        _: usize,
+    ) {
+        unreachable!("bf16 products need x86-64 with AVX512-BF16")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + seed) * 7919 % 1013) as f32 - 506.0) / 400.0)
+            .collect()
+    }
+
+    /// `op(b)` with both operands rounded to bf16, summed in f64: what the kernel computes
+    /// up to the order of its f32 sums.
+    fn reference(
+        a: &[f32],
+        n: usize,
+        b: &[f32],
+        [rows, cols]: [usize; 2],
+        read_b: Read,
+    ) -> Vec<f32> {
+        let round = |v: f32| bf16::from_f32(v).to_f32() as f64;
+        let (depth, width) = match read_b {
+            Read::AsIs => (rows, cols),
+            Read::Transposed => (cols, rows),
+        };
+        let at = |d: usize, c: usize| match read_b {
+            Read::AsIs => b[d * cols + c],
+            Read::Transposed => b[c * cols + d],
+        };
+        let mut out = vec![0f32; n * width];
+        for i in 0..n {
+            for c in 0..width {
+                let dot: f64 = (0..depth)
+                    .map(|d| round(a[i * depth + d]) * round(at(d, c)))
+                    .sum();
+                out[i * width + c] = dot as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rounding_to_bf16_matches_the_half_crate() {
+        for v in values(4000, 3)
+            .into_iter()
+            .chain([0.0, -0.0, 1e-40, f32::MAX, f32::INFINITY])
+        {
+            assert_eq!(bf16_bits(v) as u16, bf16::from_f32(v).to_bits(), "{v}");
+        }
+        assert!(bf16::from_bits(bf16_bits(f32::NAN) as u16).is_nan());
+    }
+
+    #[test]
+    fn products_equal_the_bf16_rounded_reference() {
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX512-BF16, which the bf16 kernel needs");
+            return;
+        }
+        // Odd depths, widths that are not whole panels, row counts that are not whole tiles.
+        for [n, rows, cols] in [[1, 7, 5], [13, 64, 33], [30, 129, 70], [25, 40, 97]] {
+            let b32 = values(rows * cols, 1);
+            let b: Vec<bf16> = b32.iter().map(|&v| bf16::from_f32(v)).collect();
+            for read_b in [Read::AsIs, Read::Transposed] {
+                let (depth, width) = match read_b {
+                    Read::AsIs => (rows, cols),
+                    Read::Transposed => (cols, rows),
+                };
+                let a = values(n * depth, 2);
+                let want = reference(&a, n, &b32, [rows, cols], read_b);
+                let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+                let mut out = values(n * width, 5);
+                let before = out.clone();
+                matmul(&a, n, &b, [rows, cols], read_b, 0.5, &mut out, true);
+                for ((got, want), old) in out.iter().zip(&want).zip(&before) {
+                    let want = old + 0.5 * want;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * scale,
+                        "{read_b:?} {n}x{rows}x{cols}: {got} vs {want}"
+                    );
+                }
+                matmul(&a, n, &b, [rows, cols], read_b, 1.0, &mut out, false);
+                for (got, want) in out.iter().zip(&want) {
+                    assert!(
+                        (got - want).abs() <= 1e-5 * scale,
+                        "{read_b:?} {n}x{rows}x{cols}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
