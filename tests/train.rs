@@ -121,6 +121,38 @@ fn resuming_a_finished_run_is_refused() {
     fails(&args, "already at step 6 of 6");
 }
 
+/// A checkpoint records the dtype the frozen base multiplied in (what `auto` chose at the
+/// start), and a resumed run keeps it rather than probing again.
+#[test]
+fn a_resumed_run_keeps_the_products_dtype_its_checkpoint_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train(&run, &["train.max_steps=2"], false);
+    let state = std::fs::read_to_string(run.join("checkpoints/step-000002/state.json")).unwrap();
+    let state: Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["base_products"], "f32", "{state}");
+    let run_set = format!("output.run_dir={:?}", run.display().to_string());
+    let run_text = run.display().to_string();
+    let args = [
+        "train",
+        "--config",
+        "configs/tiny.toml",
+        "--set",
+        &run_set,
+        "--set",
+        "train.max_steps=4",
+        "--resume",
+        &run_text,
+    ];
+    let output = feinschliff(&args);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    assert!(
+        err.contains("base products: f32 (as the run's checkpoint recorded)"),
+        "{err}"
+    );
+}
+
 /// DoRA adapters (with their magnitudes in the checkpoint) resume exactly.
 #[test]
 fn dora_runs_resume_exactly() {

@@ -6,17 +6,17 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::DType;
 pub use burn::tensor::Device;
 
 /// A backend the user can pick with `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {
-    /// The pure-Rust CPU backend (burn-flex), f32 compute.
+    /// The pure-Rust CPU backend (burn-flex): f32 compute, and bf16 products of the frozen
+    /// base through feinschliff's kernel where the CPU has AVX512-BF16 and they pay.
     #[cfg(feature = "flex")]
     Flex,
-    /// LibTorch on the CPU; training stores and computes the frozen base in bf16 where the CPU
-    /// has AMX, in f32 otherwise (see [`DeviceChoice::preferred_base_dtype`]).
+    /// LibTorch on the CPU; training stores and computes the frozen base in bf16 where a probe
+    /// at start-up finds LibTorch's bf16 products faster than its f32 ones.
     #[cfg(feature = "tch")]
     TchCpu,
     /// LibTorch on CUDA GPU `N`; training stores and computes the frozen base in bf16.
@@ -47,46 +47,34 @@ impl DeviceChoice {
         }
     }
 
-    /// The dtype of the frozen base (storage and products) unless the run configuration says
-    /// otherwise: bf16 on CUDA and on CPUs with AMX bf16 units (LibTorch's bf16 kernels pay
-    /// there), f32 elsewhere — on an AVX-512 CPU without AMX LibTorch's bf16 products ran at
-    /// 120–150 GFLOP/s against 190–260 for its f32 ones (BENCHMARKS.md), and flex multiplies in
-    /// f32 anyway. Adapters, their gradients and the optimizer state stay f32 everywhere.
-    pub fn preferred_base_dtype(self) -> DType {
-        match self {
-            #[cfg(feature = "flex")]
-            DeviceChoice::Flex => DType::F32,
-            #[cfg(feature = "tch")]
-            DeviceChoice::TchCpu => match cpu_has_amx_bf16() {
-                true => DType::BF16,
-                false => DType::F32,
-            },
-            #[cfg(feature = "tch")]
-            DeviceChoice::TchCuda(_) => DType::BF16,
+    /// Whether this is flex.
+    pub fn is_flex(self) -> bool {
+        #[cfg(feature = "flex")]
+        if self == DeviceChoice::Flex {
+            return true;
         }
+        false
     }
 
-    /// Whether the backend multiplies bf16 matrices in bf16 (LibTorch); flex converts them to
-    /// f32 first.
+    /// Whether this is a CUDA GPU.
+    pub fn is_cuda(self) -> bool {
+        #[cfg(feature = "tch")]
+        if let DeviceChoice::TchCuda(_) = self {
+            return true;
+        }
+        false
+    }
+
+    /// Whether the backend multiplies bf16 matrices in bf16: LibTorch always, flex through its
+    /// bf16 kernel where the CPU has AVX512-BF16 (elsewhere it converts them to f32 first).
     pub fn has_bf16_matmul(self) -> bool {
         match self {
             #[cfg(feature = "flex")]
-            DeviceChoice::Flex => false,
+            DeviceChoice::Flex => crate::kernels::bf16_matmul::available(),
             #[cfg(feature = "tch")]
             DeviceChoice::TchCpu | DeviceChoice::TchCuda(_) => true,
         }
     }
-}
-
-/// Whether this CPU has AMX bf16 tile units, as Linux reports them in `/proc/cpuinfo` (Rust's
-/// own detection of AMX is not stable yet); `false` where that file does not exist.
-#[cfg(feature = "tch")]
-fn cpu_has_amx_bf16() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
-        info.lines()
-            .filter(|line| line.starts_with("flags"))
-            .any(|line| line.split_whitespace().any(|flag| flag == "amx_bf16"))
-    })
 }
 
 impl FromStr for DeviceChoice {

@@ -3,7 +3,7 @@
 //! evaluating or checkpointing. Reports the median over the measured steps after warm-up, the
 //! split of a step into forward, backward and optimizer, and the process's peak RSS.
 
-use burn::tensor::DType;
+use crate::base_products::dtype_name;
 use serde::Serialize;
 
 use crate::Error;
@@ -74,7 +74,7 @@ pub fn bench(
                 .into(),
         ));
     }
-    let (session, mut model) = Session::prepare(config, progress)?;
+    let (session, mut model) = Session::prepare(config, None, progress)?;
     session.device.seed(config.train.seed);
     model.attach_lora(&config.lora_spec(), &session.device);
     let mut optim = adamw(config).init();
@@ -155,14 +155,6 @@ pub fn bench(
         peak_rss_bytes: peak_rss_bytes(),
         losses,
     })
-}
-
-/// `f32` or `bf16`, the dtypes a frozen base can have.
-fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::BF16 => "bf16",
-        _ => "f32",
-    }
 }
 
 /// The process's peak resident set size (`getrusage`), in bytes.

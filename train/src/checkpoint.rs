@@ -14,11 +14,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use burn::optim::ModuleOptimizer;
+use burn::tensor::DType;
 use feinschliff_data::atomic_file::{create_temp_dir, sync_dir, sync_dir_files};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::Error;
+use crate::base_products::dtype_named;
 use feinschliff_model::io::peft::save_adapter;
 use feinschliff_model::llama::Llama;
 use feinschliff_model::lora::LoraSpec;
@@ -63,6 +65,17 @@ pub struct CheckpointState {
     pub train_loss: f64,
     /// Validation loss at this step, if evaluated.
     pub eval_loss: Option<f64>,
+    /// The dtype the frozen base multiplied in (`f32`, `bf16`): what `auto` chose at the
+    /// run's start, kept by a resumed run. Absent in checkpoints of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_products: Option<String>,
+}
+
+impl CheckpointState {
+    /// [`CheckpointState::base_products`] as a dtype; `None` when absent or not a dtype name.
+    pub fn base_products(&self) -> Option<DType> {
+        self.base_products.as_deref().and_then(dtype_named)
+    }
 }
 
 /// The checkpoints directory of a run.

@@ -2,13 +2,15 @@
 //!
 //! - [`run_config`]: the TOML run configuration;
 //! - [`trainer`]: a run as a recipe, from [`run_dir`] (locked first), [`resume`] (where to
-//!   start), [`session`] (model, tokenizer, data) and [`stream`] (the rows of each step) to
+//!   start), [`session`] (model, tokenizer, data, and with [`base_products`] the dtype the
+//!   frozen base multiplies in) and [`stream`] (the rows of each step) to
 //!   [`evaluator`] and [`checkpoint`];
 //! - [`train_step`]: one optimizer step through the hand-written training [`pass`], with
 //!   [`optim`] (AdamW) and [`schedule`] (the learning rate);
 //! - [`bench`]: training speed on the same session as a run;
 //! - [`plot`], [`progress`], [`export`]: what a run shows and hands on.
 
+pub mod base_products;
 pub mod bench;
 pub mod checkpoint;
 pub mod dpo;

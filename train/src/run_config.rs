@@ -64,8 +64,9 @@ pub struct ModelSection {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DtypeChoice {
-    /// The backend's choice ([`DeviceChoice::preferred_base_dtype`]): bf16 on CUDA and on
-    /// CPUs with AMX under LibTorch, f32 elsewhere.
+    /// Decided at start-up (`base_products`): bf16 on CUDA, and on a CPU where a probe
+    /// measures bf16 products faster than f32 ones; f32 elsewhere. `base_dtype = "auto"`
+    /// follows the products' dtype.
     #[default]
     Auto,
     /// f32.
@@ -75,9 +76,9 @@ pub enum DtypeChoice {
 }
 
 impl DtypeChoice {
-    fn resolve(self, device: DeviceChoice) -> DType {
+    fn resolve(self, auto: DType) -> DType {
         match self {
-            DtypeChoice::Auto => device.preferred_base_dtype(),
+            DtypeChoice::Auto => auto,
             DtypeChoice::F32 => DType::F32,
             DtypeChoice::Bf16 => DType::BF16,
         }
@@ -86,19 +87,24 @@ impl DtypeChoice {
 
 impl ModelSection {
     /// The dtypes the frozen base is stored in and multiplied in when training on `device`
-    /// (see [`Llama::set_base_dtypes`]); an error when the device cannot multiply in the
-    /// second (bf16 products need LibTorch).
+    /// (see [`Llama::set_base_dtypes`]), `auto_products` standing for an `auto` product dtype
+    /// and an `auto` base dtype following the products'; an error when the device cannot
+    /// multiply in bf16.
     ///
     /// [`Llama::set_base_dtypes`]: feinschliff_model::llama::Llama::set_base_dtypes
-    pub fn base_dtypes(&self, device: DeviceChoice) -> Result<(DType, DType), Error> {
-        let products = self.matmul_dtype.resolve(device);
+    pub fn base_dtypes(
+        &self,
+        device: DeviceChoice,
+        auto_products: DType,
+    ) -> Result<(DType, DType), Error> {
+        let products = self.matmul_dtype.resolve(auto_products);
         if products == DType::BF16 && !device.has_bf16_matmul() {
             return Err(Error::Usage(format!(
-                "model.matmul_dtype = \"bf16\" needs a LibTorch device (tch-cpu, tch-cuda:N); \
-                 {device} multiplies in f32"
+                "model.matmul_dtype = \"bf16\": {device} multiplies in f32 on this CPU (bf16 \
+                 products need AVX512-BF16 on flex, or a LibTorch device: tch-cpu, tch-cuda:N)"
             )));
         }
-        Ok((self.base_dtype.resolve(device), products))
+        Ok((self.base_dtype.resolve(products), products))
     }
 }
 
@@ -494,6 +500,7 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use feinschliff_model::kernels::bf16_matmul;
 
     const MINIMAL: &str = "[model]\npath = \"m\"\n[data]\ntrain = \"t.jsonl\"\n";
 
@@ -571,26 +578,42 @@ mod tests {
     }
 
     #[test]
-    fn base_dtypes_resolve_and_refuse_bf16_products_on_flex() {
+    fn base_dtypes_resolve_and_refuse_bf16_products_where_the_cpu_lacks_them() {
         let parse = |sets: &[&str]| {
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
             RunConfig::parse(MINIMAL, &sets).unwrap().model
         };
         let flex = DeviceChoice::Flex;
         assert_eq!(
-            parse(&[]).base_dtypes(flex).unwrap(),
+            parse(&[]).base_dtypes(flex, DType::F32).unwrap(),
             (DType::F32, DType::F32)
         );
         let bf16_base = parse(&["model.base_dtype=\"bf16\""]);
         assert_eq!(
-            bf16_base.base_dtypes(flex).unwrap(),
+            bf16_base.base_dtypes(flex, DType::F32).unwrap(),
             (DType::BF16, DType::F32)
         );
-        let message = parse(&["model.matmul_dtype=\"bf16\""])
-            .base_dtypes(flex)
-            .unwrap_err()
-            .to_string();
-        assert!(message.contains("model.matmul_dtype"), "{message}");
-        assert!(!message.contains('\n'));
+        let f32_products = parse(&["model.matmul_dtype=\"f32\""]);
+        assert_eq!(
+            f32_products.base_dtypes(flex, DType::BF16).unwrap(),
+            (DType::F32, DType::F32)
+        );
+        let bf16_products = parse(&["model.matmul_dtype=\"bf16\""]).base_dtypes(flex, DType::F32);
+        match bf16_matmul::available() {
+            true => assert_eq!(bf16_products.unwrap(), (DType::BF16, DType::BF16)),
+            false => {
+                let message = bf16_products.unwrap_err().to_string();
+                assert!(message.contains("model.matmul_dtype"), "{message}");
+                assert!(message.contains("AVX512-BF16"), "{message}");
+                assert!(!message.contains('\n'));
+            }
+        }
+        if bf16_matmul::available() {
+            assert_eq!(
+                parse(&[]).base_dtypes(flex, DType::BF16).unwrap(),
+                (DType::BF16, DType::BF16),
+                "an auto base follows the products"
+            );
+        }
     }
 }

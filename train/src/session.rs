@@ -10,14 +10,16 @@ use feinschliff_data::dataset::{Loaded, load_dataset};
 use feinschliff_data::format::Example;
 use feinschliff_data::tokenize::TextTokenizer;
 use feinschliff_model::backend::DeviceChoice;
+use feinschliff_model::config::LlamaConfig;
 use feinschliff_model::io::gguf::base::ModelFiles;
 use feinschliff_model::io::hf::HfModel;
 use feinschliff_model::linear::BaseStorage;
 use feinschliff_model::llama::Llama;
 
 use crate::Error;
+use crate::base_products::{auto_products, dtype_name};
 use crate::progress::Progress;
-use crate::run_config::RunConfig;
+use crate::run_config::{DtypeChoice, RunConfig};
 use crate::stream::{step_batches, training_rows};
 
 /// A run's model, data and devices.
@@ -45,17 +47,21 @@ pub struct Session {
 impl Session {
     /// Loads the model, tokenizer and data that `config` names and reports the data's counts;
     /// returns the session and the base model (in its configured dtypes, no adapters yet).
+    /// `recorded` is the products dtype a resumed run's checkpoint names (what `auto` chose
+    /// at its start).
     pub fn prepare(
         config: &RunConfig,
+        recorded: Option<DType>,
         progress: &mut dyn Progress,
     ) -> Result<(Self, Llama), Error> {
         let choice: DeviceChoice = config.model.device.parse().map_err(Error::Usage)?;
-        let (storage_dtype, matmul_dtype) = config.model.base_dtypes(choice)?;
         let device = choice.device().autodiff();
         // The tokenizer and the data first: a missing data file fails before a long load.
         let files = ModelFiles::of(&config.model.path)?;
         let tokenizer = TextTokenizer::from_model_dir(files.dir())?;
         let data = load_dataset(&config.data, files.dir())?;
+        let (storage_dtype, matmul_dtype, products_note) =
+            base_dtypes(config, choice, &files, recorded)?;
         let storage = BaseStorage {
             dtype: storage_dtype,
             quant: config.model.base_quant,
@@ -71,6 +77,9 @@ impl Session {
         loaded.check_examples(&data)?;
         let mut model = loaded.model;
         model.set_base_dtypes(storage_dtype, matmul_dtype);
+        if let Some(note) = products_note {
+            progress.note(&note);
+        }
         if let Some(note) = quantized_note(&model) {
             progress.note(&note);
         }
@@ -116,6 +125,30 @@ impl Session {
             n => n,
         }
     }
+}
+
+/// The dtypes the frozen base is stored and multiplied in, and for an `auto` product dtype,
+/// decided here (`base_products`, a probe at the model's shape), the line that says why.
+fn base_dtypes(
+    config: &RunConfig,
+    choice: DeviceChoice,
+    files: &ModelFiles,
+    recorded: Option<DType>,
+) -> Result<(DType, DType, Option<String>), Error> {
+    let (auto, note) = match config.model.matmul_dtype {
+        DtypeChoice::Auto => {
+            let model = LlamaConfig::from_file(&files.dir().join("config.json"))?;
+            let auto = auto_products(config, choice, &model, recorded);
+            let name = dtype_name(auto.dtype);
+            (
+                auto.dtype,
+                Some(format!("base products: {name} ({})", auto.reason)),
+            )
+        }
+        _ => (DType::F32, None),
+    };
+    let (storage, products) = config.model.base_dtypes(choice, auto)?;
+    Ok((storage, products, note))
 }
 
 /// The line that says which projections are kept quantized, in which block types, and

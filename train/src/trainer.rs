@@ -20,6 +20,7 @@ use feinschliff_model::lora::LoraSpec;
 use serde_json::json;
 
 use crate::Error;
+use crate::base_products::dtype_name;
 use crate::checkpoint::{CheckpointState, OPTIMIZER_FILE, prune_checkpoints, write_checkpoint};
 use crate::dpo::loss::PreferenceMetrics;
 use crate::dpo::reference::{References, references};
@@ -90,7 +91,10 @@ fn train_locked(
     run_dir: &RunDir,
 ) -> Result<TrainSummary, Error> {
     let resume_from = resume_point(run_dir, resume, config, progress)?;
-    let (session, base) = Session::prepare(config, progress)?;
+    let recorded = resume_from
+        .as_ref()
+        .and_then(|point| point.state.base_products());
+    let (session, base) = Session::prepare(config, recorded, progress)?;
     let total_steps = session.total_steps(config);
     let start_step = resume_from.as_ref().map_or(0, |point| point.state.step);
     if start_step >= total_steps {
@@ -402,6 +406,7 @@ impl StepLoop<'_> {
             config_hash: self.config.training_hash(),
             train_loss: step.loss,
             eval_loss,
+            base_products: Some(dtype_name(self.session.matmul_dtype).into()),
         };
         let base_model = self.config.model.path.display().to_string();
         let run_dir = &self.run_dir.path;

@@ -139,11 +139,23 @@ pub fn tensor_product(
     };
     let (mut out, accumulate) = match acc {
         Some(acc) => (HostTensor::of(acc), true),
-        None => (HostTensor::new_like(&a, zeros(n * width), [n, width]), false),
+        None => (
+            HostTensor::new_like(&a, zeros(n * width), [n, width]),
+            false,
+        ),
     };
     assert_eq!(out.dims(), [n, width], "tensor_product: accumulator shape");
     let (values, dims) = (b.values(), b.dims());
-    matmul(a.values(), n, values, dims, read_b, scale, out.values_mut(), accumulate);
+    matmul(
+        a.values(),
+        n,
+        values,
+        dims,
+        read_b,
+        scale,
+        out.values_mut(),
+        accumulate,
+    );
     out.into_tensor()
 }
 

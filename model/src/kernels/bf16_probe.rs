@@ -99,15 +99,30 @@ mod tests {
     #[test]
     fn the_probe_measures_both_kinds_where_the_cpu_has_them() {
         let probe = Bf16Probe::measure(64, 96, 80);
-        assert!(probe.f32_gflops.is_finite() && probe.f32_gflops > 0.0, "{probe:?}");
-        assert_eq!(probe.bf16_gflops.is_some(), bf16_matmul::available(), "{probe:?}");
-        assert!(probe.speedup().is_none_or(|s| s.is_finite() && s > 0.0), "{probe:?}");
+        assert!(
+            probe.f32_gflops.is_finite() && probe.f32_gflops > 0.0,
+            "{probe:?}"
+        );
+        assert_eq!(
+            probe.bf16_gflops.is_some(),
+            bf16_matmul::available(),
+            "{probe:?}"
+        );
+        assert!(
+            probe.speedup().is_none_or(|s| s.is_finite() && s > 0.0),
+            "{probe:?}"
+        );
     }
 
     #[test]
     #[ignore]
     fn timing() {
-        for [n, k, m] in [[2048, 576, 1536], [2048, 1536, 576], [2048, 576, 576], [2048, 576, 8192]] {
+        for [n, k, m] in [
+            [2048, 576, 1536],
+            [2048, 1536, 576],
+            [2048, 576, 576],
+            [2048, 576, 8192],
+        ] {
             let p = Bf16Probe::measure(n, k, m);
             eprintln!("{p:?} speedup {:?}", p.speedup());
         }
