@@ -3,13 +3,13 @@
 //! evaluating or checkpointing. Reports the median over the measured steps after warm-up, the
 //! split of a step into forward, backward and optimizer, and the process's peak RSS.
 
-use crate::base_products::dtype_name;
 use serde::Serialize;
 
 use crate::Error;
+use crate::base_products::Recorded;
 use crate::optim::adamw;
 use crate::progress::Progress;
-use crate::run_config::RunConfig;
+use crate::run_config::{RunConfig, dtype_name};
 use crate::schedule::learning_rate;
 use crate::session::Session;
 use crate::train_step::{StepReport, StepSettings, dropout_seed, train_step};
@@ -74,7 +74,7 @@ pub fn bench(
                 .into(),
         ));
     }
-    let (session, mut model) = Session::prepare(config, None, progress)?;
+    let (session, mut model) = Session::prepare(config, Recorded::Fresh, progress)?;
     session.device.seed(config.train.seed);
     model.attach_lora(&config.lora_spec(), &session.device);
     let mut optim = adamw(config).init();

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::Error;
-use crate::base_products::dtype_named;
+use crate::run_config::dtype_named;
 use feinschliff_model::io::peft::save_adapter;
 use feinschliff_model::llama::Llama;
 use feinschliff_model::lora::LoraSpec;

@@ -66,13 +66,30 @@ pub struct ModelSection {
 pub enum DtypeChoice {
     /// Decided at start-up (`base_products`): bf16 on CUDA, and on a CPU where a probe
     /// measures bf16 products faster than f32 ones; f32 elsewhere. `base_dtype = "auto"`
-    /// follows the products' dtype.
+    /// follows the products' dtype (and is bf16 on CUDA).
     #[default]
     Auto,
     /// f32.
     F32,
     /// bf16.
     Bf16,
+}
+
+/// `f32` or `bf16`, the dtypes a frozen base can have, as the configuration spells them.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
+/// The dtype named `name` (`f32` or `bf16`).
+pub fn dtype_named(name: &str) -> Option<DType> {
+    match name {
+        "f32" => Some(DType::F32),
+        "bf16" => Some(DType::BF16),
+        _ => None,
+    }
 }
 
 impl DtypeChoice {
@@ -88,8 +105,8 @@ impl DtypeChoice {
 impl ModelSection {
     /// The dtypes the frozen base is stored in and multiplied in when training on `device`
     /// (see [`Llama::set_base_dtypes`]), `auto_products` standing for an `auto` product dtype
-    /// and an `auto` base dtype following the products'; an error when the device cannot
-    /// multiply in bf16.
+    /// and an `auto` base dtype following the products' (bf16 on CUDA); an error when the
+    /// device cannot multiply in bf16.
     ///
     /// [`Llama::set_base_dtypes`]: feinschliff_model::llama::Llama::set_base_dtypes
     pub fn base_dtypes(
@@ -104,7 +121,13 @@ impl ModelSection {
                  products need AVX512-BF16 on flex, or a LibTorch device: tch-cpu, tch-cuda:N)"
             )));
         }
-        Ok((self.base_dtype.resolve(products), products))
+        // A base on CUDA is kept in bf16 unless said otherwise (GPU memory); elsewhere an
+        // `auto` base is kept in the dtype it multiplies in, so bf16 products need no cast.
+        let storage_auto = match device.is_cuda() {
+            true => DType::BF16,
+            false => products,
+        };
+        Ok((self.base_dtype.resolve(storage_auto), products))
     }
 }
 

@@ -17,9 +17,9 @@ use feinschliff_model::linear::BaseStorage;
 use feinschliff_model::llama::Llama;
 
 use crate::Error;
-use crate::base_products::{auto_products, dtype_name};
+use crate::base_products::{Recorded, auto_products};
 use crate::progress::Progress;
-use crate::run_config::{DtypeChoice, RunConfig};
+use crate::run_config::{DtypeChoice, RunConfig, dtype_name};
 use crate::stream::{step_batches, training_rows};
 
 /// A run's model, data and devices.
@@ -47,11 +47,11 @@ pub struct Session {
 impl Session {
     /// Loads the model, tokenizer and data that `config` names and reports the data's counts;
     /// returns the session and the base model (in its configured dtypes, no adapters yet).
-    /// `recorded` is the products dtype a resumed run's checkpoint names (what `auto` chose
-    /// at its start).
+    /// `recorded` is what a resumed run's checkpoint says about its products (what `auto`
+    /// chose at its start).
     pub fn prepare(
         config: &RunConfig,
-        recorded: Option<DType>,
+        recorded: Recorded,
         progress: &mut dyn Progress,
     ) -> Result<(Self, Llama), Error> {
         let choice: DeviceChoice = config.model.device.parse().map_err(Error::Usage)?;
@@ -133,7 +133,7 @@ fn base_dtypes(
     config: &RunConfig,
     choice: DeviceChoice,
     files: &ModelFiles,
-    recorded: Option<DType>,
+    recorded: Recorded,
 ) -> Result<(DType, DType, Option<String>), Error> {
     let (auto, note) = match config.model.matmul_dtype {
         DtypeChoice::Auto => {

@@ -20,7 +20,7 @@ use feinschliff_model::lora::LoraSpec;
 use serde_json::json;
 
 use crate::Error;
-use crate::base_products::dtype_name;
+use crate::base_products::Recorded;
 use crate::checkpoint::{CheckpointState, OPTIMIZER_FILE, prune_checkpoints, write_checkpoint};
 use crate::dpo::loss::PreferenceMetrics;
 use crate::dpo::reference::{References, references};
@@ -29,7 +29,7 @@ use crate::evaluator::Evaluator;
 use crate::optim::adamw;
 use crate::progress::Progress;
 use crate::resume::{ResumePoint, resume_point};
-use crate::run_config::RunConfig;
+use crate::run_config::{RunConfig, dtype_name};
 use crate::run_dir::{MetricsLog, RunDir};
 use crate::schedule::learning_rate;
 use crate::session::Session;
@@ -91,9 +91,13 @@ fn train_locked(
     run_dir: &RunDir,
 ) -> Result<TrainSummary, Error> {
     let resume_from = resume_point(run_dir, resume, config, progress)?;
-    let recorded = resume_from
-        .as_ref()
-        .and_then(|point| point.state.base_products());
+    let recorded = match &resume_from {
+        None => Recorded::Fresh,
+        Some(point) => point
+            .state
+            .base_products()
+            .map_or(Recorded::BeforeTheProbe, Recorded::Dtype),
+    };
     let (session, base) = Session::prepare(config, recorded, progress)?;
     let total_steps = session.total_steps(config);
     let start_step = resume_from.as_ref().map_or(0, |point| point.state.step);

@@ -8,6 +8,8 @@
 //! (`bf16_probe`) finds it faster than f32 products.
 
 use burn::tensor::{DType, Tensor};
+use std::ops::Range;
+
 use half::bf16;
 use rayon::prelude::*;
 
@@ -52,10 +54,7 @@ pub fn matmul(
     accumulate: bool,
 ) {
     assert!(available(), "bf16 matmul: this CPU lacks AVX512-BF16");
-    let (depth, width) = match read_b {
-        Read::AsIs => (rows, cols),
-        Read::Transposed => (cols, rows),
-    };
+    let (depth, width) = depth_and_width(read_b, [rows, cols]);
     assert_eq!(a.len(), n * depth, "bf16 matmul: a is not [{n}, {depth}]");
     assert_eq!(
         b.len(),
@@ -67,52 +66,105 @@ pub fn matmul(
         n * width,
         "bf16 matmul: out is not [{n}, {width}]"
     );
-    if n == 0 || width == 0 {
+    if depth == 0 && !accumulate {
+        out.fill(0.0);
+    }
+    if n == 0 || width == 0 || depth == 0 {
         return;
     }
     let pairs = depth.div_ceil(2);
     let a_pairs = pack_rows(a, n, depth);
-    let panels = width.div_ceil(NR);
-    let per_task = panels
-        .div_ceil(4 * rayon::current_num_threads())
-        .clamp(1, MAX_TASK_PANELS);
+    let grid = TaskGrid::new(n, width.div_ceil(NR));
     let shared = SharedOutput(out.as_mut_ptr());
-    (0..panels.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let first = task * per_task;
-            let count = per_task.min(panels - first);
-            let mut packed = vec![0u32; count * pairs * NR];
-            for (panel, buffer) in packed.chunks_exact_mut(pairs * NR).enumerate() {
-                pack_panel(b, [rows, cols], read_b, (first + panel) * NR, pairs, buffer);
+    (0..grid.tasks()).into_par_iter().for_each(|task| {
+        let (row_range, panel_range) = grid.task(task);
+        let mut packed = vec![0u32; panel_range.len() * pairs * NR];
+        let buffers = packed.chunks_exact_mut(pairs * NR);
+        for (panel, buffer) in panel_range.clone().zip(buffers) {
+            pack_panel(b, [rows, cols], read_b, panel * NR, pairs, buffer);
+        }
+        for row in row_range.clone().step_by(MR) {
+            for (panel, buffer) in panel_range.clone().zip(packed.chunks_exact(pairs * NR)) {
+                let column = panel * NR;
+                let tile = Tile {
+                    rows: MR.min(row_range.end - row),
+                    cols: NR.min(width - column),
+                    pairs,
+                    scale,
+                    accumulate,
+                };
+                // SAFETY: the tile writes rows `row..row + tile.rows` (inside `row_range`,
+                // < n) and columns `column..column + tile.cols` (<= width) of the `[n, width]`
+                // output, whose length was checked above; no other task writes them (tasks
+                // own disjoint blocks of rows and panels), and `out` is borrowed mutably for
+                // the whole call. `a_pairs` holds `n` rows of `pairs` pairs and `buffer`
+                // `pairs · NR` values, so every read is inside them.
+                unsafe {
+                    tile.run(
+                        &a_pairs[row * pairs..],
+                        buffer,
+                        shared.get().add(row * width + column),
+                        width,
+                    )
+                };
             }
-            for row in (0..n).step_by(MR) {
-                for (panel, buffer) in packed.chunks_exact(pairs * NR).enumerate() {
-                    let column = (first + panel) * NR;
-                    let tile = Tile {
-                        rows: MR.min(n - row),
-                        cols: NR.min(width - column),
-                        pairs,
-                        scale,
-                        accumulate,
-                    };
-                    // SAFETY: the tile writes rows `row..row + tile.rows` < n and columns
-                    // `column..column + tile.cols` <= width of the `[n, width]` output, whose
-                    // length was checked above; no other task writes these columns (tasks own
-                    // disjoint panels), and `out` is borrowed mutably for the whole call.
-                    // `a_pairs` holds `n` rows of `pairs` pairs and `buffer` `pairs · NR`
-                    // values, so every read is inside them.
-                    unsafe {
-                        tile.run(
-                            &a_pairs[row * pairs..],
-                            buffer,
-                            shared.get().add(row * width + column),
-                            width,
-                        )
-                    };
-                }
-            }
-        });
+        }
+    });
+}
+
+/// `(depth, width)` of `op(b)` for `b` `[rows, cols]` read as `read_b`.
+fn depth_and_width(read_b: Read, [rows, cols]: [usize; 2]) -> (usize, usize) {
+    match read_b {
+        Read::AsIs => (rows, cols),
+        Read::Transposed => (cols, rows),
+    }
+}
+
+/// The tasks of one product: groups of column panels (each task packs its own), and where
+/// there are too few of them to keep every core busy (a narrow output: k/v projections),
+/// blocks of rows as well.
+struct TaskGrid {
+    /// Panels per group.
+    group: usize,
+    /// Panel groups.
+    groups: usize,
+    /// Rows per block (a multiple of [`MR`]).
+    block: usize,
+    /// Row blocks.
+    blocks: usize,
+    rows: usize,
+    panels: usize,
+}
+
+impl TaskGrid {
+    /// About four tasks per core for `rows` rows and `panels` panels.
+    fn new(rows: usize, panels: usize) -> Self {
+        let wanted = 4 * rayon::current_num_threads();
+        let group = panels.div_ceil(wanted).clamp(1, MAX_TASK_PANELS);
+        let groups = panels.div_ceil(group);
+        let tiles = rows.div_ceil(MR);
+        let block = tiles.div_ceil(wanted.div_ceil(groups).min(tiles)) * MR;
+        Self {
+            group,
+            groups,
+            block,
+            blocks: rows.div_ceil(block),
+            rows,
+            panels,
+        }
+    }
+
+    fn tasks(&self) -> usize {
+        self.groups * self.blocks
+    }
+
+    /// The rows and the panels of task `task`.
+    fn task(&self, task: usize) -> (Range<usize>, Range<usize>) {
+        let (block, group) = (task / self.groups, task % self.groups);
+        let rows = block * self.block..(block * self.block + self.block).min(self.rows);
+        let panels = group * self.group..(group * self.group + self.group).min(self.panels);
+        (rows, panels)
+    }
 }
 
 /// Whether [`tensor_product`] computes `a · op(b)`: `b` is a bf16 flex tensor, `a` is
@@ -133,10 +185,7 @@ pub fn tensor_product(
     let a = HostTensor::of(a);
     let b = HostBf16::of(b).expect("tensor_product: b is a bf16 flex tensor");
     let n = a.dims()[0];
-    let width = match read_b {
-        Read::AsIs => b.dims()[1],
-        Read::Transposed => b.dims()[0],
-    };
+    let (_, width) = depth_and_width(read_b, b.dims());
     let (mut out, accumulate) = match acc {
         Some(acc) => (HostTensor::of(acc), true),
         None => (
@@ -169,21 +218,23 @@ fn bf16_bits(value: f32) -> u32 {
     }
 }
 
-/// Rows of `a` (`[n, depth]`) rounded to bf16 as pairs, one `u32` per pair (the even index in
-/// the low half), an odd depth padded with zero.
+/// Two bf16 values as one pair (`low` in the low half), the bits `vdpbf16ps` reads.
+fn pair(low: u16, high: u16) -> u32 {
+    u32::from(low) | (u32::from(high) << 16)
+}
+
+/// Rows of `a` (`[n, depth]`, depth > 0) rounded to bf16 as pairs, one `u32` per pair (the
+/// even index in the low half), an odd depth padded with zero.
 fn pack_rows(a: &[f32], n: usize, depth: usize) -> Vec<u32> {
     let pairs = depth.div_ceil(2);
     let mut packed = vec![0u32; n * pairs];
-    if depth == 0 {
-        return packed;
-    }
+    let rounded = |v: f32| bf16_bits(v) as u16;
     packed
         .par_chunks_mut(pairs)
         .zip(a.par_chunks(depth))
         .for_each(|(out, row)| {
-            for (pair, values) in out.iter_mut().zip(row.chunks(2)) {
-                let high = values.get(1).map_or(0, |&v| bf16_bits(v));
-                *pair = bf16_bits(values[0]) | (high << 16);
+            for (out, values) in out.iter_mut().zip(row.chunks(2)) {
+                *out = pair(rounded(values[0]), values.get(1).map_or(0, |&v| rounded(v)));
             }
         });
     packed
@@ -200,19 +251,20 @@ fn pack_panel(
     pairs: usize,
     out: &mut [u32],
 ) {
-    let bits = |i: usize| u32::from(b[i].to_bits());
+    let bits = |i: usize| b[i].to_bits();
     match read_b {
         // op(b)[d, c] = b[c, d]: a pair is two neighbours in row `c` of `b`.
         Read::Transposed => {
             for c in 0..NR.min(rows.saturating_sub(column)) {
                 let row = &b[(column + c) * cols..(column + c + 1) * cols];
                 for (p, values) in row.chunks(2).enumerate() {
-                    let high = values.get(1).map_or(0, |v| u32::from(v.to_bits()));
-                    out[p * NR + c] = u32::from(values[0].to_bits()) | (high << 16);
+                    let high = values.get(1).map_or(0, |v| v.to_bits());
+                    out[p * NR + c] = pair(values[0].to_bits(), high);
                 }
             }
         }
-        // op(b)[d, c] = b[d, c]: a pair is the same column of two neighbouring rows.
+        // op(b)[d, c] = b[d, c]: a pair is the same column of two neighbouring rows (the
+        // row past an odd depth reads as zero).
         Read::AsIs => {
             let width = NR.min(cols.saturating_sub(column));
             for p in 0..pairs {
@@ -222,7 +274,7 @@ fn pack_panel(
                         true => bits(odd + c),
                         false => 0,
                     };
-                    out[p * NR + c] = bits(even + c) | (high << 16);
+                    out[p * NR + c] = pair(bits(even + c), high);
                 }
             }
         }
@@ -307,8 +359,12 @@ mod x86 {
         ];
         for (r, sums) in acc.iter().enumerate() {
             for (half, (&sum, &mask)) in sums.iter().zip(&masks).enumerate() {
-                // SAFETY: row r < rows, lanes masked to the block's `cols` columns: inside
-                // the block the caller lets us read and write.
+                if mask == 0 {
+                    continue;
+                }
+                // SAFETY: row r < rows, and the half has a column inside the block (its mask
+                // is not empty), so the pointer lies inside the block the caller lets us read
+                // and write; the lanes are masked to the block's `cols` columns.
                 unsafe {
                     let at = out.add(r * out_stride + 16 * half);
                     let mut value = _mm512_mul_ps(sum, scale);
@@ -370,10 +426,7 @@ mod tests {
         read_b: Read,
     ) -> Vec<f32> {
         let round = |v: f32| bf16::from_f32(v).to_f32() as f64;
-        let (depth, width) = match read_b {
-            Read::AsIs => (rows, cols),
-            Read::Transposed => (cols, rows),
-        };
+        let (depth, width) = depth_and_width(read_b, [rows, cols]);
         let at = |d: usize, c: usize| match read_b {
             Read::AsIs => b[d * cols + c],
             Read::Transposed => b[c * cols + d],
@@ -407,15 +460,23 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX512-BF16, which the bf16 kernel needs");
             return;
         }
-        // Odd depths, widths that are not whole panels, row counts that are not whole tiles.
-        for [n, rows, cols] in [[1, 7, 5], [13, 64, 33], [30, 129, 70], [25, 40, 97]] {
+        // Odd depths, widths that are not whole panels, row counts that are not whole tiles,
+        // tasks of several panels with a shorter last one (330 columns: 11 panels), narrow
+        // outputs split into blocks of rows (a few panels, 200 rows), a depth of zero.
+        let shapes = [
+            [1, 7, 5],
+            [13, 64, 33],
+            [30, 129, 70],
+            [25, 40, 97],
+            [17, 330, 40],
+            [200, 48, 40],
+            [3, 0, 6],
+        ];
+        for [n, rows, cols] in shapes {
             let b32 = values(rows * cols, 1);
             let b: Vec<bf16> = b32.iter().map(|&v| bf16::from_f32(v)).collect();
             for read_b in [Read::AsIs, Read::Transposed] {
-                let (depth, width) = match read_b {
-                    Read::AsIs => (rows, cols),
-                    Read::Transposed => (cols, rows),
-                };
+                let (depth, width) = depth_and_width(read_b, [rows, cols]);
                 let a = values(n * depth, 2);
                 let want = reference(&a, n, &b32, [rows, cols], read_b);
                 let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
@@ -437,6 +498,35 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn tensor_products_read_strided_matrices_and_add_to_the_accumulator() {
+        use burn::tensor::TensorData;
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX512-BF16, which the bf16 kernel needs");
+            return;
+        }
+        let device = burn::tensor::Device::flex();
+        let [n, k, m] = [9, 37, 45];
+        let (a32, w32, acc32) = (values(n * k, 1), values(k * m, 2), values(n * m, 3));
+        let tensor = |v: &[f32], dims: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), dims), &device)
+        };
+        // `w` stored `[k, m]`, handed over as its transposed view `[m, k]`, read transposed:
+        // the product is `a · w`.
+        let w = tensor(&w32, [k, m]).cast(DType::BF16).transpose();
+        let (a, acc) = (tensor(&a32, [n, k]), tensor(&acc32, [n, m]));
+        assert!(applies(&a, &w));
+        let got = tensor_product(a, w, Read::Transposed, 2.0, Some(acc));
+        let got = got.into_data().try_to_vec::<f32>().unwrap();
+        let want = reference(&a32, n, &w32, [k, m], Read::AsIs);
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for ((got, want), acc) in got.iter().zip(&want).zip(&acc32) {
+            let want = acc + 2.0 * want;
+            assert!((got - want).abs() <= 2e-5 * scale, "{got} vs {want}");
         }
     }
 }

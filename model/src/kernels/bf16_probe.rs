@@ -1,11 +1,13 @@
-//! The start-up probe that decides whether the frozen base multiplies in bf16 on flex: the
-//! same product (a layer's `x Wᵀ` and `d_y W` at the model's shape) timed with f32 `gemm` and
-//! with the bf16 kernel, alternating, best of a few. A CPU's flags say whether bf16 products
-//! exist, not whether they are faster: on an AVX-512 Xeon without AMX `vdpbf16ps` runs at the
-//! f32 FMA rate, on AMD Zen 4/5 at twice it or more.
+//! The start-up probe that decides whether the frozen base multiplies in bf16 on the CPU: the
+//! same products (a layer's `x Wᵀ` and `d_y W` at the model's shape) timed in f32 and in bf16,
+//! alternating, best of a few — on flex f32 `gemm` against the bf16 kernel, on LibTorch its
+//! own two products through Burn. A CPU's flags say whether bf16 products exist, not whether
+//! they are faster: on an AVX-512 Xeon without AMX `vdpbf16ps` peaks at half the f32 FMA rate,
+//! on AMD Zen 4/5 it does twice the multiply-adds of an FMA at the same rate.
 
 use std::time::Instant;
 
+use burn::tensor::{DType, Device, Distribution, Tensor};
 use half::bf16;
 
 use super::bf16_matmul;
@@ -17,58 +19,83 @@ const REPEATS: usize = 3;
 /// What the probe measured.
 #[derive(Debug, Clone, Copy)]
 pub struct Bf16Probe {
-    /// `[rows, in, out]` of the product timed.
+    /// `[rows, in, out]` of the products timed.
     pub shape: [usize; 3],
     /// f32 products, GFLOP/s.
     pub f32_gflops: f64,
-    /// bf16 products, GFLOP/s; `None` where the CPU lacks AVX512-BF16.
+    /// bf16 products, GFLOP/s; `None` where they do not exist (flex on a CPU without
+    /// AVX512-BF16).
     pub bf16_gflops: Option<f64>,
 }
 
 impl Bf16Probe {
-    /// Times `x Wᵀ` and `d_y W` for `x` `[rows, in_features]` and `W` `[out_features,
-    /// in_features]` in f32 and (where the CPU has them) in bf16.
-    pub fn measure(rows: usize, in_features: usize, out_features: usize) -> Self {
-        let shape = [rows, in_features, out_features];
-        let flops = 4.0 * (rows * in_features * out_features) as f64;
-        let w: Vec<f32> = filler(out_features * in_features);
+    /// Times flex's `x Wᵀ` and `d_y W` for `x` `[rows, in_features]` and `W` `[out_features,
+    /// in_features]`: f32 `gemm`, and the bf16 kernel where the CPU has AVX512-BF16.
+    pub fn host(rows: usize, in_features: usize, out_features: usize) -> Self {
+        let dims = [out_features, in_features];
+        let w = filler(out_features * in_features);
         let w16: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-        let x = filler(rows * in_features);
-        let d_y = filler(rows * out_features);
+        let (x, d_y) = (filler(rows * in_features), filler(rows * out_features));
         let (mut y, mut d_x) = (vec![0f32; d_y.len()], vec![0f32; x.len()]);
-        let f32_pass = |y: &mut [f32], d_x: &mut [f32]| {
-            let (x_op, d_y_op) = (
-                Operand::dense(&x, [rows, in_features], Read::AsIs),
-                Operand::dense(&d_y, [rows, out_features], Read::AsIs),
+        let mut f32_pass = || {
+            let x_op = Operand::dense(&x, [rows, in_features], Read::AsIs);
+            let d_y_op = Operand::dense(&d_y, [rows, out_features], Read::AsIs);
+            let (w_t, w_op) = (
+                Operand::dense(&w, dims, Read::Transposed),
+                Operand::dense(&w, dims, Read::AsIs),
             );
-            let w_t = Operand::dense(&w, [out_features, in_features], Read::Transposed);
-            let w_op = Operand::dense(&w, [out_features, in_features], Read::AsIs);
-            gemm_into(y, out_features, false, x_op, w_t, 1.0, true);
-            gemm_into(d_x, in_features, false, d_y_op, w_op, 1.0, true);
+            gemm_into(&mut y, out_features, false, x_op, w_t, 1.0, true);
+            gemm_into(&mut d_x, in_features, false, d_y_op, w_op, 1.0, true);
         };
-        let bf16_pass = |y: &mut [f32], d_x: &mut [f32]| {
-            let dims = [out_features, in_features];
-            bf16_matmul::matmul(&x, rows, &w16, dims, Read::Transposed, 1.0, y, false);
-            bf16_matmul::matmul(&d_y, rows, &w16, dims, Read::AsIs, 1.0, d_x, false);
-        };
-        let has_bf16 = bf16_matmul::available();
-        let (mut best_f32, mut best_bf16) = (f64::INFINITY, f64::INFINITY);
-        for repeat in 0..=REPEATS {
-            let seconds = timed(|| f32_pass(&mut y, &mut d_x));
-            if repeat > 0 {
-                best_f32 = best_f32.min(seconds);
-            }
-            if has_bf16 {
-                let seconds = timed(|| bf16_pass(&mut y, &mut d_x));
-                if repeat > 0 {
-                    best_bf16 = best_bf16.min(seconds);
-                }
-            }
+        let shape = [rows, in_features, out_features];
+        if !bf16_matmul::available() {
+            let [f32_seconds] = best_of([&mut f32_pass]);
+            return Self::of(shape, f32_seconds, None);
         }
+        let (mut y16, mut d_x16) = (vec![0f32; d_y.len()], vec![0f32; x.len()]);
+        let mut bf16_pass = || {
+            bf16_matmul::matmul(&x, rows, &w16, dims, Read::Transposed, 1.0, &mut y16, false);
+            bf16_matmul::matmul(&d_y, rows, &w16, dims, Read::AsIs, 1.0, &mut d_x16, false);
+        };
+        let [f32_seconds, bf16_seconds] = best_of([&mut f32_pass, &mut bf16_pass]);
+        Self::of(shape, f32_seconds, Some(bf16_seconds))
+    }
+
+    /// Times Burn's `x Wᵀ` and `d_y W` (shapes as [`Bf16Probe::host`]) on `device` in f32
+    /// and in bf16: LibTorch's kernels on tch-cpu.
+    pub fn burn(device: &Device, rows: usize, in_features: usize, out_features: usize) -> Self {
+        let random = |dims: [usize; 2]| Tensor::<2>::random(dims, Distribution::Default, device);
+        let x = random([rows, in_features]);
+        let (w, d_y) = (
+            random([out_features, in_features]),
+            random([rows, out_features]),
+        );
+        let pass = |dtype: DType| {
+            let (x, w, d_y) = (
+                x.clone().cast(dtype),
+                w.clone().cast(dtype),
+                d_y.clone().cast(dtype),
+            );
+            move || {
+                let y = x.clone().matmul(w.clone().transpose());
+                let d_x = d_y.clone().matmul(w.clone());
+                // Reading a value waits for the products on any device.
+                let _ = (y.sum().into_scalar::<f32>(), d_x.sum().into_scalar::<f32>());
+            }
+        };
+        let (mut f32_pass, mut bf16_pass) = (pass(DType::F32), pass(DType::BF16));
+        let [f32_seconds, bf16_seconds] = best_of([&mut f32_pass, &mut bf16_pass]);
+        let shape = [rows, in_features, out_features];
+        Self::of(shape, f32_seconds, Some(bf16_seconds))
+    }
+
+    /// The probe of `shape` from the best times of its passes.
+    fn of(shape: [usize; 3], f32_seconds: f64, bf16_seconds: Option<f64>) -> Self {
+        let flops = 4.0 * shape.iter().product::<usize>() as f64;
         Self {
             shape,
-            f32_gflops: flops / best_f32 / 1e9,
-            bf16_gflops: has_bf16.then(|| flops / best_bf16 / 1e9),
+            f32_gflops: flops / f32_seconds / 1e9,
+            bf16_gflops: bf16_seconds.map(|seconds| flops / seconds / 1e9),
         }
     }
 
@@ -78,11 +105,20 @@ impl Bf16Probe {
     }
 }
 
-/// Seconds `run` took.
-fn timed(run: impl FnOnce()) -> f64 {
-    let start = Instant::now();
-    run();
-    start.elapsed().as_secs_f64()
+/// The best time of each of `passes` over [`REPEATS`] rounds, the passes alternating within a
+/// round, after one untimed round.
+fn best_of<const N: usize>(mut passes: [&mut dyn FnMut(); N]) -> [f64; N] {
+    let mut best = [f64::INFINITY; N];
+    for round in 0..=REPEATS {
+        for (pass, best) in passes.iter_mut().zip(&mut best) {
+            let start = Instant::now();
+            pass();
+            if round > 0 {
+                *best = best.min(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+    best
 }
 
 /// `len` values in ±1.3, not all alike (a product of zeros could take a shortcut).
@@ -98,7 +134,7 @@ mod tests {
 
     #[test]
     fn the_probe_measures_both_kinds_where_the_cpu_has_them() {
-        let probe = Bf16Probe::measure(64, 96, 80);
+        let probe = Bf16Probe::host(64, 96, 80);
         assert!(
             probe.f32_gflops.is_finite() && probe.f32_gflops > 0.0,
             "{probe:?}"
@@ -112,19 +148,5 @@ mod tests {
             probe.speedup().is_none_or(|s| s.is_finite() && s > 0.0),
             "{probe:?}"
         );
-    }
-
-    #[test]
-    #[ignore]
-    fn timing() {
-        for [n, k, m] in [
-            [2048, 576, 1536],
-            [2048, 1536, 576],
-            [2048, 576, 576],
-            [2048, 576, 8192],
-        ] {
-            let p = Bf16Probe::measure(n, k, m);
-            eprintln!("{p:?} speedup {:?}", p.speedup());
-        }
     }
 }

@@ -2,6 +2,7 @@
 //! [`super::cpu`]: flex tensors always, LibTorch tensors on the CPU. No copy when the
 //! tensor is contiguous `f32`, writes in place when no other handle shares its buffer. Other
 //! devices have no host view ([`is_host`] is false there) and callers use Burn operations.
+//! A flex bf16 matrix has a view of its own ([`HostBf16`]), for the bf16 kernel.
 // burn-tch is deprecated upstream; feinschliff uses it on purpose (LibTorch's bf16 kernels).
 #![cfg_attr(feature = "tch", allow(deprecated))]
 

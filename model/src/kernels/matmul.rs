@@ -229,7 +229,8 @@ unsafe fn column_bands(
 #[derive(Clone, Copy)]
 pub(crate) struct SharedOutput(pub(crate) *mut f32);
 
-// SAFETY: the tasks holding it write disjoint elements (see `column_bands`).
+// SAFETY: the tasks holding it write disjoint elements (see `column_bands`, and
+// `bf16_matmul::matmul`, whose tasks own disjoint blocks of rows and column panels).
 unsafe impl Send for SharedOutput {}
 unsafe impl Sync for SharedOutput {}
 
