@@ -41,6 +41,15 @@ fn fails(args: &[&str], expected: &str) {
 
 /// Trains `configs/tiny.toml` into `run_dir` with extra `--set`s; returns the summary.
 fn train(run_dir: &Path, sets: &[&str], resume: bool) -> Value {
+    let output = train_output(run_dir, sets, resume);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{sets:?}: {err}");
+    serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim())
+        .expect("a JSON summary on stdout")
+}
+
+/// The process output of [`train`].
+fn train_output(run_dir: &Path, sets: &[&str], resume: bool) -> Output {
     let run = format!("output.run_dir={:?}", run_dir.display().to_string());
     let mut args = vec![
         "train",
@@ -58,7 +67,7 @@ fn train(run_dir: &Path, sets: &[&str], resume: bool) -> Value {
     if resume {
         args.extend(["--resume", &run_dir_text]);
     }
-    serde_json::from_str(ok(&args).trim()).expect("a JSON summary on stdout")
+    feinschliff(&args)
 }
 
 fn step_losses(run_dir: &Path) -> Vec<(u64, f64)> {
@@ -131,20 +140,7 @@ fn a_resumed_run_keeps_the_products_dtype_its_checkpoint_recorded() {
     let state = std::fs::read_to_string(run.join("checkpoints/step-000002/state.json")).unwrap();
     let state: Value = serde_json::from_str(&state).unwrap();
     assert_eq!(state["base_products"], "f32", "{state}");
-    let run_set = format!("output.run_dir={:?}", run.display().to_string());
-    let run_text = run.display().to_string();
-    let args = [
-        "train",
-        "--config",
-        "configs/tiny.toml",
-        "--set",
-        &run_set,
-        "--set",
-        "train.max_steps=4",
-        "--resume",
-        &run_text,
-    ];
-    let output = feinschliff(&args);
+    let output = train_output(&run, &["train.max_steps=4"], true);
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{err}");
     assert!(

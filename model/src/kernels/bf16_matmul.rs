@@ -410,11 +410,7 @@ mod x86 {
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i + seed) * 7919 % 1013) as f32 - 506.0) / 400.0)
-            .collect()
-    }
+    use crate::kernels::bf16_probe::filler as values;
 
     /// `op(b)` with both operands rounded to bf16, summed in f64: what the kernel computes
     /// up to the order of its f32 sums.

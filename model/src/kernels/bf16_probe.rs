@@ -33,9 +33,12 @@ impl Bf16Probe {
     /// in_features]`: f32 `gemm`, and the bf16 kernel where the CPU has AVX512-BF16.
     pub fn host(rows: usize, in_features: usize, out_features: usize) -> Self {
         let dims = [out_features, in_features];
-        let w = filler(out_features * in_features);
+        let w = filler(out_features * in_features, 0);
         let w16: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-        let (x, d_y) = (filler(rows * in_features), filler(rows * out_features));
+        let (x, d_y) = (
+            filler(rows * in_features, 1),
+            filler(rows * out_features, 2),
+        );
         let (mut y, mut d_x) = (vec![0f32; d_y.len()], vec![0f32; x.len()]);
         let mut f32_pass = || {
             let x_op = Operand::dense(&x, [rows, in_features], Read::AsIs);
@@ -121,10 +124,11 @@ fn best_of<const N: usize>(mut passes: [&mut dyn FnMut(); N]) -> [f64; N] {
     best
 }
 
-/// `len` values in ±1.3, not all alike (a product of zeros could take a shortcut).
-fn filler(len: usize) -> Vec<f32> {
+/// `len` values in ±1.3, not all alike (a product of zeros could take a shortcut), shifted by
+/// `seed`; also the kernels' tests' operands.
+pub(crate) fn filler(len: usize, seed: usize) -> Vec<f32> {
     (0..len)
-        .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 400.0)
+        .map(|i| (((i + seed) * 7919 % 1013) as f32 - 506.0) / 400.0)
         .collect()
 }
 

@@ -144,11 +144,7 @@ mod tests {
     use crate::io::gguf::dequant::GgmlType;
     use crate::quant::BlockFormat;
 
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i + seed) * 7919 % 1013) as f32 - 506.0) / 400.0)
-            .collect()
-    }
+    use crate::kernels::bf16_probe::filler as values;
 
     /// `a` `[n, k]` times `bᵀ` for `b` `[m, k]`, in f64.
     fn reference(a: &[f32], b: &[f32], [n, k, m]: [usize; 3]) -> Vec<f32> {
