@@ -4,7 +4,8 @@
 //! against f32 `gemm` on flex, LibTorch's bf16 product against its f32 one on tch-cpu. A CPU's
 //! flags say whether bf16 products exist, not whether they pay: on an AVX-512 Xeon without
 //! AMX they run below the f32 rate, on AMD Zen 4/5 and with AMX above it. A resumed run keeps
-//! the choice its checkpoint recorded, so it continues bit for bit.
+//! the choice its checkpoint recorded, so it continues bit for bit. tch-cpu on a CPU with AMX
+//! takes bf16 without a probe, as measured there (BENCHMARKS.md).
 
 use burn::tensor::DType;
 use feinschliff_model::backend::DeviceChoice;
@@ -83,6 +84,12 @@ pub fn auto_products(
     }
     if choice.is_cuda() {
         return AutoProducts::new(DType::BF16, "CUDA");
+    }
+    if !choice.is_flex() && cpu_has_amx_bf16() {
+        // Measured (BENCHMARKS, the AMX Xeon): tch-cpu 1.72× PEFT's best with bf16 products.
+        // The probe through Burn undersells LibTorch's bf16 products (0.55× of f32 where torch
+        // itself measures 0.64–0.70× on the AVX-512 Xeon), so AMX is not left to it.
+        return AutoProducts::new(DType::BF16, "AMX: LibTorch multiplies bf16 on its tiles");
     }
     if !choice.has_bf16_matmul() {
         return AutoProducts::new(DType::F32, "this CPU lacks AVX512-BF16");
