@@ -64,9 +64,9 @@ pub struct ModelSection {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DtypeChoice {
-    /// Decided at start-up (`base_products`): bf16 on CUDA, and on a CPU where a probe
-    /// measures bf16 products faster than f32 ones; f32 elsewhere. `base_dtype = "auto"`
-    /// follows the products' dtype (and is bf16 on CUDA).
+    /// Decided at start-up (`base_products`): bf16 on CUDA and on tch-cpu with AMX, and on a
+    /// CPU where a probe measures bf16 products faster than f32 ones; f32 elsewhere.
+    /// `base_dtype = "auto"` follows the products' dtype (and is bf16 on CUDA).
     #[default]
     Auto,
     /// f32.
