@@ -1,6 +1,7 @@
 //! A curve of a run as a PNG, the loss by default: the training value per step (blue line)
-//! and the validation value (red squares) over the steps, with numbered axes. Drawn directly into an RGB buffer with a
-//! small built-in 5×7 font, so it needs no font files or plotting stack.
+//! and the validation value (red squares) over the steps, with numbered axes. Drawn directly
+//! into an RGB buffer with a small built-in 5×7 font, so it needs no font files or plotting
+//! stack.
 
 use std::path::Path;
 

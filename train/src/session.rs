@@ -20,7 +20,7 @@ use crate::Error;
 use crate::base_products::{Recorded, auto_products};
 use crate::progress::Progress;
 use crate::run_config::{DtypeChoice, RunConfig, dtype_name};
-use crate::stream::{step_batches, training_rows};
+use crate::stream::{micro_batches, step_batches, step_rows, training_rows};
 
 /// A run's model, data and devices.
 pub struct Session {
@@ -114,6 +114,16 @@ impl Session {
     pub fn batches(&self, config: &RunConfig, step: usize) -> Vec<Batch> {
         let pad_id = self.tokenizer.pad_id();
         step_batches(&self.rows, self.examples(), config, step, pad_id)
+    }
+
+    /// The example indices of each row of each micro-batch of step `step` ([`step_rows`]).
+    pub fn step_rows(&self, config: &RunConfig, step: usize) -> Vec<Vec<Vec<usize>>> {
+        step_rows(&self.rows, config, step)
+    }
+
+    /// The micro-batches of the rows `rows` ([`Session::step_rows`]).
+    pub fn batches_of(&self, config: &RunConfig, rows: &[Vec<Vec<usize>>]) -> Vec<Batch> {
+        micro_batches(rows, self.examples(), config, self.tokenizer.pad_id())
     }
 
     /// Optimizer steps of the whole run: `train.max_steps`, or enough for `train.epochs`.

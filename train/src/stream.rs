@@ -52,7 +52,18 @@ pub fn step_batches(
     step: usize,
     pad_id: u32,
 ) -> Vec<Batch> {
-    step_rows(rows, config, step)
+    micro_batches(&step_rows(rows, config, step), examples, config, pad_id)
+}
+
+/// The batches of `micro` (per micro-batch, the example indices of each row, as
+/// [`step_rows`] gives them).
+pub fn micro_batches(
+    micro: &[Vec<Vec<usize>>],
+    examples: &[Example],
+    config: &RunConfig,
+    pad_id: u32,
+) -> Vec<Batch> {
+    micro
         .iter()
         .map(|micro| {
             let rows: Vec<Vec<&Example>> = micro

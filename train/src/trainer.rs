@@ -33,7 +33,6 @@ use crate::run_config::{RunConfig, dtype_name};
 use crate::run_dir::{MetricsLog, RunDir};
 use crate::schedule::learning_rate;
 use crate::session::Session;
-use crate::stream::step_rows;
 use crate::train_step::{StepReport, StepSettings, dropout_seed, train_step};
 
 /// What a finished run reports.
@@ -328,7 +327,8 @@ impl StepLoop<'_> {
             self.total_steps,
             step,
         );
-        let batches = self.session.batches(self.config, step);
+        let rows = self.session.step_rows(self.config, step);
+        let batches = self.session.batches_of(self.config, &rows);
         let real_tokens: usize = batches.iter().map(|b| b.real_tokens).sum();
         let window_tokens: usize = batches.iter().map(|b| b.trained_tokens).sum();
         let settings = StepSettings {
@@ -337,7 +337,7 @@ impl StepLoop<'_> {
             dropout_seed: dropout_seed(train_cfg.seed, step),
             mlp: train_cfg.mlp_activations(),
         };
-        let (model, report, preference) = self.train_window(model, optim, step, batches, settings);
+        let (model, report, preference) = self.train_window(model, optim, &rows, batches, settings);
         let (loss, grad_norm, done) = (report.loss, report.grad_norm, step + 1);
         if !loss.is_finite() {
             return Err(Error::Usage(format!(
@@ -368,13 +368,13 @@ impl StepLoop<'_> {
         Ok((model, done))
     }
 
-    /// Trains on the micro-batches `batches` of step `step` with the run's objective; DPO also
-    /// returns the pairs' metrics.
+    /// Trains on the micro-batches `batches` (of the example rows `rows`) with the run's
+    /// objective; DPO also returns the pairs' metrics.
     fn train_window(
         &self,
         model: Llama,
         optim: &mut ModuleOptimizer,
-        step: usize,
+        rows: &[Vec<Vec<usize>>],
         batches: Vec<Batch>,
         settings: StepSettings,
     ) -> (Llama, StepReport, Option<PreferenceMetrics>) {
@@ -383,7 +383,6 @@ impl StepLoop<'_> {
             let (model, report) = train_step(model, optim, &batches, settings, device);
             return (model, report, None);
         };
-        let rows = step_rows(&self.session.rows, self.config, step);
         let batches: Vec<PairBatch> = batches
             .into_iter()
             .zip(rows)

@@ -3,13 +3,14 @@
 //! The f32 operand is rounded to bf16 (to nearest even) once per product, as autocast does;
 //! the bf16 matrix is packed by the task that uses it, a panel of [`NR`] result columns at a
 //! time with each pair of its reduction index side by side, so one layout serves `x Wᵀ` and
-//! `d_y W` of a row-major `W`. Each task owns whole column panels of the result. Callers check
+//! `d_y W` of a row-major `W`. Each task owns a block of rows and of column panels of the
+//! result ([`TaskGrid`]). Callers check
 //! [`available`] first; the frozen base takes this path on flex when the start-up probe
 //! (`bf16_probe`) finds it faster than f32 products.
 
-use burn::tensor::{DType, Tensor};
 use std::ops::Range;
 
+use burn::tensor::{DType, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 

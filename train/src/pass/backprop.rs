@@ -66,8 +66,9 @@ pub enum MlpActivations {
     #[default]
     Keep,
     /// Nothing: the backward pass recomputes the gate and up projections, with their adapters'
-    /// tapes, from the layer's kept `mid` (the same values: same kernels, same dropout masks). Two thirds less
-    /// activation memory per layer of a Llama, for two projections' forward products again.
+    /// tapes, from the layer's kept `mid` (the same values: same kernels, same dropout masks).
+    /// Two thirds less activation memory per layer of a Llama, for two projections' forward
+    /// products again.
     Recompute,
 }
 
