@@ -2,8 +2,12 @@
 //! sequence and key/value head, each block of queries against its causal horizon through
 //! `gemm` and the fused softmax kernels, with the probabilities recomputed in the backward
 //! pass. The blocks and formulas are those of the Burn version in `train/src/pass/ops/`; here the
-//! key/value heads are shared by index instead of being repeated per query head, and no block
-//! is cut out of, padded or concatenated into a larger tensor.
+//! key/value heads are shared by index instead of being repeated per query head, no block is
+//! cut out of, padded or concatenated into a larger tensor, and a block's products start at the
+//! first key any of its queries may see (packed rows: the start of the block's first example),
+//! skipping keys the mask hides from the whole block.
+
+use std::collections::HashMap;
 
 use rayon::prelude::*;
 
@@ -67,14 +71,15 @@ pub fn forward(
             for (group, out) in out.chunks_mut(head_len).enumerate() {
                 let query = heads.query(group);
                 for (start, end) in shape.blocks() {
-                    let probs = &mut probs[..(end - start) * end];
-                    heads.probs(query, (start, end), scale, probs);
+                    let first = heads.first_key((start, end));
+                    let probs = &mut probs[..(end - start) * (end - first)];
+                    heads.probs(query, (start, end), first, scale, probs);
                     gemm_into(
                         &mut out[start * shape.head_dim..end * shape.head_dim],
                         shape.head_dim,
                         false,
-                        Operand::dense(probs, [end - start, end], Read::AsIs),
-                        heads.rows(heads.value, 0, end),
+                        Operand::dense(probs, [end - start, end - first], Read::AsIs),
+                        heads.rows(heads.value, first, end),
                         1.0,
                         false,
                     );
@@ -114,30 +119,36 @@ pub fn backward(
                 let query = heads.query(group);
                 let d_out = &d_out[group * head_len..][..head_len];
                 for (start, end) in shape.blocks() {
-                    let rows = end - start;
-                    let probs = &mut probs[..rows * end];
-                    let d_probs = &mut d_probs[..rows * end];
-                    heads.probs(query, (start, end), scale, probs);
+                    let first = heads.first_key((start, end));
+                    let (rows, keys) = (end - start, end - first);
+                    let probs = &mut probs[..rows * keys];
+                    let d_probs = &mut d_probs[..rows * keys];
+                    heads.probs(query, (start, end), first, scale, probs);
                     let d_block = Operand::dense(&d_out[start * d..end * d], [rows, d], Read::AsIs);
                     // dV += Pᵀ dO
-                    let p_t = Operand::dense(probs, [rows, end], Read::Transposed);
-                    gemm_into(&mut d_value[..end * d], d, true, p_t, d_block, 1.0, false);
+                    let p_t = Operand::dense(probs, [rows, keys], Read::Transposed);
+                    let d_value = &mut d_value[first * d..end * d];
+                    gemm_into(d_value, d, true, p_t, d_block, 1.0, false);
                     // dP = dO Vᵀ
-                    let v_t = Operand::dense(&heads.value[..end * d], [end, d], Read::Transposed);
-                    gemm_into(d_probs, end, false, d_block, v_t, 1.0, false);
+                    let v_t = Operand::dense(
+                        &heads.value[first * d..end * d],
+                        [keys, d],
+                        Read::Transposed,
+                    );
+                    gemm_into(d_probs, keys, false, d_block, v_t, 1.0, false);
                     // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)), into `probs`.
-                    for (p, dp) in probs.chunks_mut(end).zip(d_probs.chunks(end)) {
+                    for (p, dp) in probs.chunks_mut(keys).zip(d_probs.chunks(keys)) {
                         softmax_backward_row(p, dp, scale);
                     }
                     // dQ = dS K, dK += dSᵀ Q
-                    let d_scores = Operand::dense(probs, [rows, end], Read::AsIs);
+                    let d_scores = Operand::dense(probs, [rows, keys], Read::AsIs);
                     let d_query_block = &mut d_query[start * d..end * d];
-                    let keys = heads.rows(heads.key, 0, end);
-                    gemm_into(d_query_block, d, false, d_scores, keys, 1.0, false);
-                    let d_scores_t = Operand::dense(probs, [rows, end], Read::Transposed);
+                    let block_keys = heads.rows(heads.key, first, end);
+                    gemm_into(d_query_block, d, false, d_scores, block_keys, 1.0, false);
+                    let d_scores_t = Operand::dense(probs, [rows, keys], Read::Transposed);
                     let query_block = heads.rows(query, start, end);
                     gemm_into(
-                        &mut d_key[..end * d],
+                        &mut d_key[first * d..end * d],
                         d,
                         true,
                         d_scores_t,
@@ -157,6 +168,8 @@ struct Heads<'a> {
     key: &'a [f32],
     value: &'a [f32],
     segments: &'a [i64],
+    /// For each token of the sequence, the first token of its segment.
+    segment_starts: Vec<usize>,
     shape: &'a AttentionShape,
 }
 
@@ -173,13 +186,32 @@ impl<'a> Heads<'a> {
         let head_len = shape.head_len();
         let row = task / shape.kv_heads;
         let group_len = shape.groups() * head_len;
+        let segments = &segments[row * shape.len..][..shape.len];
         Self {
             queries: &queries[task * group_len..][..group_len],
             key: &keys[task * head_len..][..head_len],
             value: &values[task * head_len..][..head_len],
-            segments: &segments[row * shape.len..][..shape.len],
+            segments,
+            segment_starts: segment_starts(segments),
             shape,
         }
+    }
+
+    /// The first key a query of `start..end` may see: the earliest first token of their
+    /// segments inside their sliding windows. The mask hides every key before it from the
+    /// whole block.
+    fn first_key(&self, (start, end): (usize, usize)) -> usize {
+        (start..end)
+            .map(|query| self.segment_starts[query].max(self.window_start(query)))
+            .min()
+            .unwrap_or(start)
+    }
+
+    /// The first key query `query`'s sliding window reaches (0 without a window).
+    fn window_start(&self, query: usize) -> usize {
+        self.shape
+            .window
+            .map_or(0, |window| (query + 1).saturating_sub(window))
     }
 
     /// The queries of query head `group` of this key/value head.
@@ -194,27 +226,44 @@ impl<'a> Heads<'a> {
         Operand::dense(&head[start * d..end * d], [end - start, d], Read::AsIs)
     }
 
-    /// Into `probs` `[end − start, end]`: the masked softmax of `scale · q kᵀ` for queries
-    /// `start..end` against keys `0..end`.
-    fn probs(&self, query: &[f32], (start, end): (usize, usize), scale: f32, probs: &mut [f32]) {
-        let d = self.shape.head_dim;
-        let keys_t = Operand::dense(&self.key[..end * d], [end, d], Read::Transposed);
+    /// Into `probs` `[end − start, end − first]`: the masked softmax of `scale · q kᵀ` for
+    /// queries `start..end` against keys `first..end` (`first` ≤ [`Self::first_key`]).
+    fn probs(
+        &self,
+        query: &[f32],
+        (start, end): (usize, usize),
+        first: usize,
+        scale: f32,
+        probs: &mut [f32],
+    ) {
+        let (d, keys) = (self.shape.head_dim, end - first);
+        let keys_t = Operand::dense(&self.key[first * d..end * d], [keys, d], Read::Transposed);
         gemm_into(
             probs,
-            end,
+            keys,
             false,
             self.rows(query, start, end),
             keys_t,
             1.0,
             false,
         );
-        for (i, row) in probs.chunks_mut(end).enumerate() {
+        for (i, row) in probs.chunks_mut(keys).enumerate() {
             let query = start + i;
-            let first_key = self
-                .shape
-                .window
-                .map_or(0, |w| (query + 1).saturating_sub(w));
-            masked_softmax_row(row, &self.segments[..end], (first_key, query), scale);
+            let visible = (
+                self.window_start(query).saturating_sub(first),
+                query - first,
+            );
+            masked_softmax_row(row, &self.segments[first..end], visible, scale);
         }
     }
+}
+
+/// For each token, the first token with its segment id.
+fn segment_starts(segments: &[i64]) -> Vec<usize> {
+    let mut first = HashMap::new();
+    segments
+        .iter()
+        .enumerate()
+        .map(|(token, segment)| *first.entry(*segment).or_insert(token))
+        .collect()
 }

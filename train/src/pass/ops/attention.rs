@@ -340,11 +340,12 @@ mod tests {
     use super::*;
     use crate::pass::ops::testing::{assert_close, device, random};
 
-    /// Segments of two rows of `len` tokens: row 0 packs three examples, row 1 is one example
-    /// and padding (a segment of its own).
+    /// Segments of two rows of `len` tokens: row 0 packs three examples; row 1 is one segment
+    /// interrupted by another (ids packing never makes, but the mask's rule — same id — holds
+    /// for them too: a query after the interruption sees the keys before it).
     fn segments(len: usize) -> Vec<i64> {
         let row_0 = (0..len).map(|i| (3 * i / len) as i64);
-        let row_1 = (0..len).map(|i| i64::from(i >= len - 5));
+        let row_1 = (0..len).map(|i| i64::from(3 * len / 5 <= i && i < 4 * len / 5));
         row_0.chain(row_1).collect()
     }
 
