@@ -12,6 +12,7 @@ use std::ops::Range;
 
 use burn::tensor::{DType, Tensor};
 use half::bf16;
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::cpu::zeros;
@@ -211,12 +212,12 @@ pub fn tensor_product(
 
 /// The f32 bits of `value` rounded to the nearest bf16 (ties to even), in the low 16 bits;
 /// NaN stays NaN.
+/// Branch-free, so that loops over it vectorize.
 fn bf16_bits(value: f32) -> u32 {
     let bits = value.to_bits();
-    match value.is_nan() {
-        true => (bits >> 16) | 0x40,
-        false => (bits + 0x7fff + ((bits >> 16) & 1)) >> 16,
-    }
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let quiet_nan = (bits >> 16) | 0x40;
+    if value.is_nan() { quiet_nan } else { rounded }
 }
 
 /// Two bf16 values as one pair (`low` in the low half), the bits `vdpbf16ps` reads.
@@ -229,16 +230,24 @@ fn pair(low: u16, high: u16) -> u32 {
 fn pack_rows(a: &[f32], n: usize, depth: usize) -> Vec<u32> {
     let pairs = depth.div_ceil(2);
     let mut packed = vec![0u32; n * pairs];
-    let rounded = |v: f32| bf16_bits(v) as u16;
     packed
         .par_chunks_mut(pairs)
         .zip(a.par_chunks(depth))
-        .for_each(|(out, row)| {
-            for (out, values) in out.iter_mut().zip(row.chunks(2)) {
-                *out = pair(rounded(values[0]), values.get(1).map_or(0, |&v| rounded(v)));
-            }
-        });
+        .for_each(|(out, row)| round_pairs(row, out));
     packed
+}
+
+/// `row` rounded to bf16 as pairs into `out` (`row.len().div_ceil(2)` pairs; an odd length's
+/// last pair has a zero high half).
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn round_pairs(row: &[f32], out: &mut [u32]) {
+    let (even, last) = row.split_at(row.len() & !1);
+    for (out, two) in out.iter_mut().zip(even.chunks_exact(2)) {
+        *out = bf16_bits(two[0]) | (bf16_bits(two[1]) << 16);
+    }
+    if let [odd] = last {
+        out[even.len() / 2] = bf16_bits(*odd);
+    }
 }
 
 /// Columns `column..column + NR` of `op(b)` into `out` (`[pairs, NR]` pairs): entry
@@ -252,15 +261,27 @@ fn pack_panel(
     pairs: usize,
     out: &mut [u32],
 ) {
-    let bits = |i: usize| b[i].to_bits();
     match read_b {
         // op(b)[d, c] = b[c, d]: a pair is two neighbours in row `c` of `b`.
         Read::Transposed => {
-            for c in 0..NR.min(rows.saturating_sub(column)) {
-                let row = &b[(column + c) * cols..(column + c + 1) * cols];
-                for (p, values) in row.chunks(2).enumerate() {
-                    let high = values.get(1).map_or(0, |v| v.to_bits());
-                    out[p * NR + c] = pair(values[0].to_bits(), high);
+            let panel_rows: Vec<&[bf16]> = (column..rows.min(column + NR))
+                .map(|row| &b[row * cols..][..cols])
+                .collect();
+            // Whole blocks of 16 pairs transposed in registers, the rest one pair at a time.
+            let blocks = cols / 2 / x86::BLOCK_PAIRS;
+            // SAFETY: the caller checked AVX512-BF16 (which implies AVX-512F); every row holds
+            // `cols` ≥ `blocks · 2 · BLOCK_PAIRS` values, and `out` `pairs · NR` with
+            // `pairs` ≥ `blocks · BLOCK_PAIRS`.
+            unsafe { x86::pack_transposed_blocks(&panel_rows, blocks, out) };
+            let done = blocks * x86::BLOCK_PAIRS;
+            for (c, row) in panel_rows.iter().enumerate() {
+                let (even, last) = row.split_at(cols & !1);
+                let column_out = out.iter_mut().skip(done * NR + c).step_by(NR);
+                for (out, two) in column_out.zip(even[2 * done..].chunks_exact(2)) {
+                    *out = pair(two[0].to_bits(), two[1].to_bits());
+                }
+                if let [odd] = last {
+                    out[even.len() / 2 * NR + c] = pair(odd.to_bits(), 0);
                 }
             }
         }
@@ -268,14 +289,20 @@ fn pack_panel(
         // row past an odd depth reads as zero).
         Read::AsIs => {
             let width = NR.min(cols.saturating_sub(column));
-            for p in 0..pairs {
-                let (even, odd) = (2 * p * cols + column, (2 * p + 1) * cols + column);
-                for c in 0..width {
-                    let high = match 2 * p + 1 < rows {
-                        true => bits(odd + c),
-                        false => 0,
-                    };
-                    out[p * NR + c] = pair(bits(even + c), high);
+            for (p, out) in out.chunks_exact_mut(NR).take(pairs).enumerate() {
+                let even = &b[2 * p * cols + column..][..width];
+                match 2 * p + 1 < rows {
+                    true => {
+                        let odd = &b[(2 * p + 1) * cols + column..][..width];
+                        for ((out, low), high) in out.iter_mut().zip(even).zip(odd) {
+                            *out = pair(low.to_bits(), high.to_bits());
+                        }
+                    }
+                    false => {
+                        for (out, low) in out.iter_mut().zip(even) {
+                            *out = pair(low.to_bits(), 0);
+                        }
+                    }
                 }
             }
         }
@@ -378,6 +405,81 @@ mod x86 {
         }
     }
 
+    /// Pairs of the depth one register transpose packs (16 lanes of pairs).
+    pub(super) const BLOCK_PAIRS: usize = 16;
+
+    /// The first `blocks · 16` pairs of a transposed panel into `out` (`[pairs, NR]`): entry
+    /// `(p, c)` is pair `p` of `rows[c]` (bf16 values `2p`, `2p + 1`); panel columns past
+    /// `rows.len()` are left as they are. Each 16 × 16 block of pairs is transposed in
+    /// registers: 32-bit and 64-bit unpacks, then two rounds of 128-bit lane shuffles.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `rows.len()` ≤ [`NR`], every row must hold at least
+    /// `blocks · 32` values, and `out` at least `blocks · 16 · NR`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_transposed_blocks(
+        rows: &[&[half::bf16]],
+        blocks: usize,
+        out: &mut [u32],
+    ) {
+        assert!(rows.len() <= NR && out.len() >= blocks * BLOCK_PAIRS * NR);
+        assert!(rows.iter().all(|row| row.len() >= blocks * 2 * BLOCK_PAIRS));
+        for (half, rows) in rows.chunks(16).enumerate() {
+            for block in 0..blocks {
+                let mut r = [_mm512_setzero_si512(); 16];
+                for (r, row) in r.iter_mut().zip(rows) {
+                    // SAFETY: the row holds 32 values from `block · 32` (asserted above).
+                    *r = unsafe { _mm512_loadu_si512(row.as_ptr().add(block * 32).cast()) };
+                }
+                let columns = transpose(r);
+                for (p, column) in columns.into_iter().enumerate() {
+                    let at = (block * BLOCK_PAIRS + p) * NR + 16 * half;
+                    // SAFETY: `at + 16` ≤ `blocks · 16 · NR` ≤ `out.len()` (asserted above).
+                    unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(at).cast(), column) };
+                }
+            }
+        }
+    }
+
+    /// The transpose of a 16 × 16 matrix of 32-bit values held as 16 rows.
+    #[target_feature(enable = "avx512f")]
+    fn transpose(r: [__m512i; 16]) -> [__m512i; 16] {
+        // t[2i], t[2i + 1]: rows 2i and 2i + 1 interleaved, per 128-bit lane L the columns
+        // 4L, 4L + 1 and 4L + 2, 4L + 3.
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4g + j]: per lane L, column 4L + j of rows 4g..4g + 4.
+        let mut u = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            u[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+            u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+            u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+            u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+        }
+        // v[h][j] (h: rows 8h..8h + 8): lanes of columns j, 8 + j (`even`) and 4 + j, 12 + j
+        // (`odd`), each for rows 8h..8h + 4 then 8h + 4..8h + 8.
+        let mut even = [[_mm512_setzero_si512(); 4]; 2];
+        let mut odd = [[_mm512_setzero_si512(); 4]; 2];
+        for h in 0..2 {
+            for j in 0..4 {
+                let (a, b) = (u[8 * h + j], u[8 * h + 4 + j]);
+                even[h][j] = _mm512_shuffle_i32x4::<0x88>(a, b);
+                odd[h][j] = _mm512_shuffle_i32x4::<0xdd>(a, b);
+            }
+        }
+        let mut columns = [_mm512_setzero_si512(); 16];
+        for j in 0..4 {
+            columns[j] = _mm512_shuffle_i32x4::<0x88>(even[0][j], even[1][j]);
+            columns[8 + j] = _mm512_shuffle_i32x4::<0xdd>(even[0][j], even[1][j]);
+            columns[4 + j] = _mm512_shuffle_i32x4::<0x88>(odd[0][j], odd[1][j]);
+            columns[12 + j] = _mm512_shuffle_i32x4::<0xdd>(odd[0][j], odd[1][j]);
+        }
+        columns
+    }
+
     /// The mask of the first `count` (≤ 16) lanes.
     fn lanes(count: usize) -> __mmask16 {
         ((1u32 << count) - 1) as __mmask16
@@ -403,6 +505,14 @@ mod x86 {
         _: *mut f32,
         _: usize,
     ) {
+        unreachable!("bf16 products need x86-64 with AVX512-BF16")
+    }
+
+    /// Unused on other architectures.
+    pub(super) const BLOCK_PAIRS: usize = 16;
+
+    /// Never called: [`super::available`] is false on other architectures.
+    pub(super) unsafe fn pack_transposed_blocks(_: &[&[half::bf16]], _: usize, _: &mut [u32]) {
         unreachable!("bf16 products need x86-64 with AVX512-BF16")
     }
 }
@@ -442,13 +552,36 @@ mod tests {
 
     #[test]
     fn rounding_to_bf16_matches_the_half_crate() {
-        for v in values(4000, 3)
-            .into_iter()
-            .chain([0.0, -0.0, 1e-40, f32::MAX, f32::INFINITY])
-        {
+        let ties = [
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+            -(1.0 + 2f32.powi(-8)),
+        ];
+        let special = [
+            0.0,
+            -0.0,
+            1e-40,
+            -1e-40,
+            f32::MAX,
+            f32::INFINITY,
+            -f32::INFINITY,
+        ];
+        let mut row = values(4000, 3);
+        row.extend(ties.into_iter().chain(special));
+        for &v in &row {
             assert_eq!(bf16_bits(v) as u16, bf16::from_f32(v).to_bits(), "{v}");
         }
         assert!(bf16::from_bits(bf16_bits(f32::NAN) as u16).is_nan());
+        // The vectorized row rounding (odd length: the last pair's high half is zero).
+        row.push(-f32::NAN);
+        let mut pairs = vec![u32::MAX; row.len().div_ceil(2)];
+        round_pairs(&row, &mut pairs);
+        for (i, &v) in row.iter().enumerate() {
+            let half = (pairs[i / 2] >> (16 * (i % 2))) as u16;
+            assert_eq!(half, bf16_bits(v) as u16, "{v} at {i}");
+        }
+        assert!(bf16::from_bits((pairs[row.len() / 2] & 0xffff) as u16).is_nan());
+        assert_eq!(pairs[row.len() / 2] >> 16, 0, "an odd row's last high half");
     }
 
     #[test]
@@ -459,8 +592,12 @@ mod tests {
         }
         // Odd depths, widths that are not whole panels, row counts that are not whole tiles,
         // tasks of several panels with a shorter last one (330 columns: 11 panels), narrow
-        // outputs split into blocks of rows (a few panels, 200 rows), a depth of zero.
+        // outputs split into blocks of rows (a few panels, 200 rows), a depth of zero; read
+        // transposed, depths of whole 16-pair register blocks (64, 96) with panels of 8 and
+        // 20 rows, and of whole blocks plus a rest (33, 70, 97).
         let shapes = [
+            [9, 40, 64],
+            [5, 20, 96],
             [1, 7, 5],
             [13, 64, 33],
             [30, 129, 70],
