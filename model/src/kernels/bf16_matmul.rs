@@ -211,8 +211,7 @@ pub fn tensor_product(
 }
 
 /// The f32 bits of `value` rounded to the nearest bf16 (ties to even), in the low 16 bits;
-/// NaN stays NaN.
-/// Branch-free, so that loops over it vectorize.
+/// NaN stays NaN. Written without branches, so that loops over it vectorize.
 fn bf16_bits(value: f32) -> u32 {
     let bits = value.to_bits();
     let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
@@ -252,7 +251,8 @@ fn round_pairs(row: &[f32], out: &mut [u32]) {
 
 /// Columns `column..column + NR` of `op(b)` into `out` (`[pairs, NR]` pairs): entry
 /// `(p, c)` holds `op(b)[2p, column + c]` in its low half and `op(b)[2p + 1, column + c]` in
-/// its high half; columns past the matrix and an odd depth's last pair are zero.
+/// its high half; columns past the matrix and an odd depth's last pair are zero. Only
+/// [`matmul`] calls it, after checking the CPU has AVX512-BF16.
 fn pack_panel(
     b: &[bf16],
     [rows, cols]: [usize; 2],
@@ -508,7 +508,7 @@ mod x86 {
         unreachable!("bf16 products need x86-64 with AVX512-BF16")
     }
 
-    /// Unused on other architectures.
+    /// As on x86-64: `pack_panel`'s arithmetic compiles everywhere.
     pub(super) const BLOCK_PAIRS: usize = 16;
 
     /// Never called: [`super::available`] is false on other architectures.
