@@ -8,6 +8,7 @@
 //! [`available`] first; the frozen base takes this path on flex when the start-up probe
 //! (`bf16_probe`) finds it faster than f32 products.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use burn::tensor::{DType, Tensor};
@@ -55,14 +56,7 @@ pub fn matmul(
     out: &mut [f32],
     accumulate: bool,
 ) {
-    assert!(available(), "bf16 matmul: this CPU lacks AVX512-BF16");
-    let (depth, width) = depth_and_width(read_b, [rows, cols]);
-    assert_eq!(a.len(), n * depth, "bf16 matmul: a is not [{n}, {depth}]");
-    assert_eq!(
-        b.len(),
-        rows * cols,
-        "bf16 matmul: b is not [{rows}, {cols}]"
-    );
+    let (depth, width) = checked_shape(a, n, b, [rows, cols], read_b);
     assert_eq!(
         out.len(),
         n * width,
@@ -71,47 +65,135 @@ pub fn matmul(
     if depth == 0 && !accumulate {
         out.fill(0.0);
     }
-    if n == 0 || width == 0 || depth == 0 {
-        return;
+    let operands = Operands {
+        a,
+        n,
+        b,
+        dims: [rows, cols],
+        read_b,
+    };
+    // SAFETY: `out` holds the `n · width` values of the result, initialized, and is borrowed
+    // mutably for the whole call.
+    unsafe { operands.compute(scale, out.as_mut_ptr(), accumulate) }
+}
+
+/// `scale · a · op(b)` in a new buffer, as [`matmul`] without `accumulate`: every value is
+/// written once by the kernel, so the buffer is not zero-filled first.
+pub fn product(
+    a: &[f32],
+    n: usize,
+    b: &[bf16],
+    dims: [usize; 2],
+    read_b: Read,
+    scale: f32,
+) -> Vec<f32> {
+    let (depth, width) = checked_shape(a, n, b, dims, read_b);
+    if depth == 0 {
+        return zeros(n * width);
     }
-    let pairs = depth.div_ceil(2);
-    let a_pairs = pack_rows(a, n, depth);
-    let grid = TaskGrid::new(n, width.div_ceil(NR));
-    let shared = SharedOutput(out.as_mut_ptr());
-    (0..grid.tasks()).into_par_iter().for_each(|task| {
-        let (row_range, panel_range) = grid.task(task);
-        let mut packed = vec![0u32; panel_range.len() * pairs * NR];
-        let buffers = packed.chunks_exact_mut(pairs * NR);
-        for (panel, buffer) in panel_range.clone().zip(buffers) {
-            pack_panel(b, [rows, cols], read_b, panel * NR, pairs, buffer);
+    let mut out = Vec::with_capacity(n * width);
+    let operands = Operands {
+        a,
+        n,
+        b,
+        dims,
+        read_b,
+    };
+    // SAFETY: the capacity holds the `n · width` values of the result; without `accumulate`
+    // the tiles only write them, each exactly once (tasks cover every row and panel, tiles
+    // store every column of their block), so all are initialized before `set_len`.
+    unsafe {
+        operands.compute(scale, out.as_mut_ptr(), false);
+        out.set_len(n * width);
+    }
+    out
+}
+
+/// `(depth, width)` of `a · op(b)` after checking the operands' lengths and the CPU.
+fn checked_shape(
+    a: &[f32],
+    n: usize,
+    b: &[bf16],
+    [rows, cols]: [usize; 2],
+    read_b: Read,
+) -> (usize, usize) {
+    assert!(available(), "bf16 matmul: this CPU lacks AVX512-BF16");
+    let (depth, width) = depth_and_width(read_b, [rows, cols]);
+    assert_eq!(a.len(), n * depth, "bf16 matmul: a is not [{n}, {depth}]");
+    assert_eq!(
+        b.len(),
+        rows * cols,
+        "bf16 matmul: b is not [{rows}, {cols}]"
+    );
+    (depth, width)
+}
+
+/// The operands of one product, their lengths checked ([`checked_shape`]).
+struct Operands<'a> {
+    a: &'a [f32],
+    n: usize,
+    b: &'a [bf16],
+    dims: [usize; 2],
+    read_b: Read,
+}
+
+impl Operands<'_> {
+    /// `scale · a · op(b)` into `out`, or added to it when `accumulate`, in parallel tasks.
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of the `[n, width]` result (and reads, initialized, when
+    /// `accumulate`), and nothing else may access it during the call.
+    unsafe fn compute(&self, scale: f32, out: *mut f32, accumulate: bool) {
+        let Self {
+            a,
+            n,
+            b,
+            dims: [rows, cols],
+            read_b,
+        } = *self;
+        let (depth, width) = depth_and_width(read_b, [rows, cols]);
+        if n == 0 || width == 0 || depth == 0 {
+            return;
         }
-        for row in row_range.clone().step_by(MR) {
-            for (panel, buffer) in panel_range.clone().zip(packed.chunks_exact(pairs * NR)) {
-                let column = panel * NR;
-                let tile = Tile {
-                    rows: MR.min(row_range.end - row),
-                    cols: NR.min(width - column),
-                    pairs,
-                    scale,
-                    accumulate,
-                };
-                // SAFETY: the tile writes rows `row..row + tile.rows` (inside `row_range`,
-                // < n) and columns `column..column + tile.cols` (<= width) of the `[n, width]`
-                // output, whose length was checked above; no other task writes them (tasks
-                // own disjoint blocks of rows and panels), and `out` is borrowed mutably for
-                // the whole call. `a_pairs` holds `n` rows of `pairs` pairs and `buffer`
-                // `pairs · NR` values, so every read is inside them.
-                unsafe {
-                    tile.run(
-                        &a_pairs[row * pairs..],
-                        buffer,
-                        shared.get().add(row * width + column),
-                        width,
-                    )
-                };
+        let pairs = depth.div_ceil(2);
+        let a_pairs = pack_rows(a, n, depth);
+        let grid = TaskGrid::new(n, width.div_ceil(NR));
+        let shared = SharedOutput(out);
+        (0..grid.tasks()).into_par_iter().for_each(|task| {
+            let (row_range, panel_range) = grid.task(task);
+            let mut packed = vec![0u32; panel_range.len() * pairs * NR];
+            let buffers = packed.chunks_exact_mut(pairs * NR);
+            for (panel, buffer) in panel_range.clone().zip(buffers) {
+                pack_panel(b, [rows, cols], read_b, panel * NR, pairs, buffer);
             }
-        }
-    });
+            for row in row_range.clone().step_by(MR) {
+                for (panel, buffer) in panel_range.clone().zip(packed.chunks_exact(pairs * NR)) {
+                    let column = panel * NR;
+                    let tile = Tile {
+                        rows: MR.min(row_range.end - row),
+                        cols: NR.min(width - column),
+                        pairs,
+                        scale,
+                        accumulate,
+                    };
+                    // SAFETY: the tile writes rows `row..row + tile.rows` (inside `row_range`,
+                    // < n) and columns `column..column + tile.cols` (<= width) of the `[n, width]`
+                    // output, which the caller lets us write (and read when accumulating); no
+                    // other task touches them (tasks own disjoint blocks of rows and panels).
+                    // `a_pairs` holds `n` rows of `pairs` pairs and `buffer` `pairs · NR` values,
+                    // so every read is inside them.
+                    unsafe {
+                        tile.run(
+                            &a_pairs[row * pairs..],
+                            buffer,
+                            shared.get().add(row * width + column),
+                            width,
+                        )
+                    };
+                }
+            }
+        });
+    }
 }
 
 /// `(depth, width)` of `op(b)` for `b` `[rows, cols]` read as `read_b`.
@@ -188,25 +270,15 @@ pub fn tensor_product(
     let b = HostBf16::of(b).expect("tensor_product: b is a bf16 flex tensor");
     let n = a.dims()[0];
     let (_, width) = depth_and_width(read_b, b.dims());
-    let (mut out, accumulate) = match acc {
-        Some(acc) => (HostTensor::of(acc), true),
-        None => (
-            HostTensor::new_like(&a, zeros(n * width), [n, width]),
-            false,
-        ),
-    };
-    assert_eq!(out.dims(), [n, width], "tensor_product: accumulator shape");
     let (values, dims) = (b.values(), b.dims());
-    matmul(
-        a.values(),
-        n,
-        values,
-        dims,
-        read_b,
-        scale,
-        out.values_mut(),
-        accumulate,
-    );
+    let Some(acc) = acc else {
+        let out = product(a.values(), n, values, dims, read_b, scale);
+        return HostTensor::new_like(&a, out, [n, width]).into_tensor();
+    };
+    let mut out = HostTensor::of(acc);
+    assert_eq!(out.dims(), [n, width], "tensor_product: accumulator shape");
+    let values_out = out.values_mut();
+    matmul(a.values(), n, values, dims, read_b, scale, values_out, true);
     out.into_tensor()
 }
 
@@ -228,24 +300,31 @@ fn pair(low: u16, high: u16) -> u32 {
 /// even index in the low half), an odd depth padded with zero.
 fn pack_rows(a: &[f32], n: usize, depth: usize) -> Vec<u32> {
     let pairs = depth.div_ceil(2);
-    let mut packed = vec![0u32; n * pairs];
-    packed
+    let mut packed = Vec::with_capacity(n * pairs);
+    packed.spare_capacity_mut()[..n * pairs]
         .par_chunks_mut(pairs)
         .zip(a.par_chunks(depth))
         .for_each(|(out, row)| round_pairs(row, out));
+    // SAFETY: `round_pairs` wrote all `pairs` values of each of the `n` rows.
+    unsafe { packed.set_len(n * pairs) };
     packed
 }
 
-/// `row` rounded to bf16 as pairs into `out` (`row.len().div_ceil(2)` pairs; an odd length's
-/// last pair has a zero high half).
+/// `row` rounded to bf16 as pairs into `out`, all `row.len().div_ceil(2)` of them (an odd
+/// length's last pair has a zero high half).
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn round_pairs(row: &[f32], out: &mut [u32]) {
+fn round_pairs(row: &[f32], out: &mut [MaybeUninit<u32>]) {
+    assert_eq!(
+        out.len(),
+        row.len().div_ceil(2),
+        "round_pairs: out's length"
+    );
     let (even, last) = row.split_at(row.len() & !1);
     for (out, two) in out.iter_mut().zip(even.chunks_exact(2)) {
-        *out = bf16_bits(two[0]) | (bf16_bits(two[1]) << 16);
+        out.write(bf16_bits(two[0]) | (bf16_bits(two[1]) << 16));
     }
     if let [odd] = last {
-        out[even.len() / 2] = bf16_bits(*odd);
+        out[even.len() / 2].write(bf16_bits(*odd));
     }
 }
 
@@ -574,8 +653,10 @@ mod tests {
         assert!(bf16::from_bits(bf16_bits(f32::NAN) as u16).is_nan());
         // The vectorized row rounding (odd length: the last pair's high half is zero).
         row.push(-f32::NAN);
-        let mut pairs = vec![u32::MAX; row.len().div_ceil(2)];
+        let mut pairs = vec![MaybeUninit::new(u32::MAX); row.len().div_ceil(2)];
         round_pairs(&row, &mut pairs);
+        // SAFETY: every element was initialized (and then rewritten by `round_pairs`).
+        let pairs: Vec<u32> = pairs.iter().map(|p| unsafe { p.assume_init() }).collect();
         for (i, &v) in row.iter().enumerate() {
             let half = (pairs[i / 2] >> (16 * (i % 2))) as u16;
             assert_eq!(half, bf16_bits(v) as u16, "{v} at {i}");
@@ -631,6 +712,10 @@ mod tests {
                         "{read_b:?} {n}x{rows}x{cols}: {got} vs {want}"
                     );
                 }
+                // A new buffer, never zero-filled: the same values, bit for bit.
+                let fresh = product(&a, n, &b, [rows, cols], read_b, 1.0);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&fresh), bits(&out), "{read_b:?} {n}x{rows}x{cols}");
             }
         }
     }
