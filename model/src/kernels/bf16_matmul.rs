@@ -56,7 +56,8 @@ pub fn matmul(
     out: &mut [f32],
     accumulate: bool,
 ) {
-    let (depth, width) = checked_shape(a, n, b, [rows, cols], read_b);
+    let operands = Operands::new(a, n, b, [rows, cols], read_b);
+    let (depth, width) = (operands.depth, operands.width);
     assert_eq!(
         out.len(),
         n * width,
@@ -65,13 +66,6 @@ pub fn matmul(
     if depth == 0 && !accumulate {
         out.fill(0.0);
     }
-    let operands = Operands {
-        a,
-        n,
-        b,
-        dims: [rows, cols],
-        read_b,
-    };
     // SAFETY: `out` holds the `n · width` values of the result, initialized, and is borrowed
     // mutably for the whole call.
     unsafe { operands.compute(scale, out.as_mut_ptr(), accumulate) }
@@ -87,57 +81,58 @@ pub fn product(
     read_b: Read,
     scale: f32,
 ) -> Vec<f32> {
-    let (depth, width) = checked_shape(a, n, b, dims, read_b);
-    if depth == 0 {
-        return zeros(n * width);
+    let operands = Operands::new(a, n, b, dims, read_b);
+    let size = n * operands.width;
+    if operands.depth == 0 {
+        return zeros(size);
     }
-    let mut out = Vec::with_capacity(n * width);
-    let operands = Operands {
-        a,
-        n,
-        b,
-        dims,
-        read_b,
-    };
+    let mut out = Vec::with_capacity(size);
     // SAFETY: the capacity holds the `n · width` values of the result; without `accumulate`
     // the tiles only write them, each exactly once (tasks cover every row and panel, tiles
     // store every column of their block), so all are initialized before `set_len`.
     unsafe {
         operands.compute(scale, out.as_mut_ptr(), false);
-        out.set_len(n * width);
+        out.set_len(size);
     }
     out
 }
 
-/// `(depth, width)` of `a · op(b)` after checking the operands' lengths and the CPU.
-fn checked_shape(
-    a: &[f32],
-    n: usize,
-    b: &[bf16],
-    [rows, cols]: [usize; 2],
-    read_b: Read,
-) -> (usize, usize) {
-    assert!(available(), "bf16 matmul: this CPU lacks AVX512-BF16");
-    let (depth, width) = depth_and_width(read_b, [rows, cols]);
-    assert_eq!(a.len(), n * depth, "bf16 matmul: a is not [{n}, {depth}]");
-    assert_eq!(
-        b.len(),
-        rows * cols,
-        "bf16 matmul: b is not [{rows}, {cols}]"
-    );
-    (depth, width)
-}
-
-/// The operands of one product, their lengths checked ([`checked_shape`]).
+/// The operands of one product, their lengths and the CPU checked.
 struct Operands<'a> {
     a: &'a [f32],
     n: usize,
     b: &'a [bf16],
     dims: [usize; 2],
     read_b: Read,
+    /// The reduction's length.
+    depth: usize,
+    /// Columns of the result.
+    width: usize,
 }
 
-impl Operands<'_> {
+impl<'a> Operands<'a> {
+    /// `a` `[n, depth]` and `b` `[rows, cols]` read as `read_b`; panics when their lengths
+    /// disagree with the shapes or the CPU lacks AVX512-BF16.
+    fn new(a: &'a [f32], n: usize, b: &'a [bf16], [rows, cols]: [usize; 2], read_b: Read) -> Self {
+        assert!(available(), "bf16 matmul: this CPU lacks AVX512-BF16");
+        let (depth, width) = depth_and_width(read_b, [rows, cols]);
+        assert_eq!(a.len(), n * depth, "bf16 matmul: a is not [{n}, {depth}]");
+        assert_eq!(
+            b.len(),
+            rows * cols,
+            "bf16 matmul: b is not [{rows}, {cols}]"
+        );
+        Self {
+            a,
+            n,
+            b,
+            dims: [rows, cols],
+            read_b,
+            depth,
+            width,
+        }
+    }
+
     /// `scale · a · op(b)` into `out`, or added to it when `accumulate`, in parallel tasks.
     ///
     /// # Safety
@@ -150,8 +145,9 @@ impl Operands<'_> {
             b,
             dims: [rows, cols],
             read_b,
+            depth,
+            width,
         } = *self;
-        let (depth, width) = depth_and_width(read_b, [rows, cols]);
         if n == 0 || width == 0 || depth == 0 {
             return;
         }
