@@ -317,17 +317,17 @@ fn round_pairs(row: &[f32], out: &mut [MaybeUninit<u32>]) {
     );
     let (even, last) = row.split_at(row.len() & !1);
     for (out, two) in out.iter_mut().zip(even.chunks_exact(2)) {
-        out.write(bf16_bits(two[0]) | (bf16_bits(two[1]) << 16));
+        out.write(pair(bf16_bits(two[0]) as u16, bf16_bits(two[1]) as u16));
     }
     if let [odd] = last {
-        out[even.len() / 2].write(bf16_bits(*odd));
+        out[even.len() / 2].write(pair(bf16_bits(*odd) as u16, 0));
     }
 }
 
 /// Columns `column..column + NR` of `op(b)` into `out` (`[pairs, NR]` pairs): entry
 /// `(p, c)` holds `op(b)[2p, column + c]` in its low half and `op(b)[2p + 1, column + c]` in
 /// its high half; columns past the matrix and an odd depth's last pair are zero. Only
-/// [`matmul`] calls it, after checking the CPU has AVX512-BF16.
+/// `Operands::compute` calls it, after `Operands::new` checked the CPU has AVX512-BF16.
 fn pack_panel(
     b: &[bf16],
     [rows, cols]: [usize; 2],
@@ -344,7 +344,7 @@ fn pack_panel(
                 .collect();
             // Whole blocks of 16 pairs transposed in registers, the rest one pair at a time.
             let blocks = cols / 2 / x86::BLOCK_PAIRS;
-            // SAFETY: the caller checked AVX512-BF16 (which implies AVX-512F); every row holds
+            // SAFETY: `Operands::new` checked AVX512-BF16 (which implies AVX-512F); every row holds
             // `cols` ≥ `blocks · 2 · BLOCK_PAIRS` values, and `out` `pairs · NR` with
             // `pairs` ≥ `blocks · BLOCK_PAIRS`.
             unsafe { x86::pack_transposed_blocks(&panel_rows, blocks, out) };
